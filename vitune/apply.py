@@ -1,0 +1,120 @@
+"""``vitune apply``: rebuild an exported configuration from the original model and ship it.
+
+Writes into ``out_dir``:
+
+* ``model.pt`` — the compressed model as a ``torch.export`` program: load it with
+  ``torch.export.load("model.pt").module()``, no vitune needed;
+* ``tvm-<target>/`` — the TVM-compiled library (``model.so``), its weights (``params.npz``)
+  and ``artifact.json`` (how to call it);
+* ``metrics.json`` — test-split accuracy (held out from the search), validation accuracy,
+  TVM-measured latency, size, the agreement of the TVM build with PyTorch, and the metrics
+  the export recorded, side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vitune.errors import ConfigError
+
+
+def _specs(record: dict):
+    from vitune.search.studyfile import DataSpec, ModelSpec
+
+    m, d = record["model"], record["data"]
+    model = ModelSpec(
+        source=m.get("source", "default"),
+        name=m.get("name", "digits_vit"),
+        pretrained=bool(m.get("pretrained", False)),
+        checkpoint=m.get("checkpoint", ""),
+        num_classes=int(m.get("num_classes", 0)),
+    )
+    fractions = tuple(d.get("fractions", {}).items()) or DataSpec.fractions
+    data = DataSpec(source=d.get("source", "digits"), root=d.get("root", ""), fractions=fractions, seed=int(d.get("seed", 0)))
+    return model, data
+
+
+def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, progress: bool = True) -> dict:
+    import numpy as np
+    import torch
+
+    from vitune.compression.config import CompressionConfig
+    from vitune.compression.pipeline import compress
+    from vitune.compression.stats import model_stats
+    from vitune.data.splits import accuracy, iterate
+    from vitune.models.layers import discover
+    from vitune.models.zoo import load_workspace
+    from vitune.targets import load_target
+    from vitune.targets.compile import save_artifact
+    from vitune.targets.measure import measure
+    from vitune.targets.runner import runner_for
+    from vitune.versions import versions
+
+    model_spec, data_spec = _specs(record)
+    target = record["target"]
+    profile = load_target(target.get("source") or target["name"])
+    ws = load_workspace(model_spec, data_spec, progress=progress)
+    want = record["model"].get("checkpoint_sha256")
+    if want and want != ws.ref.checkpoint_sha256:
+        raise ConfigError(
+            f"the original model's weights ({ws.ref.checkpoint_sha256[:12]}) differ from those the export was "
+            f"searched on ({want[:12]}); rebuild with the same checkpoint"
+        )
+    config = CompressionConfig.from_dict(record["config"], where="export config").validate(discover(ws.model))
+    if distill_steps is not None:
+        config = CompressionConfig(config.linear_items, config.prune_heads_items, config.prune_mlp_items, distill_steps)
+    model = compress(ws.model, config, train_data=ws.data.train)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    example = ws.example_input(1)
+    compiled: list = []
+    m = measure(model, example, profile, compiled)
+    if not m.ok:
+        raise ConfigError(f"the compressed model could not be built or run on {profile.name}: {m.error}")
+    artifact = save_artifact(compiled[0], out_dir / f"tvm-{profile.name}", profile)
+
+    # The TVM build must compute what PyTorch computes: compare on test images, batch 1.
+    runner = runner_for(profile)
+    diffs, agree, n = [], 0, 0
+    with torch.inference_mode():
+        for x, _ in iterate(ws.data.test, batch_size=1, limit=64):
+            ref = model(x).numpy()
+            got = runner.run(compiled[0], x.numpy())
+            diffs.append(float(np.abs(ref - got).max()))
+            agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
+            n += 1
+
+    program = _export_program(model, example)
+    torch.export.save(program, str(out_dir / "model.pt"))
+
+    params, size = model_stats(model)
+    metrics = {
+        "test_accuracy": accuracy(model, ws.data.test),
+        "val_accuracy": accuracy(model, ws.data.val),
+        "latency_ms": m.latency_ms,
+        "latency_spread_ms": m.spread_ms,
+        "latency_samples_ms": list(m.samples_ms),
+        "params": params,
+        "size_bytes": size,
+        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / max(n, 1), "images": n},
+        "target": profile.describe(),
+        "config": config.to_dict(),
+        "exported_metrics": record["metrics"],
+        "model": ws.ref.to_dict(),
+        "artifact": artifact,
+        "versions": versions(),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _export_program(model, example):
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception:  # some graphs specialise the batch; a fixed-shape program still loads anywhere
+        return torch.export.export(model, (example,))

@@ -1,0 +1,145 @@
+"""The ``vitune`` command line. Commands are thin: they parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitune.errors import VituneError
+
+
+def _study_run(args) -> int:
+    from vitune.search.study import format_front, open_study, run_study
+    from vitune.search.studyfile import load_study_file
+
+    spec = load_study_file(args.study)
+    summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout, progress=not args.quiet)
+    print(
+        f"ran {summary.new_complete} trials ({summary.new_failed} failed) in {summary.seconds:.1f} s; "
+        f"{summary.total_complete} complete in the study"
+    )
+    print("Pareto front (validated accuracy vs TVM-measured latency):")
+    print(format_front(open_study(spec, create=False)))
+    return 0
+
+
+def _study_status(args) -> int:
+    from vitune.search.study import status_text
+    from vitune.search.studyfile import load_study_file
+
+    print(status_text(load_study_file(args.study)))
+    return 0
+
+
+def _study_export(args) -> int:
+    from vitune.search.export import export
+    from vitune.search.studyfile import load_study_file
+
+    doc = export(load_study_file(args.study), args.pick, Path(args.out), args.max_latency_ms)
+    members = doc.get("members", [doc])
+    for rec in members:
+        m = rec["metrics"]
+        print(f"trial {rec['study']['trial']}: accuracy {m['accuracy']:.4f}, latency {m['latency_ms']:.4f} ms, {rec['summary']}")
+    print(f"wrote {len(members)} configuration(s) to {args.out}")
+    return 0
+
+
+def _apply(args) -> int:
+    from vitune.apply import apply_record
+    from vitune.search.export import load_record
+
+    record = load_record(Path(args.export), args.member)
+    metrics = apply_record(record, Path(args.out), args.distill_steps, progress=not args.quiet)
+    agree = metrics["tvm_vs_torch"]
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f} (validation {metrics['val_accuracy']:.4f}, "
+        f"search saw {metrics['exported_metrics']['accuracy']:.4f}); latency {metrics['latency_ms']:.4f} ms on "
+        f"{metrics['target']['name']} (search saw {metrics['exported_metrics']['latency_ms']:.4f} ms)"
+    )
+    print(f"TVM vs PyTorch: max |logit diff| {agree['max_abs_logit_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.3f}")
+    print(f"wrote {args.out}/model.pt, {args.out}/metrics.json, {metrics['artifact']['library']}")
+    return 0
+
+
+def _targets_list(args) -> int:
+    from vitune.targets.profile import list_targets, load_target
+
+    for name, path in list_targets().items():
+        try:
+            desc = load_target(str(path)).description
+        except VituneError as err:
+            desc = f"INVALID: {err}"
+        print(f"{name:<20} {desc}")
+    return 0
+
+
+def _targets_show(args) -> int:
+    from vitune.targets.profile import load_target
+
+    p = load_target(args.name)
+    print(json.dumps({"name": p.name, "description": p.description, "source": p.source, "tvm_target": p.tvm_target,
+                      "runner": p.runner, "protocol": p.protocol.__dict__, "hardware": p.hardware.__dict__}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitune", description="Hardware-aware per-layer compression search for ViTs")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    study = sub.add_parser("study", help="run, inspect and export search studies").add_subparsers(dest="study_command", required=True)
+    run = study.add_parser("run", help="run or resume a study")
+    run.add_argument("study", help="study file (TOML)")
+    run.add_argument("--n-trials", type=int, default=None, help="run this many more trials (default: up to the file's n_trials)")
+    run.add_argument("--timeout", type=float, default=None, help="stop starting new trials after SECONDS")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_study_run)
+    status = study.add_parser("status", help="trials done/failed/running and the current front")
+    status.add_argument("study")
+    status.set_defaults(func=_study_status)
+    exp = study.add_parser("export", help="write chosen configuration(s) as JSON")
+    exp.add_argument("study")
+    exp.add_argument("--pick", choices=("best", "knee", "pareto"), default="best")
+    exp.add_argument("--max-latency-ms", type=float, default=None)
+    exp.add_argument("--out", required=True)
+    exp.set_defaults(func=_study_export)
+
+    ap = sub.add_parser("apply", help="rebuild an exported configuration, write model, metrics and TVM library")
+    ap.add_argument("export", help="JSON written by 'vitune study export'")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--member", type=int, default=None, help="index of the member of a --pick pareto export")
+    ap.add_argument("--distill-steps", type=int, default=None, help="override the knowledge-distillation steps")
+    ap.add_argument("--quiet", action="store_true")
+    ap.set_defaults(func=_apply)
+
+    targets = sub.add_parser("targets", help="hardware target profiles").add_subparsers(dest="targets_command", required=True)
+    tl = targets.add_parser("list", help="list known targets")
+    tl.set_defaults(func=_targets_list)
+    ts = targets.add_parser("show", help="print a target profile")
+    ts.add_argument("name")
+    ts.set_defaults(func=_targets_show)
+    return parser
+
+
+def _version() -> str:
+    from vitune import __version__
+
+    return f"vitune {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VituneError as err:
+        print(f"vitune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitune: interrupted; completed trials are kept in the study's storage", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Disjoint, deterministic splits and the helpers that read them.
+
+Every data source yields four disjoint splits of one labelled set:
+
+* ``train`` — training the default model and knowledge-distillation recovery;
+* ``calib`` — calibration activations for the compression transforms;
+* ``val`` — the accuracy the search optimises;
+* ``test`` — held out: only ``vitune apply`` reports it; the search never reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+SPLIT_NAMES = ("train", "calib", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: Dataset
+    calib: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]  # one example, without the batch dimension, e.g. (1, 8, 8)
+    name: str  # e.g. "digits"
+
+    def get(self, split: str) -> Dataset:
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}")
+        return getattr(self, split)
+
+
+def split_indices(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Stratified, deterministic partition of ``range(len(labels))`` by ``fractions`` (sum ≤ 1).
+
+    Each class is shuffled with ``seed`` and cut in the order of ``SPLIT_NAMES``; the parts
+    are disjoint by construction.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {name: [] for name in fractions}
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        names = [n for n in SPLIT_NAMES if n in fractions]
+        for j, name in enumerate(names):
+            stop = len(idx) if (j == len(names) - 1 and sum(fractions.values()) >= 0.999) else start + int(round(fractions[name] * len(idx)))
+            out[name].extend(idx[start:stop].tolist())
+            start = stop
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in out.items()}
+
+
+def sample_batch(dataset: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather ``dataset[i] for i in idx`` into one batch (fast path for tensor data sets)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        return tensors[0][idx], tensors[1][idx]
+    return default_collate([dataset[int(i)] for i in idx])
+
+
+def iterate(dataset: Dataset, batch_size: int = 256, limit: int | None = None):
+    """Yield ``(images, labels)`` batches in order; ``limit`` caps the number of examples."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, n, batch_size):
+        yield sample_batch(dataset, torch.arange(start, min(start + batch_size, n)))
+
+
+@torch.inference_mode()
+def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1]."""
+    model.eval()
+    correct = total = 0
+    for x, y in iterate(dataset, batch_size):
+        correct += int((model(x).argmax(dim=-1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)

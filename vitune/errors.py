@@ -1,0 +1,18 @@
+"""Error types shown to users.
+
+Every error a user can cause (a bad study file, an unknown layer, an impossible rank, an
+unknown target) is a :class:`VituneError` whose message is one line naming *what* is wrong
+and *where* (file, key, layer). The CLI prints the message alone, without a traceback.
+"""
+
+
+class VituneError(Exception):
+    """Base class for errors that are the user's to fix; ``str(err)`` is one actionable line."""
+
+
+class ConfigError(VituneError):
+    """A configuration value (study file, target file, per-layer config, CLI flag) is invalid."""
+
+
+class CandidateError(VituneError):
+    """A candidate could not be compressed, compiled or measured; the study records it as failed."""

@@ -1,0 +1,1 @@
+"""Models vitune compresses: the embedded default (digits ViT), any timm ViT, and layer discovery."""

@@ -1,0 +1,139 @@
+"""The embedded default model: a small timm ``VisionTransformer`` trained on digits.
+
+Training is deterministic (fixed seeds, fixed thread count, deterministic algorithms) and its
+checkpoint is cached under ``<cache>/models/`` keyed by a hash of the recipe, so the first
+study trains it (well under a minute on 2 cores) and every later one loads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vitune.data.splits import DataSplits, accuracy, sample_batch
+from vitune.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class DigitsRecipe:
+    """Architecture and training recipe of the default model (changing any field retrains)."""
+
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 2
+    epochs: int = 150
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    shift: int = 1  # random translation (pixels) used as augmentation
+    seed: int = 0
+    threads: int = 2  # training thread count (part of the recipe: results depend on it)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def build_digits_vit(recipe: DigitsRecipe = DigitsRecipe(), num_classes: int = 10):
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=8,
+        patch_size=recipe.patch_size,
+        in_chans=1,
+        num_classes=num_classes,
+        embed_dim=recipe.embed_dim,
+        depth=recipe.depth,
+        num_heads=recipe.num_heads,
+        mlp_ratio=recipe.mlp_ratio,
+        qkv_bias=True,
+        class_token=True,
+        global_pool="token",
+    )
+
+
+def _shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    if shift <= 0:
+        return x
+    padded = F.pad(x, (shift, shift, shift, shift))
+    n, _, h, w = x.shape
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, padded.shape[3])
+    out = torch.gather(padded, 2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return torch.gather(out, 3, cols)
+
+
+def train_digits_vit(splits: DataSplits, recipe: DigitsRecipe = DigitsRecipe(), progress: bool = True):
+    """Train from scratch on ``splits.train`` only; return the model in eval mode."""
+    from tqdm.auto import tqdm
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    try:
+        model = build_digits_vit(recipe, splits.num_classes)
+        n = len(splits.train)
+        steps_per_epoch = math.ceil(n / recipe.batch_size)
+        total = steps_per_epoch * recipe.epochs
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        warmup = steps_per_epoch * 2
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        )
+        gen = torch.Generator().manual_seed(recipe.seed)
+        model.train()
+        bar = tqdm(range(recipe.epochs), desc="training default model", disable=not progress, leave=False)
+        for _ in bar:
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n, recipe.batch_size):
+                x, y = sample_batch(splits.train, perm[start : start + recipe.batch_size])
+                loss = F.cross_entropy(model(_shift(x, recipe.shift, gen)), y, label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        model.eval()
+        return model
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def checkpoint_path(recipe: DigitsRecipe) -> Path:
+    return cache_dir() / "models" / f"digits-vit-{recipe.key}.pt"
+
+
+def load_or_train_default(splits: DataSplits, recipe: DigitsRecipe = DigitsRecipe(), progress: bool = True):
+    """Return ``(model, info)``: the cached checkpoint when present, else a freshly trained one."""
+    path = checkpoint_path(recipe)
+    model = build_digits_vit(recipe, splits.num_classes)
+    info: dict = {"recipe": dataclasses.asdict(recipe), "checkpoint": str(path)}
+    if path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        info.update(blob.get("meta", {}), cached=True)
+    else:
+        t0 = time.perf_counter()
+        model = train_digits_vit(splits, recipe, progress)
+        meta = {"train_seconds": round(time.perf_counter() - t0, 2), "val_accuracy": accuracy(model, splits.val)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        tmp.replace(path)  # atomic: a concurrent worker never reads a half-written file
+        info.update(meta, cached=False)
+    model.eval()
+    return model, info

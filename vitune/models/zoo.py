@@ -1,0 +1,107 @@
+"""Load the model a study names, with the data it is scored on.
+
+``load_workspace(model_spec, data_spec)`` returns a :class:`Workspace`: the original model
+(eval mode), its reference (name, checkpoint hash) and the four data splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from vitune.data.splits import DataSplits
+from vitune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What identifies the original model: enough to rebuild it and to check it is the same."""
+
+    source: str
+    name: str
+    checkpoint_sha256: str
+    pretrained: bool = False
+    checkpoint: str = ""
+    num_classes: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Workspace:
+    model: torch.nn.Module
+    ref: ModelRef
+    data: DataSplits
+    info: dict
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn((batch, *self.data.input_shape), generator=gen)
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """Hash of the weights (names, dtypes, shapes, bytes), independent of the file format."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _timm_model(spec):
+    import timm
+
+    try:
+        kwargs = {"pretrained": spec.pretrained}
+        if spec.num_classes:
+            kwargs["num_classes"] = spec.num_classes
+        if spec.checkpoint:
+            kwargs["checkpoint_path"] = spec.checkpoint
+        model = timm.create_model(spec.name, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err) or "Unknown" in str(err):
+            raise ConfigError(f"unknown timm model {spec.name!r} (see timm.list_models('*vit*'))") from None
+        raise ConfigError(f"timm model {spec.name!r}: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise ConfigError(f"timm model {spec.name!r}: cannot load weights ({str(err).splitlines()[0]})") from None
+    return model.eval()
+
+
+def load_workspace(model_spec, data_spec, progress: bool = True) -> Workspace:
+    fractions = dict(data_spec.fractions)
+    if model_spec.source == "default":
+        from vitune.data.digits import load_digits_splits
+        from vitune.models.default import load_or_train_default
+
+        data = load_digits_splits(data_spec.seed)
+        model, info = load_or_train_default(data, progress=progress)
+    elif model_spec.source == "timm":
+        model = _timm_model(model_spec)
+        info = {}
+        if data_spec.source == "imagefolder":
+            from vitune.data.imagefolder import load_imagefolder_splits
+
+            data = load_imagefolder_splits(data_spec.root, model, fractions, data_spec.seed)
+        else:
+            raise ConfigError(f"a timm model needs [data] source = \"imagefolder\", not {data_spec.source!r}")
+        classes = getattr(model, "num_classes", data.num_classes)
+        if classes != data.num_classes:
+            raise ConfigError(
+                f"model {model_spec.name!r} predicts {classes} classes but {data_spec.root!r} has {data.num_classes}; "
+                f"set [model].num_classes = {data.num_classes} or use a matching folder"
+            )
+    else:  # the study file parser rejects other sources
+        raise ConfigError(f"unknown model source {model_spec.source!r}")
+    ref = ModelRef(
+        source=model_spec.source,
+        name=model_spec.name,
+        checkpoint_sha256=state_dict_sha256(model),
+        pretrained=model_spec.pretrained,
+        checkpoint=model_spec.checkpoint,
+        num_classes=model_spec.num_classes,
+    )
+    return Workspace(model=model, ref=ref, data=data, info=info)

@@ -1,0 +1,1 @@
+"""The search: study files, the per-layer search space, the Optuna study loop, export."""

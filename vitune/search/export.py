@@ -1,0 +1,131 @@
+"""Pick configurations from a study's Pareto front and write them as JSON.
+
+Picks:
+
+* ``best`` — the most accurate front member, optionally under ``max_latency_ms``
+  (ties: the faster one);
+* ``knee`` — the member farthest from the straight line joining the front's two extremes,
+  with accuracy and latency scaled to [0, 1] over the front;
+* ``pareto`` — every front member.
+
+A record holds the model reference (name, checkpoint hash, how to rebuild it), the data it
+was scored on, the target, the per-layer configuration, ``metrics`` (``accuracy``,
+``latency_ms``, ``params``, ``size_bytes``, ...) and library versions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from vitune.errors import ConfigError
+from vitune.versions import versions
+
+FORMAT = "vitune.export/1"
+FORMAT_PARETO = "vitune.export-pareto/1"
+PICKS = ("best", "knee", "pareto")
+
+
+def pick_best(front: list, max_latency_ms: float | None = None):
+    members = [t for t in front if max_latency_ms is None or t.values[1] <= max_latency_ms]
+    if not members:
+        fastest = min(t.values[1] for t in front)
+        raise ConfigError(f"no front member has latency <= {max_latency_ms} ms; the fastest is {fastest:.4f} ms")
+    return max(members, key=lambda t: (t.values[0], -t.values[1]))
+
+
+def pick_knee(front: list, max_latency_ms: float | None = None):
+    members = [t for t in front if max_latency_ms is None or t.values[1] <= max_latency_ms]
+    if not members:
+        return pick_best(front, max_latency_ms)  # raises with the message
+    if len(members) <= 2:
+        return max(members, key=lambda t: (t.values[0], -t.values[1]))
+    accs = [t.values[0] for t in members]
+    lats = [t.values[1] for t in members]
+    a_lo, a_hi = min(accs), max(accs)
+    l_lo, l_hi = min(lats), max(lats)
+    span_a, span_l = (a_hi - a_lo) or 1.0, (l_hi - l_lo) or 1.0
+    # points: x = normalised latency (0 fastest), y = normalised accuracy (1 best)
+    pts = [((t.values[1] - l_lo) / span_l, (t.values[0] - a_lo) / span_a) for t in members]
+    (x0, y0), (x1, y1) = min(pts), max(pts)
+    norm = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 or 1.0
+
+    def distance(p):  # above the chord (better than linear trade-off) counts positive
+        return ((x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0)) / norm
+
+    best = max(range(len(members)), key=lambda i: (distance(pts[i]), members[i].values[0]))
+    return members[best]
+
+
+def trial_record(trial, spec, study_meta: dict) -> dict:
+    from vitune.targets import load_target
+
+    profile = load_target(spec.target.name)
+    return {
+        "format": FORMAT,
+        "study": {"name": spec.name, "storage": spec.storage, "file": str(spec.path), "trial": trial.number},
+        "model": study_meta.get("model", {}),
+        "data": {"source": spec.data.source, "root": spec.data.root, "fractions": dict(spec.data.fractions), "seed": spec.data.seed},
+        "target": {**profile.describe(), "latency_source": spec.target.latency},
+        "config": json.loads(trial.user_attrs["config"]),
+        "summary": trial.user_attrs.get("summary", ""),
+        "metrics": {
+            "accuracy": trial.values[0],
+            "latency_ms": trial.values[1],
+            "split": "val",
+            **{k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in ("accuracy", "latency_ms")},
+        },
+        "versions": versions(),
+    }
+
+
+def export(spec, pick: str, out: Path, max_latency_ms: float | None = None) -> dict:
+    from vitune.search.study import front, open_study
+
+    if pick not in PICKS:
+        raise ConfigError(f"unknown pick {pick!r} (expected {', '.join(PICKS)})")
+    study = open_study(spec, create=False)
+    members = front(study)
+    if not members:
+        raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
+    meta = study.user_attrs.get("vitune", {})
+    if pick == "pareto":
+        chosen = [t for t in members if max_latency_ms is None or t.values[1] <= max_latency_ms]
+        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta) for t in chosen]}
+    else:
+        trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
+        doc = trial_record(trial, spec, meta)
+        doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def load_record(path: Path, member: int | None = None) -> dict:
+    """Read an export; for a Pareto file pick ``member`` (index into its members)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"export file {str(path)!r} does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt == FORMAT_PARETO:
+        members = doc.get("members", [])
+        if member is None:
+            raise ConfigError(f"{path} holds {len(members)} Pareto members: choose one with --member 0..{len(members) - 1}")
+        if not 0 <= member < len(members):
+            raise ConfigError(f"{path}: --member {member} is out of range 0..{len(members) - 1}")
+        return members[member]
+    if fmt != FORMAT:
+        raise ConfigError(f"{path}: not a vitune export (format {fmt!r}, expected {FORMAT!r})")
+    for key in ("model", "data", "target", "config", "metrics"):
+        if key not in doc:
+            raise ConfigError(f"{path}: missing key {key!r}")
+    return doc
+
+
+__all__ = ["export", "load_record", "pick_best", "pick_knee", "trial_record", "asdict"]

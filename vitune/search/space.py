@@ -1,0 +1,85 @@
+"""The per-layer search space: study menu × model layout → Optuna parameters → config.
+
+Parameter names are ``<unit>:<knob>``: ``blocks.3.mlp.fc1:precision``,
+``blocks.3.mlp.fc1:rank_fraction``, ``blocks.3.attn:prune_heads``, ``blocks.3.mlp:prune_mlp``
+and ``distill_steps``. A knob whose menu has one value is fixed, not sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vitune.compression.config import CompressionConfig, LinearConfig
+from vitune.models.layers import ModelLayout, kept_count
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    layout: ModelLayout
+    choices: tuple[tuple[str, tuple], ...]  # param name → menu, in model order
+
+    @classmethod
+    def build(cls, spec, layout: ModelLayout) -> "SearchSpace":
+        choices: list[tuple[str, tuple]] = []
+        for head in layout.heads:
+            choices.append((f"{head.name}:prune_heads", spec.menu_for(head.name, "prune_heads")))
+        for mlp in layout.mlps:
+            choices.append((f"{mlp.name}:prune_mlp", spec.menu_for(mlp.name, "prune_mlp")))
+        for unit in layout.linears:
+            choices.append((f"{unit.name}:precision", spec.menu_for(unit.name, "precision")))
+            choices.append((f"{unit.name}:rank_fraction", spec.menu_for(unit.name, "rank_fraction")))
+        choices.append(("distill_steps", tuple(spec.distill_steps)))
+        return cls(layout, tuple(choices))
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for _, menu in self.choices:
+            n *= len(menu)
+        return n
+
+    def suggest(self, trial) -> CompressionConfig:
+        """Sample a configuration with ``trial.suggest_categorical`` for every free knob."""
+        values = {}
+        for name, menu in self.choices:
+            values[name] = trial.suggest_categorical(name, list(menu)) if len(menu) > 1 else menu[0]
+        return self.to_config(values)
+
+    def identity_params(self) -> dict:
+        """Parameters of the uncompressed model, where the menu allows it (for enqueueing)."""
+        ident = {"precision": "fp32", "rank_fraction": 1.0, "prune_heads": 0.0, "prune_mlp": 0.0}
+        params = {}
+        for name, menu in self.choices:
+            if len(menu) < 2:
+                continue
+            knob = name.rsplit(":", 1)[-1]
+            want = 0 if name == "distill_steps" else ident[knob]
+            params[name] = want if want in menu else menu[0]
+        return params
+
+    def to_config(self, values: dict) -> CompressionConfig:
+        """Turn knob values (rank as fraction) into a concrete, validated configuration."""
+        heads = {h.name: values.get(f"{h.name}:prune_heads", 0.0) for h in self.layout.heads}
+        mlps = {m.name: values.get(f"{m.name}:prune_mlp", 0.0) for m in self.layout.mlps}
+        linear: dict[str, LinearConfig] = {}
+        for unit in self.layout.linears:
+            frac = float(values.get(f"{unit.name}:rank_fraction", 1.0))
+            rank = None
+            if frac < 1.0:
+                in_f, out_f = _pruned_shape(self.layout, unit, heads, mlps)
+                rank = max(1, int(round(frac * min(in_f, out_f))))
+            linear[unit.name] = LinearConfig(values.get(f"{unit.name}:precision", "fp32"), rank)
+        config = CompressionConfig.make(linear, heads, mlps, int(values.get("distill_steps", 0)))
+        return config.validate(self.layout)
+
+
+def _pruned_shape(layout: ModelLayout, unit, heads: dict, mlps: dict) -> tuple[int, int]:
+    in_f, out_f = unit.in_features, unit.out_features
+    block = f"blocks.{unit.block}"
+    if unit.role.startswith("attn."):
+        h = layout.head(f"{block}.attn")
+        width = kept_count(h.num_heads, heads.get(f"{block}.attn", 0.0)) * h.head_dim
+        return (in_f, 3 * width) if unit.role == "attn.qkv" else (width, out_f)
+    m = layout.mlp(f"{block}.mlp")
+    width = kept_count(m.hidden, mlps.get(f"{block}.mlp", 0.0))
+    return (in_f, width) if unit.role == "mlp.fc1" else (width, out_f)

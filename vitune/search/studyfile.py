@@ -1,0 +1,305 @@
+"""Study files: a study is a TOML file, parsed and validated into a :class:`StudySpec`.
+
+Reference (every key optional unless marked)::
+
+    [study]
+    name = "quickstart"            # required; the Optuna study name
+    storage = ""                   # Optuna storage URL; default sqlite:///<file dir>/runs/<name>.db
+                                   # relative sqlite paths are relative to the study file;
+                                   # "journal:///path.log" selects Optuna's journal file storage
+    n_trials = 40                  # total trials the study should reach (resuming runs the rest)
+    timeout_s = 0                  # 0 = none; wall-clock bound of one run
+    sampler = "nsga2"              # nsga2 | tpe | random
+    seed = 0
+
+    [model]
+    source = "default"             # default (digits ViT, trained and cached) | timm
+    name = "deit_tiny_patch16_224" # timm model name (source = "timm")
+    pretrained = false             # timm hub weights (needs network on first use)
+    checkpoint = ""                # local checkpoint file for the timm model
+    num_classes = 0                # 0 = the model's default
+
+    [data]
+    source = "digits"              # digits | imagefolder
+    root = ""                      # ImageFolder root (class sub-folders), relative to the study file
+    fractions = { train = 0.5, calib = 0.1, val = 0.2, test = 0.2 }  # imagefolder splits
+    seed = 0
+
+    [target]
+    name = "local-cpu"             # built-in or user profile name, or a path to a .toml profile
+    latency = "measured"           # latency source
+
+    [space]                        # the menu every layer may take
+    precision = ["fp32", "fp16", "int8"]
+    rank_fraction = [1.0, 0.5, 0.25]  # of the (pruned) layer's full rank; 1.0 = no low-rank
+    prune_heads = [0.0, 0.25, 0.5]
+    prune_mlp = [0.0, 0.25, 0.5]
+    distill_steps = [0]            # KD recovery steps per candidate (one choice per trial)
+
+    [[space.override]]             # narrow the menu of layers matching a glob (later wins)
+    layers = "blocks.0.*"
+    precision = ["fp32"]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitune.compression.config import PRECISIONS
+from vitune.errors import ConfigError
+
+SAMPLERS = ("nsga2", "tpe", "random")
+MODEL_SOURCES = ("default", "timm")
+DATA_SOURCES = ("digits", "imagefolder")
+MENU_KEYS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str = "default"
+    name: str = "digits_vit"
+    pretrained: bool = False
+    checkpoint: str = ""  # resolved absolute path or ""
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "digits"
+    root: str = ""  # resolved absolute path or ""
+    fractions: tuple[tuple[str, float], ...] = (("train", 0.5), ("calib", 0.1), ("val", 0.2), ("test", 0.2))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str = "local-cpu"
+    latency: str = "measured"
+
+
+@dataclass(frozen=True)
+class Override:
+    layers: str  # glob over unit names
+    menu: tuple[tuple[str, tuple], ...]  # key → allowed values
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    precision: tuple[str, ...] = ("fp32", "fp16", "int8")
+    rank_fraction: tuple[float, ...] = (1.0, 0.5, 0.25)
+    prune_heads: tuple[float, ...] = (0.0, 0.25, 0.5)
+    prune_mlp: tuple[float, ...] = (0.0, 0.25, 0.5)
+    distill_steps: tuple[int, ...] = (0,)
+    overrides: tuple[Override, ...] = ()
+
+    def menu_for(self, unit: str, key: str) -> tuple:
+        """The values ``unit`` may take for ``key`` after applying every matching override."""
+        values = getattr(self, key)
+        for override in self.overrides:
+            if fnmatch.fnmatchcase(unit, override.layers):
+                values = dict(override.menu).get(key, values)
+        return values
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    path: Path
+    name: str
+    storage: str
+    n_trials: int
+    timeout_s: float
+    sampler: str
+    seed: int
+    model: ModelSpec
+    data: DataSpec
+    target: TargetSpec
+    space: SpaceSpec
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+# -- parsing helpers ------------------------------------------------------------------------
+class _Table:
+    """A TOML table being read: typed getters that name the file and key in errors."""
+
+    def __init__(self, data: Any, where: str, allowed: tuple[str, ...]):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+        extra = sorted(set(data) - set(allowed))
+        if extra:
+            raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(allowed)})")
+        self.data, self.where = data, where
+
+    def _fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.where}.{key}: expected {expected}, got {self.data[key]!r}")
+
+    def str(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            raise self._fail(key, "a string")
+        if choices and value not in choices:
+            raise ConfigError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def int(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"an integer >= {minimum}")
+        return value
+
+    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise self._fail(key, f"a number >= {minimum}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false")
+        return value
+
+
+def _menu(key: str, value: Any, where: str) -> tuple:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}.{key}: expected a non-empty list, got {value!r}")
+    out = []
+    for item in value:
+        if key == "precision":
+            if item not in PRECISIONS:
+                raise ConfigError(f"{where}.{key}: unsupported precision {item!r} (expected {', '.join(PRECISIONS)})")
+        elif key == "rank_fraction":
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 < item <= 1.0:
+                raise ConfigError(f"{where}.{key}: rank fraction {item!r} must be in (0, 1]")
+            item = float(item)
+        elif key in ("prune_heads", "prune_mlp"):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 <= item < 1.0 or math.isnan(item):
+                raise ConfigError(f"{where}.{key}: prune ratio {item!r} is outside [0, 1)")
+            item = float(item)
+        elif key == "distill_steps":
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise ConfigError(f"{where}.{key}: expected non-negative integers, got {item!r}")
+        if item in out:
+            raise ConfigError(f"{where}.{key}: {item!r} is listed twice")
+        out.append(item)
+    return tuple(out)
+
+
+def _resolve_path(base: Path, value: str) -> str:
+    if not value:
+        return ""
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def default_storage(path: Path, name: str) -> str:
+    return f"sqlite:///{(path.parent / 'runs' / f'{name}.db').resolve()}"
+
+
+def resolve_storage(url: str, base: Path) -> str:
+    """Make relative sqlite/journal paths relative to the study file's folder."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme):
+            rest = url[len(scheme):]
+            if rest and not rest.startswith("/") and rest != ":memory:":
+                return scheme + str((base / rest).resolve())
+    if "://" not in url:
+        raise ConfigError(f"storage {url!r} is not a URL (e.g. sqlite:///runs/study.db, postgresql://user@host/db, journal:///runs/study.log)")
+    return url
+
+
+def parse_study(data: dict, path: Path) -> StudySpec:
+    where = str(path)
+    top = _Table(data, where, ("study", "model", "data", "target", "space"))
+    if "study" not in data:
+        raise ConfigError(f"{where}: missing table [study] (it needs at least name = \"...\")")
+    st = _Table(data["study"], f"{where} [study]", ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"))
+    name = st.str("name", "")
+    if not name or any(c in name for c in "/\\ "):
+        raise ConfigError(f"{where} [study].name: expected a non-empty name without spaces or slashes, got {name!r}")
+    storage = st.str("storage", "") or default_storage(path, name)
+    storage = resolve_storage(storage, path.parent)
+
+    md = _Table(top.data.get("model", {}), f"{where} [model]", ("source", "name", "pretrained", "checkpoint", "num_classes"))
+    model = ModelSpec(
+        source=md.str("source", "default", MODEL_SOURCES),
+        name=md.str("name", "digits_vit"),
+        pretrained=md.bool("pretrained", False),
+        checkpoint=_resolve_path(path.parent, md.str("checkpoint", "")),
+        num_classes=md.int("num_classes", 0),
+    )
+    if model.source == "timm" and model.name == "digits_vit":
+        raise ConfigError(f"{where} [model].name: a timm model name is required when source = \"timm\"")
+    if model.checkpoint and not Path(model.checkpoint).is_file():
+        raise ConfigError(f"{where} [model].checkpoint: file {model.checkpoint!r} does not exist")
+
+    dt = _Table(top.data.get("data", {}), f"{where} [data]", ("source", "root", "fractions", "seed"))
+    fractions = DataSpec.fractions
+    if "fractions" in dt.data:
+        fr = _Table(dt.data["fractions"], f"{where} [data].fractions", ("train", "calib", "val", "test"))
+        fractions = tuple((k, fr.float(k, 0.0)) for k in ("train", "calib", "val", "test"))
+        if abs(sum(v for _, v in fractions) - 1.0) > 1e-6 or dict(fractions)["val"] <= 0 or dict(fractions)["test"] <= 0:
+            raise ConfigError(f"{where} [data].fractions: train/calib/val/test must sum to 1 with val and test > 0")
+    data_spec = DataSpec(
+        source=dt.str("source", "digits", DATA_SOURCES),
+        root=_resolve_path(path.parent, dt.str("root", "")),
+        fractions=fractions,
+        seed=dt.int("seed", 0),
+    )
+    if data_spec.source == "imagefolder":
+        if not data_spec.root:
+            raise ConfigError(f"{where} [data].root: required when source = \"imagefolder\"")
+        if not Path(data_spec.root).is_dir():
+            raise ConfigError(f"{where} [data].root: folder {data_spec.root!r} does not exist")
+    if model.source == "default" and data_spec.source != "digits":
+        raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
+
+    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency"))
+    target = TargetSpec(name=tg.str("name", "local-cpu"), latency=tg.str("latency", "measured"))
+    if target.name.endswith(".toml") or "/" in target.name:
+        target = TargetSpec(_resolve_path(path.parent, target.name), target.latency)
+
+    sp = _Table(top.data.get("space", {}), f"{where} [space]", (*MENU_KEYS, "distill_steps", "override"))
+    defaults = SpaceSpec()
+    menus = {k: _menu(k, sp.data[k], sp.where) if k in sp.data else getattr(defaults, k) for k in (*MENU_KEYS, "distill_steps")}
+    overrides = []
+    raw_over = sp.data.get("override", [])
+    if not isinstance(raw_over, list):
+        raise ConfigError(f"{where} [space].override: expected [[space.override]] tables")
+    for i, item in enumerate(raw_over):
+        ov = _Table(item, f"{where} [[space.override]] #{i + 1}", ("layers", *MENU_KEYS))
+        glob = ov.str("layers", "")
+        if not glob:
+            raise ConfigError(f"{ov.where}.layers: required (a glob such as 'blocks.0.*')")
+        menu = tuple((k, _menu(k, ov.data[k], ov.where)) for k in MENU_KEYS if k in ov.data)
+        overrides.append(Override(glob, menu))
+    space = SpaceSpec(**menus, overrides=tuple(overrides))
+
+    return StudySpec(
+        path=path.resolve(),
+        name=name,
+        storage=storage,
+        n_trials=st.int("n_trials", 40, minimum=1),
+        timeout_s=st.float("timeout_s", 0.0),
+        sampler=st.str("sampler", "nsga2", SAMPLERS),
+        seed=st.int("seed", 0),
+        model=model,
+        data=data_spec,
+        target=target,
+        space=space,
+    )
+
+
+def load_study_file(path: str | Path) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return parse_study(data, path)

@@ -1,0 +1,79 @@
+"""Measure a model's latency on a target: compile, run, time — returning a record, never raising.
+
+``measure(model, example, profile)`` is the measured latency source of the search: whatever
+fails (export, import, build, run) comes back as ``Measurement(error="...")`` with the stage
+named, so one bad candidate never takes a study down.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Result of timing one model on one target."""
+
+    target: str
+    latency_ms: float | None = None  # median over repeats
+    samples_ms: tuple[float, ...] = ()  # one mean per repeat
+    spread_ms: float | None = None  # interquartile range of the samples
+    error: str | None = None  # what failed, with the stage named; None when ok
+    timings: dict[str, float] = field(default_factory=dict)  # export_s, build_s, run_s, ...
+    source: str = "measured"  # measured | predicted:<model>
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.latency_ms is not None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["samples_ms"] = list(self.samples_ms)
+        return data
+
+
+def _iqr(samples: list[float]) -> float:
+    if len(samples) < 2:
+        return 0.0
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def _short(err: BaseException) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None) -> Measurement:
+    """Compile ``model`` for ``profile`` and time it there. Never raises (except KeyboardInterrupt).
+
+    If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
+    """
+    from vitune.targets.compile import compile_model
+    from vitune.targets.runner import runner_for
+
+    stage = "compile"
+    timings: dict[str, float] = {}
+    try:
+        compiled = compile_model(model, example, profile)
+        timings.update(compiled.timings)
+        if compiled_out is not None:
+            compiled_out.append(compiled)
+        stage = "run"
+        t0 = time.perf_counter()
+        samples = runner_for(profile).time(compiled, example.numpy(), profile.protocol)
+        timings["run_s"] = time.perf_counter() - t0
+        return Measurement(
+            target=profile.name,
+            latency_ms=statistics.median(samples),
+            samples_ms=tuple(samples),
+            spread_ms=_iqr(samples),
+            timings=timings,
+        )
+    except Exception as err:  # a measurement is a record, never an exception into the search
+        return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {_short(err)}", timings=timings)
