@@ -79,7 +79,9 @@ class Fp16Linear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.float16), self.weight, self.bias).to(x.dtype)
+        # The bias is added after the cast back: TVM's importer gives the fp16 matmul an fp32 result.
+        y = F.linear(x.to(torch.float16), self.weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype=float16"

@@ -96,7 +96,7 @@ def train_digits_vit(splits: DataSplits, recipe: DigitsRecipe = DigitsRecipe(), 
         )
         gen = torch.Generator().manual_seed(recipe.seed)
         model.train()
-        bar = tqdm(range(recipe.epochs), desc="training default model", disable=not progress, leave=False)
+        bar = tqdm(range(recipe.epochs), desc="training default model", disable=None if progress else True, leave=False)
         for _ in bar:
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, recipe.batch_size):

@@ -29,7 +29,13 @@ def make_storage(url: str):
         engine = {"connect_args": {"timeout": 60}}
     else:
         engine = {}
+    import warnings
+
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
     except Exception as err:  # SQLAlchemy errors: bad URL, unreachable server, missing driver
         raise ConfigError(f"storage {url!r} cannot be opened: {str(err).splitlines()[0]}") from None

@@ -198,15 +198,20 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     evaluator = Evaluator(workspace, profile, source)
     objective = Objective(space, evaluator, study)
     before = count_states(study)
-    bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=not progress)
+    bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)
 
     def on_trial(study_, trial):
         bar.update(1)
         m = trial.user_attrs.get("metrics", {})
         if trial.state == optuna.trial.TrialState.COMPLETE:
             bar.set_postfix(acc=f"{m.get('accuracy', 0):.3f}", ms=f"{m.get('latency_ms', 0):.3f}")
+            if bar.disable and progress:  # not a terminal: one line per trial instead of a bar
+                log(
+                    f"trial {trial.number}: accuracy {m.get('accuracy', 0):.4f}, latency {m.get('latency_ms', 0):.4f} ms, "
+                    f"{trial.user_attrs.get('summary', '')}"
+                )
         elif trial.state == optuna.trial.TrialState.FAIL:
-            bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('error', 'unknown error')}")
+            (bar.write if not bar.disable else log)(f"trial {trial.number} failed: {trial.user_attrs.get('error', 'unknown error')}")
 
     t0 = time.perf_counter()
     logging.getLogger("optuna").setLevel(logging.ERROR)

@@ -1,0 +1,78 @@
+import pytest
+
+from vitune.compression.config import CompressionConfig, LinearConfig
+from vitune.errors import ConfigError
+from vitune.models.default import build_digits_vit
+from vitune.models.layers import discover
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return discover(build_digits_vit())
+
+
+def sample():
+    return CompressionConfig.make(
+        {"blocks.0.attn.qkv": LinearConfig("int8", 16), "blocks.1.mlp.fc2": LinearConfig("fp16")},
+        prune_heads={"blocks.0.attn": 0.25},
+        prune_mlp={"blocks.1.mlp": 0.5, "blocks.2.mlp": 0.0},
+        distill_steps=10,
+    )
+
+
+def test_json_round_trip():
+    cfg = sample()
+    again = CompressionConfig.from_json(cfg.to_json())
+    assert again == cfg and again.key == cfg.key
+    assert "blocks.2.mlp" not in again.prune_mlp  # no-op entries are dropped
+    assert cfg.summary() == "int8:1 lowrank:1 fp16:1 heads-:1 mlp-:1 kd:10"
+
+
+def test_identity():
+    assert CompressionConfig.identity().is_identity
+    assert CompressionConfig.make({"blocks.0.attn.qkv": LinearConfig()}).is_identity
+
+
+def test_valid_config_passes(layout):
+    assert sample().validate(layout) is not None
+
+
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        (CompressionConfig.make({"blocks.7.mlp.fc1": LinearConfig("int8")}), r"unknown linear layer 'blocks\.7\.mlp\.fc1'"),
+        (CompressionConfig.make({"blocks.0.mlp.fc1": LinearConfig("fp32", 65)}), r"blocks\.0\.mlp\.fc1: rank 65 is impossible.*between 1 and 64"),
+        (CompressionConfig.make({"blocks.0.mlp.fc1": LinearConfig("int3")}), r"blocks\.0\.mlp\.fc1: unsupported precision 'int3'"),
+        (CompressionConfig.make(prune_heads={"blocks.0.attn": 1.0}), r"prune_heads\['blocks\.0\.attn'\].*outside \[0, 1\)"),
+        (CompressionConfig.make(prune_mlp={"blocks.0.mlp": -0.1}), r"prune_mlp\['blocks\.0\.mlp'\].*outside"),
+        (CompressionConfig.make(prune_mlp={"blocks.0.attn": 0.5}), r"unknown MLP unit 'blocks\.0\.attn'"),
+    ],
+)
+def test_validation_errors_name_layer_and_value(layout, cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate(layout)
+
+
+def test_rank_is_checked_after_pruning(layout):
+    # fc2 reads the MLP hidden width: 256 → 64 after pruning 75 %, so rank 64 is fine but the
+    # proj layer after pruning half the heads reads only 32 features.
+    ok = CompressionConfig.make({"blocks.0.mlp.fc2": LinearConfig("fp32", 64)}, prune_mlp={"blocks.0.mlp": 0.75})
+    ok.validate(layout)
+    bad = CompressionConfig.make({"blocks.0.attn.proj": LinearConfig("fp32", 40)}, prune_heads={"blocks.0.attn": 0.5})
+    with pytest.raises(ConfigError, match=r"rank 40 is impossible; the layer is 64x32"):
+        bad.validate(layout)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"linear": {"blocks.0.attn.qkv": {"precision": "int8", "bits": 4}}}, r"unknown key 'bits'"),
+        ({"linear": {"blocks.0.attn.qkv": {"rank": "8"}}}, r"rank: expected an integer"),
+        ({"prune_mlp": {"blocks.0.mlp": "half"}}, r"expected a number"),
+        ({"distill_steps": -1}, r"distill_steps: expected a non-negative integer"),
+        ({"layers": {}}, r"unknown key 'layers'"),
+    ],
+)
+def test_from_dict_rejects_bad_input(data, message):
+    with pytest.raises(ConfigError, match=message):
+        CompressionConfig.from_dict(data)
