@@ -2,8 +2,10 @@
 
 Writes into ``out_dir``:
 
-* ``model.pt`` — the compressed model as a ``torch.export`` program: load it with
-  ``torch.export.load("model.pt").module()``, no vitune needed;
+* ``model.pt`` — the compressed ``nn.Module``: ``torch.load("model.pt", weights_only=False)``
+  (needs timm and ``vitune.compression`` importable, nothing of the search);
+* ``model.pt2`` — the same model as a ``torch.export`` program with a dynamic batch:
+  ``torch.export.load("model.pt2").module()`` needs nothing but torch;
 * ``tvm-<target>/`` — the TVM-compiled library (``model.so``), its weights (``params.npz``)
   and ``artifact.json`` (how to call it);
 * ``metrics.json`` — test-split accuracy (held out from the search), validation accuracy,
@@ -86,8 +88,8 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
             agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
             n += 1
 
-    program = _export_program(model, example)
-    torch.export.save(program, str(out_dir / "model.pt"))
+    torch.save(model, out_dir / "model.pt")
+    torch.export.save(_export_program(model, example), str(out_dir / "model.pt2"))
 
     params, size = model_stats(model)
     metrics = {
@@ -114,7 +116,7 @@ def _export_program(model, example):
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    try:  # traced at batch 2: torch.export specialises dimensions of size 1
+        return torch.export.export(model, (example.repeat(2, *[1] * (example.dim() - 1)),), dynamic_shapes=({0: batch},))
     except Exception:  # some graphs specialise the batch; a fixed-shape program still loads anywhere
         return torch.export.export(model, (example,))

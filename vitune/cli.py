@@ -59,7 +59,7 @@ def _apply(args) -> int:
         f"{metrics['target']['name']} (search saw {metrics['exported_metrics']['latency_ms']:.4f} ms)"
     )
     print(f"TVM vs PyTorch: max |logit diff| {agree['max_abs_logit_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.3f}")
-    print(f"wrote {args.out}/model.pt, {args.out}/metrics.json, {metrics['artifact']['library']}")
+    print(f"wrote {args.out}/model.pt, {args.out}/model.pt2, {args.out}/metrics.json, {metrics['artifact']['library']}")
     return 0
 
 

@@ -36,7 +36,8 @@ class LowRankLinear(nn.Module):
 class Int8Linear(nn.Module):
     """Weight-only int8: symmetric per-output-channel scales, dequantized inside the forward.
 
-    ``weight_int8`` (int8, out × in) and ``scale`` (fp32, out) are what is stored and shipped;
+    ``weight_int8`` (int8, out × in) and ``scale`` (fp32, out) are what is stored and shipped
+    (as frozen parameters, so exporters treat them as weights);
     the dequantize (cast × scale) sits right before the matmul in the exported graph.
     """
 
@@ -45,8 +46,10 @@ class Int8Linear(nn.Module):
         if weight_int8.dtype != torch.int8:
             raise TypeError("weight_int8 must be int8")
         self.out_features, self.in_features = (int(s) for s in weight_int8.shape)
-        self.register_buffer("weight_int8", weight_int8.contiguous())
-        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+        # Frozen parameters, not buffers: the TVM importer keeps parameters as graph inputs, so
+        # the build sees (and ships) int8 weights instead of folding them into fp32 constants.
+        self.weight_int8 = nn.Parameter(weight_int8.contiguous(), requires_grad=False)
+        self.scale = nn.Parameter(scale.to(torch.float32).contiguous(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone())
 
     @classmethod

@@ -1,0 +1,44 @@
+import optuna
+
+from vitune.models.default import build_digits_vit
+from vitune.models.layers import discover
+from vitune.search.space import SearchSpace
+from vitune.search.study import baseline_params
+from vitune.search.studyfile import Override, SpaceSpec
+
+
+def space(**kw):
+    return SearchSpace.build(SpaceSpec(**kw), discover(build_digits_vit()))
+
+
+def test_fixed_trial_gives_the_config_it_says():
+    s = space()
+    params = s.identity_params()
+    params.update({"blocks.1.mlp.fc1:precision": "int8", "blocks.1.mlp.fc1:rank_fraction": 0.25, "blocks.1.mlp:prune_mlp": 0.5})
+    cfg = s.suggest(optuna.trial.FixedTrial(params))
+    # fc1 is 64 → 256, pruned to 128 hidden: rank = 0.25 × min(64, 128) = 16
+    assert cfg.linear_for("blocks.1.mlp.fc1").rank == 16
+    assert cfg.linear_for("blocks.1.mlp.fc1").precision == "int8"
+    assert cfg.prune_mlp == {"blocks.1.mlp": 0.5}
+
+
+def test_identity_params_give_the_uncompressed_model():
+    s = space()
+    assert s.suggest(optuna.trial.FixedTrial(s.identity_params())).is_identity
+
+
+def test_single_value_menus_are_fixed_not_sampled():
+    s = space(precision=("fp32",), overrides=(Override("blocks.0.*", (("rank_fraction", (1.0,)),)),))
+    params = s.identity_params()
+    assert not any(k.endswith(":precision") for k in params)
+    assert "blocks.0.attn.qkv:rank_fraction" not in params and "blocks.1.attn.qkv:rank_fraction" in params
+
+
+def test_baselines_are_uniform_and_distinct():
+    s = space()
+    base = baseline_params(s)
+    assert base[0] == s.identity_params()
+    configs = [s.suggest(optuna.trial.FixedTrial(p)) for p in base]
+    assert len({c.key for c in configs}) == len(configs)
+    # fp16, int8, two rank fractions below 1.0, two ratios each for heads and MLP
+    assert len(base) == 1 + 2 + 2 + 2 + 2

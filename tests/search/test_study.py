@@ -1,0 +1,192 @@
+"""A short real study on the real default model: storage, resume, export, apply, failures."""
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from vitune.cli import main
+from vitune.costmodels import latency_sources, register_latency_source
+from vitune.costmodels.base import MeasuredLatency
+from vitune.errors import ConfigError
+from vitune.search.export import load_record
+from vitune.search.study import open_study, run_study
+from vitune.search.studyfile import load_study_file
+from vitune.targets.measure import Measurement
+
+STUDY = """
+[study]
+name = "{name}"
+n_trials = {n}
+sampler = "{sampler}"
+seed = 1
+[target]
+name = "{target}"
+latency = "{latency}"
+[space]
+precision = ["fp32", "int8", "fp16"]
+rank_fraction = [1.0, 0.25]
+prune_heads = [0.0, 0.25]
+prune_mlp = [0.0, 0.5]
+"""
+
+
+class FailsOnFp16(MeasuredLatency):
+    """A fake with a known failure: any candidate with an fp16 layer 'crashes its build'."""
+
+    name = "test-fails-on-fp16"
+
+    def latency(self, model, config, example, compiled_out=None):
+        if any(spec.precision == "fp16" for _, spec in config.linear_items):
+            return Measurement(target=self.profile.name, error="build failed on test: simulated crash for fp16")
+        return super().latency(model, config, example, compiled_out)
+
+
+if FailsOnFp16.name not in latency_sources():
+    register_latency_source(FailsOnFp16.name, FailsOnFp16)
+
+
+def write_study(tmp_path, fast_target_file, name="s", n=4, sampler="random", latency="measured"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, n=n, sampler=sampler, target=fast_target_file, latency=latency))
+    return load_study_file(path)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, fast_target_file, default_workspace):
+    tmp = tmp_path_factory.mktemp("study")
+    spec = write_study(tmp, fast_target_file)
+    summary = run_study(spec, progress=False, log=lambda *_: None)
+    return spec, summary, tmp
+
+
+def test_storage_holds_accuracy_and_latency_for_each_trial(ran):
+    spec, summary, _ = ran
+    assert summary.total_complete == 4
+    study = open_study(spec, create=False)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for t in complete:
+        m = t.user_attrs["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0 and m["params"] > 0 and m["size_bytes"] > 0
+        assert t.values == [m["accuracy"], m["latency_ms"]]
+        assert json.loads(t.user_attrs["config"]) is not None and t.user_attrs["config_key"]
+    # the first trial is the uncompressed reference
+    assert complete[0].user_attrs["summary"] == "uncompressed"
+    assert study.user_attrs["vitune"]["model"]["checkpoint_sha256"]
+
+
+def test_resume_keeps_completed_trials(ran, tmp_path):
+    spec, _, _ = ran
+    before = {t.number: t.values for t in open_study(spec, create=False).get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    again = run_study(spec, progress=False, log=lambda *_: None)  # already at n_trials: nothing to do
+    assert again.new_complete == 0
+    more = run_study(spec, n_trials=2, progress=False, log=lambda *_: None)
+    assert more.new_complete + more.new_failed == 2
+    after = {t.number: t.values for t in open_study(spec, create=False).get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    assert all(after[n] == v for n, v in before.items())
+
+
+def test_duplicate_configuration_is_served_from_the_study(ran):
+    spec, _, _ = ran
+    study = open_study(spec, create=False)
+    first = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    study.enqueue_trial(first.params)
+    run_study(spec, n_trials=1, progress=False, log=lambda *_: None)
+    last = open_study(spec, create=False).get_trials()[-1]
+    assert last.user_attrs["cached_from"] == first.number and last.values == first.values
+
+
+@pytest.mark.parametrize("pick", ["best", "knee", "pareto"])
+def test_export_modes(ran, pick, capsys):
+    spec, _, tmp = ran
+    out = tmp / f"{pick}.json"
+    assert main(["study", "export", str(spec.path), "--pick", pick, "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    records = doc["members"] if pick == "pareto" else [doc]
+    assert records
+    for rec in records:
+        assert rec["model"]["name"] == "digits_vit" and len(rec["model"]["checkpoint_sha256"]) == 64
+        assert rec["target"]["name"] == "test-cpu"
+        assert {"accuracy", "latency_ms", "params", "size_bytes"} <= set(rec["metrics"])
+        assert {"torch", "timm", "tvm", "vitune"} <= set(rec["versions"])
+        assert "linear" in rec["config"]
+
+
+def test_export_best_respects_latency_budget(ran):
+    spec, _, tmp = ran
+    study = open_study(spec, create=False)
+    lats = sorted(t.values[1] for t in study.best_trials)
+    budget = lats[0] * 1.0001
+    out = tmp / "budget.json"
+    assert main(["study", "export", str(spec.path), "--pick", "best", "--max-latency-ms", str(budget), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["latency_ms"] <= budget
+    assert main(["study", "export", str(spec.path), "--max-latency-ms", str(lats[0] / 10), "--out", str(out)]) == 2
+
+
+def test_apply_rebuilds_and_matches_exported_metrics(ran):
+    spec, _, tmp = ran
+    exported = tmp / "apply-best.json"
+    assert main(["study", "export", str(spec.path), "--pick", "knee", "--out", str(exported)]) == 0
+    out = tmp / "applied"
+    assert main(["apply", str(exported), "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = load_record(exported)
+    assert metrics["val_accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
+    assert metrics["params"] == record["metrics"]["params"] and metrics["size_bytes"] == record["metrics"]["size_bytes"]
+    assert 0.33 < metrics["latency_ms"] / record["metrics"]["latency_ms"] < 3.0  # same build, re-timed
+    assert metrics["tvm_vs_torch"]["top1_agreement"] == 1.0
+    assert 0 < metrics["test_accuracy"] <= 1
+    x = torch.randn(3, 1, 8, 8)
+    program = torch.export.load(str(out / "model.pt2"))  # loads with plain torch, dynamic batch
+    module = torch.load(out / "model.pt", weights_only=False)
+    torch.testing.assert_close(program.module()(x), module(x))
+    assert module(x).shape == (3, 10)
+    assert (out / "tvm-test-cpu" / "model.so").read_bytes()[:4] == b"\x7fELF"
+
+
+def test_status_prints_counts_and_front(ran, capsys):
+    spec, _, _ = ran
+    assert main(["study", "status", str(spec.path)]) == 0
+    text = capsys.readouterr().out
+    assert "complete" in text and "Pareto front" in text and "uncompressed" in text
+
+
+def test_failed_candidate_is_recorded_and_study_goes_on(tmp_path, fast_target_file, default_workspace):
+    spec = write_study(tmp_path, fast_target_file, name="flaky", n=6, latency="test-fails-on-fp16")
+    summary = run_study(spec, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert summary.new_failed == len(failed) >= 1
+    assert all("simulated crash for fp16" in t.user_attrs["error"] for t in failed)
+    assert summary.new_complete >= 1 and summary.new_complete + summary.new_failed == 6
+
+
+def test_resuming_against_another_model_is_refused(ran):
+    spec, _, _ = ran
+    study = open_study(spec, create=False)
+    meta = dict(study.user_attrs["vitune"])
+    meta["model"] = {**meta["model"], "checkpoint_sha256": "0" * 64}
+    study.set_user_attr("vitune", meta)
+    try:
+        with pytest.raises(ConfigError, match="not on this file's model"):
+            run_study(spec, n_trials=1, progress=False, log=lambda *_: None)
+    finally:
+        study.set_user_attr("vitune", {**meta, "model": {**meta["model"], "checkpoint_sha256": run_model_hash()}})
+
+
+def run_model_hash():
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import DataSpec, ModelSpec
+
+    return load_workspace(ModelSpec(), DataSpec(), progress=False).ref.checkpoint_sha256
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study]\nname = 'x'\nn_trials = 0\n")
+    assert main(["study", "run", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "n_trials" in err and "bad.toml" in err
+    assert main(["study", "status", str(tmp_path / "missing.toml")]) == 2
