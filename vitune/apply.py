@@ -31,6 +31,7 @@ def _specs(record: dict):
         pretrained=bool(m.get("pretrained", False)),
         checkpoint=m.get("checkpoint", ""),
         num_classes=int(m.get("num_classes", 0)),
+        img_size=int(m.get("img_size", 0)),
     )
     fractions = tuple(d.get("fractions", {}).items()) or DataSpec.fractions
     data = DataSpec(source=d.get("source", "digits"), root=d.get("root", ""), fractions=fractions, seed=int(d.get("seed", 0)))

@@ -20,6 +20,9 @@ def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed:
     from torchvision.datasets import ImageFolder
 
     config = resolve_data_config({}, model=model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size:  # the model may be built at another resolution than its pretrained config says
+        config["input_size"] = (config["input_size"][0], *tuple(img_size))
     transform = create_transform(**config, is_training=False)
     try:
         folder = ImageFolder(root, transform=transform)

@@ -25,6 +25,7 @@ class ModelRef:
     pretrained: bool = False
     checkpoint: str = ""
     num_classes: int = 0
+    img_size: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -59,11 +60,13 @@ def _timm_model(spec):
         kwargs = {"pretrained": spec.pretrained}
         if spec.num_classes:
             kwargs["num_classes"] = spec.num_classes
+        if spec.img_size:
+            kwargs["img_size"] = spec.img_size
         if spec.checkpoint:
             kwargs["checkpoint_path"] = spec.checkpoint
         model = timm.create_model(spec.name, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err) or "Unknown" in str(err):
+    except (RuntimeError, TypeError) as err:
+        if "Unknown model" in str(err):
             raise ConfigError(f"unknown timm model {spec.name!r} (see timm.list_models('*vit*'))") from None
         raise ConfigError(f"timm model {spec.name!r}: {str(err).splitlines()[0]}") from None
     except OSError as err:
@@ -103,5 +106,6 @@ def load_workspace(model_spec, data_spec, progress: bool = True) -> Workspace:
         pretrained=model_spec.pretrained,
         checkpoint=model_spec.checkpoint,
         num_classes=model_spec.num_classes,
+        img_size=model_spec.img_size,
     )
     return Workspace(model=model, ref=ref, data=data, info=info)

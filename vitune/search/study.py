@@ -40,7 +40,11 @@ def make_sampler(name: str, seed: int, n_trials: int):
         population = max(8, min(50, n_trials // 4))
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        import warnings
+
+        with warnings.catch_warnings():  # multivariate/group/constant_liar are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}")

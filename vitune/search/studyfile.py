@@ -18,6 +18,7 @@ Reference (every key optional unless marked)::
     pretrained = false             # timm hub weights (needs network on first use)
     checkpoint = ""                # local checkpoint file for the timm model
     num_classes = 0                # 0 = the model's default
+    img_size = 0                   # timm input resolution; 0 = the model's default
 
     [data]
     source = "digits"              # digits | imagefolder
@@ -66,6 +67,7 @@ class ModelSpec:
     pretrained: bool = False
     checkpoint: str = ""  # resolved absolute path or ""
     num_classes: int = 0
+    img_size: int = 0  # timm models: input resolution (0 = the model's default)
 
 
 @dataclass(frozen=True)
@@ -224,13 +226,14 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     storage = st.str("storage", "") or default_storage(path, name)
     storage = resolve_storage(storage, path.parent)
 
-    md = _Table(top.data.get("model", {}), f"{where} [model]", ("source", "name", "pretrained", "checkpoint", "num_classes"))
+    md = _Table(top.data.get("model", {}), f"{where} [model]", ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"))
     model = ModelSpec(
         source=md.str("source", "default", MODEL_SOURCES),
         name=md.str("name", "digits_vit"),
         pretrained=md.bool("pretrained", False),
         checkpoint=_resolve_path(path.parent, md.str("checkpoint", "")),
         num_classes=md.int("num_classes", 0),
+        img_size=md.int("img_size", 0),
     )
     if model.source == "timm" and model.name == "digits_vit":
         raise ConfigError(f"{where} [model].name: a timm model name is required when source = \"timm\"")

@@ -29,7 +29,7 @@ class LocalRunner:
         from tvm import relax
 
         dev = tvm.cpu(0)
-        return relax.VirtualMachine(compiled.executable, dev), dev
+        return relax.VirtualMachine(compiled.runtime_module(), dev), dev
 
     def _args(self, compiled: CompiledModel, inputs: np.ndarray, dev):
         import tvm

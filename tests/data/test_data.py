@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from vitune.data.splits import SPLIT_NAMES, accuracy, split_indices
+
+
+def test_digits_splits_are_disjoint_and_deterministic(digits):
+    from vitune.data.digits import load_digits_splits
+
+    again = load_digits_splits()
+    seen = set()
+    for name in SPLIT_NAMES:
+        x = digits.get(name).tensors[0]
+        assert torch.equal(x, again.get(name).tensors[0])
+        rows = {tuple(r.flatten().tolist()) for r in x}
+        seen_before = len(seen)
+        seen |= rows
+        assert len(seen) == seen_before + len(rows) or name == "train"  # digits has a few duplicate images
+    sizes = {n: len(digits.get(n)) for n in SPLIT_NAMES}
+    assert sum(sizes.values()) == 1797 and sizes["test"] > 250 and sizes["val"] > 250
+
+
+def test_split_indices_partition():
+    labels = np.repeat(np.arange(5), 40)
+    parts = split_indices(labels, {"train": 0.5, "calib": 0.1, "val": 0.2, "test": 0.2}, seed=3)
+    union = np.concatenate(list(parts.values()))
+    assert len(union) == len(set(union.tolist())) == 200
+    for idx in parts.values():  # stratified: every class in every split
+        assert set(labels[idx]) == set(range(5))
+
+
+def make_folder(root, classes=3, per_class=10, size=32):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = (rng.random((size, size, 3)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+def test_timm_model_on_imagefolder(tmp_path):
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.pipeline import compress
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import DataSpec, ModelSpec
+
+    root = make_folder(tmp_path / "images")
+    ws = load_workspace(
+        ModelSpec(source="timm", name="deit_tiny_patch16_224", num_classes=3),
+        DataSpec(source="imagefolder", root=str(root), fractions=(("train", 0.4), ("calib", 0.2), ("val", 0.2), ("test", 0.2))),
+    )
+    assert ws.data.input_shape == (3, 224, 224) and ws.data.num_classes == 3
+    assert len(ws.data.val) == 6 and len(ws.data.test) == 6
+    assert 0.0 <= accuracy(ws.model, ws.data.val) <= 1.0
+    small = compress(ws.model, CompressionConfig.make({"blocks.5.mlp.fc1": LinearConfig("int8", 32)}, prune_heads={"blocks.5.attn": 0.34}))
+    assert small.blocks[5].attn.num_heads == 2
+    assert 0.0 <= accuracy(small, ws.data.val) <= 1.0
+
+
+def test_class_count_mismatch_is_explained(tmp_path):
+    from vitune.errors import ConfigError
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import DataSpec, ModelSpec
+
+    root = make_folder(tmp_path / "images", classes=2, per_class=6)
+    with pytest.raises(ConfigError, match=r"predicts 1000 classes but .* has 2; set \[model\]\.num_classes = 2"):
+        load_workspace(ModelSpec(source="timm", name="deit_tiny_patch16_224"), DataSpec(source="imagefolder", root=str(root)))
+    with pytest.raises(ConfigError, match="unknown timm model 'no_such_vit'"):
+        load_workspace(ModelSpec(source="timm", name="no_such_vit"), DataSpec(source="imagefolder", root=str(root)))
