@@ -16,6 +16,7 @@ Writes into ``out_dir``:
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from vitune.errors import ConfigError
@@ -25,14 +26,8 @@ def _specs(record: dict):
     from vitune.search.studyfile import DataSpec, ModelSpec
 
     m, d = record["model"], record["data"]
-    model = ModelSpec(
-        source=m.get("source", "default"),
-        name=m.get("name", "digits_vit"),
-        pretrained=bool(m.get("pretrained", False)),
-        checkpoint=m.get("checkpoint", ""),
-        num_classes=int(m.get("num_classes", 0)),
-        img_size=int(m.get("img_size", 0)),
-    )
+    # the record's model reference is a ModelSpec plus the weights' hash: take the spec's fields back
+    model = ModelSpec(**{f.name: m[f.name] for f in fields(ModelSpec) if f.name in m})
     fractions = tuple(d.get("fractions", {}).items()) or DataSpec.fractions
     data = DataSpec(source=d.get("source", "digits"), root=d.get("root", ""), fractions=fractions, seed=int(d.get("seed", 0)))
     return model, data
@@ -81,10 +76,10 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     # The TVM build must compute what PyTorch computes: compare on test images, batch 1.
     runner = runner_for(profile)
     diffs, agree, n = [], 0, 0
+    images = [x for x, _ in iterate(ws.data.test, batch_size=1, limit=64)]
     with torch.inference_mode():
-        for x, _ in iterate(ws.data.test, batch_size=1, limit=64):
+        for x, got in zip(images, runner.run_many(compiled[0], (x.numpy() for x in images))):
             ref = model(x).numpy()
-            got = runner.run(compiled[0], x.numpy())
             diffs.append(float(np.abs(ref - got).max()))
             agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
             n += 1

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -17,7 +18,10 @@ from vitune.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What identifies the original model: enough to rebuild it and to check it is the same."""
+    """What identifies the original model: enough to rebuild it and to check it is the same.
+
+    The fields of the study file's ``ModelSpec`` plus the hash of the weights.
+    """
 
     source: str
     name: str
@@ -99,13 +103,5 @@ def load_workspace(model_spec, data_spec, progress: bool = True) -> Workspace:
             )
     else:  # the study file parser rejects other sources
         raise ConfigError(f"unknown model source {model_spec.source!r}")
-    ref = ModelRef(
-        source=model_spec.source,
-        name=model_spec.name,
-        checkpoint_sha256=state_dict_sha256(model),
-        pretrained=model_spec.pretrained,
-        checkpoint=model_spec.checkpoint,
-        num_classes=model_spec.num_classes,
-        img_size=model_spec.img_size,
-    )
+    ref = ModelRef(checkpoint_sha256=state_dict_sha256(model), **dataclasses.asdict(model_spec))
     return Workspace(model=model, ref=ref, data=data, info=info)

@@ -37,9 +37,9 @@ class CompiledModel:
     module: object = None  # the linked runtime module, for targets this process can run
 
     def runtime_module(self):
-        """The linked module (linked once, on first use: linking a VM executable takes seconds)."""
+        """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""
         if self.module is None:
-            self.module = self.executable.jit() if hasattr(self.executable, "jit") else self.executable
+            self.module = self.executable.jit()
         return self.module
 
 

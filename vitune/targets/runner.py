@@ -1,6 +1,7 @@
 """Runners: run a :class:`CompiledModel` on a device and time it.
 
-Contract: ``run(compiled, inputs)`` returns the outputs as numpy; ``time(compiled, inputs,
+Contract: ``run(compiled, inputs)`` returns the outputs as numpy (``run_many`` does so for a
+sequence of inputs on one loaded model); ``time(compiled, inputs,
 protocol)`` returns the per-repeat mean latency in milliseconds (one sample per repeat).
 Both may raise; :func:`vitune.targets.measure.measure` turns any error into a result record.
 """
@@ -31,20 +32,31 @@ class LocalRunner:
         dev = tvm.cpu(0)
         return relax.VirtualMachine(compiled.runtime_module(), dev), dev
 
-    def _args(self, compiled: CompiledModel, inputs: np.ndarray, dev):
+    def _input(self, inputs: np.ndarray, dev):
         import tvm
 
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs), dev)] + [tvm.runtime.tensor(p, dev) for p in compiled.params]
+        return tvm.runtime.tensor(np.ascontiguousarray(inputs), dev)
+
+    def _weights(self, compiled: CompiledModel, dev) -> list:
+        import tvm
+
+        return [tvm.runtime.tensor(p, dev) for p in compiled.params]
 
     def run(self, compiled: CompiledModel, inputs: np.ndarray) -> np.ndarray:
+        return next(self.run_many(compiled, [inputs]))
+
+    def run_many(self, compiled: CompiledModel, batches):
+        """Yield the outputs for each input of ``batches``: one VM, weights uploaded once."""
         vm, dev = self._vm(compiled)
-        out = vm["main"](*self._args(compiled, inputs, dev))
-        first = out[0] if hasattr(out, "__len__") and not hasattr(out, "numpy") else out
-        return first.numpy()
+        weights = self._weights(compiled, dev)
+        for inputs in batches:
+            out = vm["main"](self._input(inputs, dev), *weights)
+            first = out[0] if hasattr(out, "__len__") and not hasattr(out, "numpy") else out
+            yield first.numpy()
 
     def time(self, compiled: CompiledModel, inputs: np.ndarray, protocol: Protocol) -> list[float]:
         vm, dev = self._vm(compiled)
-        args = self._args(compiled, inputs, dev)
+        args = [self._input(inputs, dev), *self._weights(compiled, dev)]
         for _ in range(protocol.warmup):
             vm["main"](*args)
         number = protocol.number
