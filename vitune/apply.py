@@ -37,6 +37,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     import numpy as np
     import torch
 
+    from vitune.compression.calibrate import Calibration
     from vitune.compression.config import CompressionConfig
     from vitune.compression.pipeline import compress
     from vitune.compression.stats import model_stats
@@ -61,8 +62,9 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         )
     config = CompressionConfig.from_dict(record["config"], where="export config").validate(discover(ws.model))
     if distill_steps is not None:
-        config = CompressionConfig(config.linear_items, config.prune_heads_items, config.prune_mlp_items, distill_steps)
-    model = compress(ws.model, config, train_data=ws.data.train)
+        config = config.replace(distill_steps=distill_steps)
+    calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
+    model = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -2,14 +2,19 @@
 
 A configuration says, for each compressible unit of a model (see :mod:`vitune.models.layers`):
 
-* ``linear[name]`` — weight ``precision`` (``fp32``, ``fp16``, ``int8``) and low-rank ``rank``
-  (``None`` keeps the full matrix; ``r`` replaces W by two matmuls of rank r);
+* ``linear[name]`` — ``precision`` and low-rank ``rank`` (``None`` keeps the full matrix; ``r``
+  replaces W by two matmuls of rank r). Precisions: ``fp32``; ``fp16`` (half weights and
+  matmul); ``int8`` (weight-only, per output channel); ``int4`` (weight-only, group-wise along
+  the input, two values per byte); ``w8a8`` (int8 weights per channel and int8 activations per
+  tensor, int8 × int8 → int32 matmul, calibrated scales);
 * ``prune_heads[name]`` — share of attention heads removed from a block, in [0, 1);
 * ``prune_mlp[name]`` — share of MLP hidden neurons removed from a block, in [0, 1);
-* ``distill_steps`` — knowledge-distillation recovery steps (teacher: the original model).
+* ``distill_steps`` — knowledge-distillation recovery steps (teacher: the original model);
+* ``methods`` — *how* the transforms work (:class:`~vitune.compression.methods.CompressionMethods`).
 
 Units not named keep their original form. Transforms compose in a fixed order:
-prune → low-rank → distill → quantize (the factors of a low-rank layer are quantized).
+prune → low-rank → distill → quantize (the factors of a low-rank layer are quantized, and a
+``w8a8`` layer's activation scales are calibrated on the model as it is at that point).
 A rank is checked against the layer's shape *after* pruning.
 """
 
@@ -21,9 +26,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "w8a8")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class CompressionConfig:
     prune_heads_items: tuple[tuple[str, float], ...] = ()
     prune_mlp_items: tuple[tuple[str, float], ...] = ()
     distill_steps: int = 0
+    methods: CompressionMethods = CompressionMethods()
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     # -- construction -------------------------------------------------------------------
@@ -63,6 +70,7 @@ class CompressionConfig:
         prune_heads: Mapping[str, float] | None = None,
         prune_mlp: Mapping[str, float] | None = None,
         distill_steps: int = 0,
+        methods: CompressionMethods | None = None,
     ) -> "CompressionConfig":
         """Build a config, dropping entries that change nothing (fp32 full rank, ratio 0)."""
         linear = {k: v for k, v in (linear or {}).items() if not v.is_identity}
@@ -71,7 +79,19 @@ class CompressionConfig:
         for name, spec in linear.items():
             if not isinstance(spec, LinearConfig):
                 raise ConfigError(f"linear[{name!r}] must be a LinearConfig, got {type(spec).__name__}")
-        return cls(_frozen(linear), _frozen(heads), _frozen(mlp), int(distill_steps))
+        return cls(_frozen(linear), _frozen(heads), _frozen(mlp), int(distill_steps), methods or CompressionMethods())
+
+    def replace(self, **changes) -> "CompressionConfig":
+        """A copy with some of ``linear``, ``prune_heads``, ``prune_mlp``, ``distill_steps``, ``methods`` changed."""
+        current = dict(
+            linear=self.linear, prune_heads=self.prune_heads, prune_mlp=self.prune_mlp,
+            distill_steps=self.distill_steps, methods=self.methods,
+        )
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise TypeError(f"unknown field {sorted(unknown)[0]!r}")
+        current.update(changes)
+        return CompressionConfig.make(**current)
 
     @classmethod
     def identity(cls) -> "CompressionConfig":
@@ -105,6 +125,7 @@ class CompressionConfig:
             "prune_heads": dict(self.prune_heads_items),
             "prune_mlp": dict(self.prune_mlp_items),
             "distill_steps": self.distill_steps,
+            "methods": self.methods.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -122,11 +143,11 @@ class CompressionConfig:
         """Parse a dict as written by :meth:`to_dict`; errors name ``where`` and the key."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-        unknown = set(data) - {"linear", "prune_heads", "prune_mlp", "distill_steps"}
+        unknown = set(data) - {"linear", "prune_heads", "prune_mlp", "distill_steps", "methods"}
         if unknown:
             raise ConfigError(
                 f"{where}: unknown key {sorted(unknown)[0]!r} "
-                "(expected linear, prune_heads, prune_mlp, distill_steps)"
+                "(expected linear, prune_heads, prune_mlp, distill_steps, methods)"
             )
         linear: dict[str, LinearConfig] = {}
         for name, spec in _mapping(data.get("linear", {}), f"{where}.linear").items():
@@ -146,7 +167,8 @@ class CompressionConfig:
         steps = data.get("distill_steps", 0)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ConfigError(f"{where}.distill_steps: expected a non-negative integer, got {steps!r}")
-        return cls.make(linear, heads, mlp, steps)
+        methods = CompressionMethods.from_dict(data.get("methods", {}), f"{where}.methods")
+        return cls.make(linear, heads, mlp, steps, methods)
 
     @classmethod
     def from_json(cls, text: str, where: str = "config") -> "CompressionConfig":

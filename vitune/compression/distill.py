@@ -4,9 +4,12 @@ Contract: ``distill(student, teacher, dataset, steps)`` trains ``student`` in pl
 ``steps`` optimizer steps on batches drawn from ``dataset`` (the training split), minimising
 
     alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 − alpha) · CE(student, labels)
+    + hidden_weight · ‖tokens_student − tokens_teacher‖² / (numel · Var(tokens_teacher))
 
-with AdamW. It is deterministic for a given ``seed``. The teacher is never updated.
-Only floating-point trainable parameters are updated (quantization happens after distillation).
+with AdamW; ``tokens`` are the final-block token features (``forward_features``), whose width
+pruning never changes. Settings come from :class:`CompressionMethods` (``kd_*``). It is
+deterministic for a given ``seed``. The teacher is never updated. Only floating-point trainable
+parameters are updated (quantization happens after distillation).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class DistillSettings:
     lr: float = 3e-4  # AdamW learning rate
     batch_size: int = 64
     weight_decay: float = 0.0
+    hidden_weight: float = 0.0  # weight of token distillation; 0 = logits only
+
+    @classmethod
+    def from_methods(cls, methods) -> "DistillSettings":
+        return cls(methods.kd_temperature, methods.kd_alpha, methods.kd_lr, methods.kd_batch_size, 0.0, methods.kd_hidden_weight)
 
 
 def distill(
@@ -52,11 +60,16 @@ def distill(
     for _ in range(steps):
         idx = torch.randint(0, n, (min(settings.batch_size, n),), generator=gen)
         x, y = sample_batch(dataset, idx)
+        hidden = settings.hidden_weight > 0
         with torch.no_grad():
-            soft = F.softmax(teacher(x) / t, dim=-1)
-        logits = student(x)
+            t_tokens = teacher.forward_features(x) if hidden else None
+            soft = F.softmax((teacher.forward_head(t_tokens) if hidden else teacher(x)) / t, dim=-1)
+        s_tokens = student.forward_features(x) if hidden else None
+        logits = student.forward_head(s_tokens) if hidden else student(x)
         kl = F.kl_div(F.log_softmax(logits / t, dim=-1), soft, reduction="batchmean") * t * t
         loss = settings.alpha * kl + (1 - settings.alpha) * F.cross_entropy(logits, y)
+        if hidden:
+            loss = loss + settings.hidden_weight * F.mse_loss(s_tokens, t_tokens) / t_tokens.var().clamp(min=1e-12)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,10 +1,35 @@
-"""Low-rank approximation of linear layers by truncated SVD.
+"""Low-rank approximation of linear layers: plain SVD, activation-aware SVD, and AA + residual.
 
-Contract: ``factorize(layer, rank)`` returns a :class:`LowRankLinear` whose two factors multiply
-to the best rank-``rank`` approximation of ``W`` in Frobenius norm (Eckart–Young); an exactly
-low-rank ``W`` is recovered up to float rounding. The singular values are split evenly
-(√S on each side) so both factors are well scaled for later quantization. The bias stays on
-the second factor. The SVD runs in float64.
+A linear layer computes ``y = x Wᵀ + b`` with W of shape (out × in). Every method returns a
+:class:`LowRankLinear` of rank r — two dense matmuls (in × r) and (r × out), so the exported
+graph (and TVM) sees the smaller shapes; its ``r · (in + out)`` weights are the layer's budget.
+
+``svd`` — Eckart–Young: the rank-r truncated SVD of W, minimising ‖W − Ŵ‖_F.
+
+``aa`` — activation-aware (arXiv 2402.06004): minimise ‖X Wᵀ − X Ŵᵀ‖_F over calibration
+inputs X (rows = tokens). With G = XᵀX + λ·mean(diag G)·I = L Lᵀ (Cholesky; λ = ``damping``
+keeps a rank-deficient X solvable), ‖X Δᵀ‖_F = ‖Δ L‖_F, so the optimum is Ŵ = [W L]_r L⁻¹ where
+[·]_r is the rank-r truncated SVD (U_r Σ_r V_rᵀ). Factors: ``second = U_r Σ_r^½``,
+``first = Σ_r^½ V_rᵀ L⁻¹``, each rank-1 component rescaled so both sides have equal norm (which
+keeps both factors well conditioned for quantization).
+
+``aa-residual`` — the paper's *sum of two parameter-efficient terms with error compensation*:
+Ŵ = P + R where P is the ``aa`` principal term of rank r_p and R = C D a compact residual term
+of rank r_res = round(``residual_share`` · r) (0 when r = 1), r_p + r_res = r, so the budget is
+the same as a rank-r layer. R starts as the next r_res whitened components (so P + R starts at
+the rank-r ``aa`` solution) and is then fitted, with the bias, by layer-wise error compensation:
+Adam on the layer's output loss
+
+    ℓ(C, D, b) = ‖X̃ (P + C D)ᵀ + b − (X_ref Wᵀ + b₀)‖²_F / ‖X_ref Wᵀ + b₀‖²_F
+
+where X̃ are the inputs the layer receives in the *compressed* model (upstream layers already
+approximated) and X_ref those it receives in the model before low-rank. The gradient therefore
+compensates the error accumulated upstream, not only this layer's own truncation. P stays
+fixed (it is the closed-form optimum; training it from there lands in shallow minima). ℓ is
+quadratic in (C D, b), so the gradients are exact and computed from the Gram matrix of X̃
+(cost independent of the number of calibration tokens); the refinement keeps the best parameters seen, so ℓ never ends above its starting value. P and R
+are merged into one rank-r pair ([P_second R_second], [P_first; R_first]), so the deployed
+layer is two matmuls, like the other methods.
 """
 
 from __future__ import annotations
@@ -12,25 +37,177 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitune.compression.methods import CompressionMethods
 from vitune.compression.modules import LowRankLinear
 from vitune.errors import ConfigError
 
-
-def factorize(layer: nn.Linear, rank: int, where: str = "linear") -> LowRankLinear:
+def _check(layer: nn.Module, rank: int, where: str) -> tuple[int, int]:
     if not isinstance(layer, nn.Linear):
         raise ConfigError(f"{where}: low-rank needs a plain nn.Linear, found {type(layer).__name__}")
     out_f, in_f = layer.weight.shape
     if not 1 <= rank <= min(out_f, in_f):
         raise ConfigError(f"{where}: rank {rank} is impossible for a {out_f}x{in_f} layer (1..{min(out_f, in_f)})")
+    return out_f, in_f
+
+
+def _module(first_w: torch.Tensor, second_w: torch.Tensor, bias: torch.Tensor | None, dtype) -> LowRankLinear:
+    # balance every rank-1 component: ‖first row i‖ = ‖second column i‖
+    n1 = first_w.norm(dim=1).clamp(min=1e-30)
+    n2 = second_w.norm(dim=0).clamp(min=1e-30)
+    c = (n2 / n1).sqrt()
+    first_w, second_w = first_w * c[:, None], second_w / c[None, :]
+    rank, in_f = first_w.shape
+    first = nn.Linear(in_f, rank, bias=False)
+    second = nn.Linear(rank, second_w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        first.weight.copy_(first_w.to(dtype))
+        second.weight.copy_(second_w.to(dtype))
+        if bias is not None:
+            second.bias.copy_(bias.to(dtype))
+    return LowRankLinear(first, second)
+
+
+def factorize(layer: nn.Linear, rank: int, where: str = "linear") -> LowRankLinear:
+    """Plain truncated SVD of W (float64); exactly low-rank W is recovered up to rounding."""
+    _check(layer, rank, where)
     w = layer.weight.detach().to(torch.float64)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     root = s[:rank].sqrt()
-    first = nn.Linear(in_f, rank, bias=False)
-    second = nn.Linear(rank, out_f, bias=layer.bias is not None)
-    dtype = layer.weight.dtype
+    bias = None if layer.bias is None else layer.bias.detach()
+    return _module(root[:, None] * vh[:rank], u[:, :rank] * root[None, :], bias, layer.weight.dtype)
+
+
+class WhitenedSVD:
+    """The SVD of W L (L Lᵀ = damped XᵀX): ``u``, ``s`` and ``right = Vᵀ L⁻¹`` (float64).
+
+    ``s²`` splits the layer's output energy ‖X Wᵀ‖² by component, so
+    :meth:`relative_error` gives the output error of every rank without recomputing anything.
+    """
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, damping: float):
+        w = weight.detach().to(torch.float64)
+        g = gram.to(torch.float64)
+        eye = torch.eye(g.shape[0], dtype=torch.float64)
+        lam = damping * float(g.diagonal().mean().clamp(min=1e-30))
+        for _ in range(8):  # raise damping until the Cholesky factorisation succeeds
+            chol, info = torch.linalg.cholesky_ex(g + lam * eye)
+            if int(info) == 0:
+                break
+            lam *= 10.0
+        else:
+            raise ConfigError("activation-aware SVD: the calibration Gram matrix is not positive definite")
+        self.chol = chol
+        u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
+        # Vᵀ L⁻¹ = (L⁻ᵀ V)ᵀ: one triangular solve
+        right = torch.linalg.solve_triangular(chol.T, vh.T, upper=True).T
+        self.u, self.s, self.right = u, s, right
+
+    def factors(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        root = self.s[start:stop].sqrt()
+        return root[:, None] * self.right[start:stop], self.u[:, start:stop] * root[None, :]
+
+    def relative_error(self, rank: int) -> float:
+        """‖X(W − Ŵ_r)ᵀ‖ / ‖X Wᵀ‖ in the damped metric, for the rank-r ``aa`` solution."""
+        e = self.s.pow(2)
+        return float((e[rank:].sum() / e.sum().clamp(min=1e-300)).sqrt())
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.to(torch.float64)
+    return x.T @ x
+
+
+def factorize_aa(layer: nn.Linear, rank: int, x: torch.Tensor, damping: float = 1e-3, where: str = "linear") -> LowRankLinear:
+    """Activation-aware rank-``rank`` approximation for calibration inputs ``x`` (rows × in)."""
+    _check(layer, rank, where)
+    svd = WhitenedSVD(layer.weight, gram(x), damping)
+    first, second = svd.factors(0, rank)
+    bias = None if layer.bias is None else layer.bias.detach()
+    return _module(first, second, bias, layer.weight.dtype)
+
+
+def factorize_aa_residual(
+    layer: nn.Linear,
+    rank: int,
+    x: torch.Tensor,
+    x_ref: torch.Tensor,
+    methods: CompressionMethods = CompressionMethods(),
+    where: str = "linear",
+) -> tuple[LowRankLinear, dict]:
+    """Principal ``aa`` term + residual term refined by error compensation (see the module doc).
+
+    ``x``: the layer's inputs in the compressed model; ``x_ref``: the same rows' inputs in the
+    model before low-rank. Returns the module and ``{"loss_start", "loss_end", "residual_rank"}``.
+    """
+    _check(layer, rank, where)
+    if x.shape != x_ref.shape:
+        raise ValueError(f"{where}: x {tuple(x.shape)} and x_ref {tuple(x_ref.shape)} differ")
+    svd = WhitenedSVD(layer.weight, gram(x), methods.damping)
+    r_res = int(round(methods.residual_share * rank)) if rank > 1 else 0
+    r_p = rank - r_res
+    p_first, p_second = svd.factors(0, r_p)
+    c_first, c_second = svd.factors(r_p, rank)
+    b0 = torch.zeros(layer.out_features, dtype=torch.float64) if layer.bias is None else layer.bias.detach().to(torch.float64)
+
+    # The loss is quadratic in Θ = [Dᵀ Cᵀ; bᵀ]: with A = [X̃, 1] and T = X_ref Wᵀ + b₀ − X̃ Pᵀ,
+    # ℓ = (⟨Θ, GΘ⟩ − 2⟨Θ, H⟩ + ‖T‖²) / ‖Y‖², G = AᵀA, H = AᵀT, ∂ℓ/∂Θ = 2(GΘ − H) / ‖Y‖².
+    # So each Adam step costs O(in² · out) on small matrices, whatever the number of tokens.
+    f64 = torch.float64
+    xs, xr = x.to(f64), x_ref.to(f64)
+    w = layer.weight.detach().to(f64)
+    ones = torch.ones(xs.shape[0], 1, dtype=f64)
+    a = torch.cat([xs, ones], dim=1)
+    y = xr @ w.T + b0
+    t = y - (xs @ p_first.T) @ p_second.T
+    g, h = a.T @ a, a.T @ t
+    tt, yy = float(t.pow(2).sum()), float(y.pow(2).sum()) or 1e-30
+
+    d, c, b = c_first.clone(), c_second.clone(), b0.clone()  # D: r_res × in, C: out × r_res
+
+    def loss_and_grads():
+        theta = torch.cat([(c @ d).T, b[None, :]]) if r_res else torch.cat([torch.zeros_like(w.T), b[None, :]])
+        g_theta = g @ theta
+        loss = (float((theta * g_theta).sum()) - 2 * float((theta * h).sum()) + tt) / yy
+        gam = 2 * (g_theta - h) / yy
+        top = gam[:-1]
+        return loss, (top @ c).T, top.T @ d.T, gam[-1]
+
+    def rms(v):
+        return float(v.pow(2).mean().sqrt().clamp(min=1e-12))
+
+    params = [b] + ([d, c] if r_res else [])
+    lrs = [methods.refine_lr * rms(y)] + ([methods.refine_lr * rms(d), methods.refine_lr * rms(c)] if r_res else [])
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-12
+    start, best = None, (float("inf"), None)
+    for step in range(methods.refine_steps + 1):
+        loss, grad_d, grad_c, grad_b = loss_and_grads()
+        start = loss if start is None else start
+        if loss < best[0]:
+            best = (loss, (d.clone(), c.clone(), b.clone()))
+        if step == methods.refine_steps:
+            break
+        grads = [grad_b] + ([grad_d, grad_c] if r_res else [])
+        for i, (p, grad) in enumerate(zip(params, grads)):  # Adam, in place
+            m1[i].mul_(beta1).add_(grad, alpha=1 - beta1)
+            m2[i].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            hat1 = m1[i] / (1 - beta1 ** (step + 1))
+            hat2 = m2[i] / (1 - beta2 ** (step + 1))
+            p.sub_(lrs[i] * hat1 / (hat2.sqrt() + eps))
+    d_best, c_best, b_best = best[1]
+    first = torch.cat([p_first, d_best]) if r_res else p_first
+    second = torch.cat([p_second, c_best], dim=1) if r_res else p_second
+    bias = b_best if (layer.bias is not None or methods.refine_steps) else None
+    module = _module(first, second, bias, layer.weight.dtype)
+    return module, {"loss_start": start, "loss_end": best[0], "residual_rank": r_res}
+
+
+def output_error(layer: nn.Module, approx: nn.Module, x: torch.Tensor) -> float:
+    """‖X Wᵀ − X Ŵᵀ‖_F / ‖X Wᵀ‖_F (biases excluded) for calibration inputs ``x``."""
     with torch.no_grad():
-        first.weight.copy_((root[:, None] * vh[:rank]).to(dtype))
-        second.weight.copy_((u[:, :rank] * root[None, :]).to(dtype))
-        if layer.bias is not None:
-            second.bias.copy_(layer.bias.detach())
-    return LowRankLinear(first, second)
+        x = x.to(torch.float32)
+        ref = layer(x) - (0 if getattr(layer, "bias", None) is None else layer.bias)
+        bias = getattr(getattr(approx, "second", approx), "bias", None)
+        got = approx(x) - (0 if bias is None else bias)
+        return float((ref - got).norm() / ref.norm().clamp(min=1e-30))

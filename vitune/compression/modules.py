@@ -88,3 +88,90 @@ class Fp16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype=float16"
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4, symmetric, one fp32 scale per (output channel, group of inputs).
+
+    Stored: ``packed`` (uint8, out × in_padded/2: two 4-bit codes per byte, code = q + 8 with
+    q in [-8, 7]) and ``scale`` (fp32, out × groups). The input dimension is zero-padded to a
+    multiple of ``group_size``. The forward unpacks with integer ops (and, floor-divide),
+    dequantizes group-wise and runs one fp32 matmul: the exported graph ships the packed bytes.
+    """
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int, group_size: int):
+        super().__init__()
+        if packed.dtype != torch.uint8:
+            raise TypeError("packed must be uint8")
+        self.out_features, self.in_features, self.group_size = int(packed.shape[0]), int(in_features), int(group_size)
+        self.groups = int(scale.shape[1])
+        self.packed = nn.Parameter(packed.contiguous(), requires_grad=False)
+        self.scale = nn.Parameter(scale.to(torch.float32).contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, group_size: int) -> "Int4Linear":
+        w = layer.weight.detach().to(torch.float32)
+        out_f, in_f = w.shape
+        groups = -(-in_f // group_size)
+        padded = torch.zeros(out_f, groups * group_size)
+        padded[:, :in_f] = w
+        g = padded.reshape(out_f, groups, group_size)
+        scale = g.abs().amax(dim=2).clamp(min=1e-12) / 7.0
+        q = torch.clamp(torch.round(g / scale[:, :, None]), -8, 7).reshape(out_f, -1).to(torch.int16) + 8
+        packed = (q[:, 0::2] + 16 * q[:, 1::2]).to(torch.uint8)
+        return cls(packed, scale, layer.bias, in_f, group_size)
+
+    def codes(self) -> torch.Tensor:
+        """The signed int4 values q (int32, out × in_padded)."""
+        p = self.packed.to(torch.int32)
+        lo = torch.bitwise_and(p, 15)
+        hi = torch.div(p, 16, rounding_mode="floor")
+        return torch.stack([lo, hi], dim=-1).reshape(self.out_features, -1) - 8
+
+    def dequantized_weight(self) -> torch.Tensor:
+        q = self.codes().to(torch.float32).reshape(self.out_features, self.groups, self.group_size)
+        return (q * self.scale[:, :, None]).reshape(self.out_features, -1)[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight=int4 group={self.group_size}"
+
+
+class W8A8Linear(nn.Module):
+    """int8 weights (per output channel) × int8 activations (one calibrated scale per tensor).
+
+    ``y = (round(x / s_x) ⋅ W_q) · s_x · s_w + b`` with the product accumulated in int32: the
+    exported graph quantizes x to int8, runs an integer matmul (see
+    :func:`vitune.targets.compile.export_relax`, which makes it an int8 × int8 → int32 matmul in
+    TVM), then dequantizes. Inputs beyond ±127 s_x are clipped (that is what calibration tunes).
+    """
+
+    def __init__(self, weight_int8: torch.Tensor, w_scale: torch.Tensor, act_scale: float, bias: torch.Tensor | None):
+        super().__init__()
+        if weight_int8.dtype != torch.int8:
+            raise TypeError("weight_int8 must be int8")
+        if not act_scale > 0:
+            raise ValueError(f"act_scale must be > 0, got {act_scale}")
+        self.out_features, self.in_features = (int(s) for s in weight_int8.shape)
+        self.weight_int8 = nn.Parameter(weight_int8.contiguous(), requires_grad=False)
+        self.act_scale = float(act_scale)
+        # folded output scale s_x · s_w (one per output channel)
+        self.out_scale = nn.Parameter((w_scale.to(torch.float64) * self.act_scale).to(torch.float32), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, act_scale: float) -> "W8A8Linear":
+        q = Int8Linear.from_linear(layer)
+        return cls(q.weight_int8.data, q.scale.data, act_scale, layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = torch.clamp(torch.round(x * (1.0 / self.act_scale)), -127.0, 127.0).to(torch.int8)
+        acc = torch.matmul(xq.to(torch.int32), self.weight_int8.to(torch.int32).t())
+        y = acc.to(x.dtype) * self.out_scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, w8a8 act_scale={self.act_scale:.4g}"

@@ -34,11 +34,21 @@ class Evaluator:
         self.latency_source = latency_source
         self.split = split
         self.example = workspace.example_input(1)
+        self._calibrations: dict = {}
+
+    def calibration(self, images: int):
+        """The calibration batch (calib split), built once per size and reused by every trial."""
+        from vitune.compression.calibrate import Calibration
+
+        if images not in self._calibrations:
+            self._calibrations[images] = Calibration.from_dataset(self.workspace.data.calib, images)
+        return self._calibrations[images]
 
     def compress(self, config: CompressionConfig):
         from vitune.compression.pipeline import compress
 
-        return compress(self.workspace.model, config, train_data=self.workspace.data.train)
+        calib = self.calibration(config.methods.calib_images)
+        return compress(self.workspace.model, config, train_data=self.workspace.data.train, calibration=calib)
 
     def evaluate(self, config: CompressionConfig) -> CandidateResult:
         from vitune.compression.stats import model_stats

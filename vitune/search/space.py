@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig, LinearConfig
+from vitune.compression.methods import CompressionMethods
 from vitune.models.layers import ModelLayout, kept_count
 
 
@@ -17,9 +18,10 @@ from vitune.models.layers import ModelLayout, kept_count
 class SearchSpace:
     layout: ModelLayout
     choices: tuple[tuple[str, tuple], ...]  # param name → menu, in model order
+    methods: CompressionMethods = CompressionMethods()
 
     @classmethod
-    def build(cls, spec, layout: ModelLayout) -> "SearchSpace":
+    def build(cls, spec, layout: ModelLayout, methods: CompressionMethods | None = None) -> "SearchSpace":
         choices: list[tuple[str, tuple]] = []
         for head in layout.heads:
             choices.append((f"{head.name}:prune_heads", spec.menu_for(head.name, "prune_heads")))
@@ -29,7 +31,7 @@ class SearchSpace:
             choices.append((f"{unit.name}:precision", spec.menu_for(unit.name, "precision")))
             choices.append((f"{unit.name}:rank_fraction", spec.menu_for(unit.name, "rank_fraction")))
         choices.append(("distill_steps", tuple(spec.distill_steps)))
-        return cls(layout, tuple(choices))
+        return cls(layout, tuple(choices), methods or CompressionMethods())
 
     @property
     def size(self) -> int:
@@ -69,7 +71,7 @@ class SearchSpace:
                 in_f, out_f = _pruned_shape(self.layout, unit, heads, mlps)
                 rank = max(1, int(round(frac * min(in_f, out_f))))
             linear[unit.name] = LinearConfig(values.get(f"{unit.name}:precision", "fp32"), rank)
-        config = CompressionConfig.make(linear, heads, mlps, int(values.get("distill_steps", 0)))
+        config = CompressionConfig.make(linear, heads, mlps, int(values.get("distill_steps", 0)), self.methods)
         return config.validate(self.layout)
 
 

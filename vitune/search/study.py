@@ -183,7 +183,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     study = open_study(spec)  # fail fast on a bad storage before any heavy work
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile)
-    space = SearchSpace.build(spec.space, discover(workspace.model))
+    space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods)
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
     # Without --n-trials, run until the study file's total is reached; with it, run that many more.

@@ -31,7 +31,7 @@ Reference (every key optional unless marked)::
     latency = "measured"           # latency source
 
     [space]                        # the menu every layer may take
-    precision = ["fp32", "fp16", "int8"]
+    precision = ["fp32", "fp16", "int8"]  # fp32 | fp16 | int8 | int4 | w8a8
     rank_fraction = [1.0, 0.5, 0.25]  # of the (pruned) layer's full rank; 1.0 = no low-rank
     prune_heads = [0.0, 0.25, 0.5]
     prune_mlp = [0.0, 0.25, 0.5]
@@ -40,6 +40,12 @@ Reference (every key optional unless marked)::
     [[space.override]]             # narrow the menu of layers matching a glob (later wins)
     layers = "blocks.0.*"
     precision = ["fp32"]
+
+    [compression]                  # how the transforms work (vitune.compression.methods), e.g.
+    lowrank = "aa-residual"        # svd | aa | aa-residual
+    prune_criterion = "magnitude"  # magnitude | activation | taylor
+    act_calibration = "percentile" # w8a8 activation scales: minmax | percentile
+    int4_group_size = 32
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from vitune.compression.config import PRECISIONS
+from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -121,6 +128,7 @@ class StudySpec:
     data: DataSpec
     target: TargetSpec
     space: SpaceSpec
+    methods: CompressionMethods = CompressionMethods()
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -216,7 +224,7 @@ def resolve_storage(url: str, base: Path) -> str:
 
 def parse_study(data: dict, path: Path) -> StudySpec:
     where = str(path)
-    top = _Table(data, where, ("study", "model", "data", "target", "space"))
+    top = _Table(data, where, ("study", "model", "data", "target", "space", "compression"))
     if "study" not in data:
         raise ConfigError(f"{where}: missing table [study] (it needs at least name = \"...\")")
     st = _Table(data["study"], f"{where} [study]", ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"))
@@ -281,6 +289,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         menu = tuple((k, _menu(k, ov.data[k], ov.where)) for k in MENU_KEYS if k in ov.data)
         overrides.append(Override(glob, menu))
     space = SpaceSpec(**menus, overrides=tuple(overrides))
+    methods = CompressionMethods.from_dict(top.data.get("compression", {}), f"{where} [compression]")
 
     return StudySpec(
         path=path.resolve(),
@@ -294,6 +303,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         data=data_spec,
         target=target,
         space=space,
+        methods=methods,
     )
 
 

@@ -51,8 +51,46 @@ def export_relax(model: torch.nn.Module, example: torch.Tensor):
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,))
     mod = from_exported_program(program, keep_params_as_input=True)
+    mod = int8_matmuls(mod)
     mod, params = relax.frontend.detach_params(mod)
     return mod, [p.numpy() for p in params.get("main", [])]
+
+
+def int8_matmuls(mod):
+    """Make integer matmuls of int8 operands real int8 × int8 → int32 matmuls.
+
+    PyTorch has no int8 matmul on CPU, so :class:`~vitune.compression.modules.W8A8Linear`
+    widens both int8 operands to int32 and multiplies; the importer then emits
+    ``matmul(astype(a, int32), astype(b, int32))`` (with a float32 result type). This rewrites
+    it to ``astype(matmul(a, b, out_dtype="int32"), result dtype)`` on the int8 tensors (through
+    the reshape / transpose between them), which is what int8 kernels (VNNI, dp4a, SDOT) are
+    selected on. Integer products are exact, so the result is unchanged.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    a8, b8 = wildcard(), wildcard()
+    wa, wb = is_op("relax.astype")(a8), is_op("relax.astype")(b8)
+    ra = is_op("relax.reshape")(wa, wildcard())
+    pb = is_op("relax.permute_dims")(wb)
+    lhs, rhs = ra | wa, pb | wb
+    matmul = is_op("relax.matmul")(lhs, rhs)
+
+    def dtype(expr):
+        return str(getattr(getattr(expr, "ty", None), "dtype", None))
+
+    def rewrite(call, m):
+        a, b = m[a8], m[b8]
+        if dtype(a) != "int8" or dtype(b) != "int8" or dtype(m[wa]) != "int32" or dtype(m[wb]) != "int32":
+            return call
+        left = relax.op.reshape(a, m[ra].args[1]) if ra in m else a
+        right = relax.op.permute_dims(b, m[pb].attrs.axes) if pb in m else b
+        return relax.op.astype(relax.op.matmul(left, right, out_dtype="int32"), dtype(call))
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(matmul, rewrite, func)
+    return mod
 
 
 # Native warnings TVM prints on every build of a ViT that carry no information for a user

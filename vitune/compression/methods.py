@@ -1,0 +1,128 @@
+"""How the transforms work: one immutable record of method choices shared by a whole study.
+
+The per-layer :class:`~vitune.compression.config.CompressionConfig` says *what* each layer
+becomes (rank, precision, pruned share); :class:`CompressionMethods` says *how*: which
+low-rank decomposition, which pruning criterion, how activations are calibrated, the int4
+group size and the distillation recipe. It is part of the configuration record (and of its
+key), so two results are only ever compared or reused when they were made the same way.
+
+Defaults were chosen on the default digits model (``bench/techniques.py`` prints the
+comparison); reference:
+
+=====================  =============  ==============================================================
+key                    default        meaning
+=====================  =============  ==============================================================
+lowrank                "aa-residual"  ``svd`` (plain truncated SVD of W), ``aa`` (activation-aware:
+                                      truncated SVD of W·L where L Lᵀ = XᵀX), ``aa-residual`` (``aa``
+                                      principal term + compact residual term refined by layer-wise
+                                      error compensation, see :mod:`vitune.compression.lowrank`)
+residual_share         0.25           share of a layer's rank given to the residual term
+refine_steps           100            Adam steps of the error-compensation refinement per layer
+refine_lr              0.05           step size, relative to each tensor's RMS
+damping                1e-3           Tikhonov damping of XᵀX, relative to its mean diagonal
+calib_images           256            calibration images used (from the ``calib`` split)
+prune_criterion        "magnitude"    ``magnitude`` | ``activation`` | ``taylor``
+act_calibration        "percentile"   activation-scale calibration of ``w8a8``: ``minmax`` |
+                                      ``percentile``
+act_percentile         99.99          percentile of |x| used by ``percentile``
+int4_group_size        32             input channels per int4 scale
+kd_temperature         2.0            KD softening temperature T
+kd_alpha               0.9            weight of the KL term (1 − alpha: cross-entropy on labels)
+kd_hidden_weight       0.0            weight of token (hidden-state) distillation, MSE on the final
+                                      tokens normalised by the teacher's variance; 0 = off
+kd_lr                  3e-4           AdamW learning rate of KD
+kd_batch_size          64             KD batch size (train split only)
+=====================  =============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from vitune.errors import ConfigError
+
+LOWRANK_METHODS = ("svd", "aa", "aa-residual")
+PRUNE_CRITERIA = ("magnitude", "activation", "taylor")
+ACT_CALIBRATIONS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class CompressionMethods:
+    lowrank: str = "aa-residual"
+    residual_share: float = 0.25
+    refine_steps: int = 100
+    refine_lr: float = 0.05
+    damping: float = 1e-3
+    calib_images: int = 256
+    prune_criterion: str = "magnitude"
+    act_calibration: str = "percentile"
+    act_percentile: float = 99.99
+    int4_group_size: int = 32
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.9
+    kd_hidden_weight: float = 0.0
+    kd_lr: float = 3e-4
+    kd_batch_size: int = 64
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, where: str = "methods") -> "CompressionMethods":
+        _choice(self.lowrank, LOWRANK_METHODS, f"{where}.lowrank")
+        _choice(self.prune_criterion, PRUNE_CRITERIA, f"{where}.prune_criterion")
+        _choice(self.act_calibration, ACT_CALIBRATIONS, f"{where}.act_calibration")
+        _between(self.residual_share, 0.0, 0.5, f"{where}.residual_share", hi_open=False)
+        _between(self.refine_lr, 0.0, 1.0, f"{where}.refine_lr", lo_open=True, hi_open=False)
+        _between(self.damping, 0.0, 1.0, f"{where}.damping", lo_open=True, hi_open=False)
+        _between(self.act_percentile, 50.0, 100.0, f"{where}.act_percentile", lo_open=True, hi_open=False)
+        _between(self.kd_temperature, 0.0, math.inf, f"{where}.kd_temperature", lo_open=True)
+        _between(self.kd_alpha, 0.0, 1.0, f"{where}.kd_alpha", hi_open=False)
+        _between(self.kd_hidden_weight, 0.0, math.inf, f"{where}.kd_hidden_weight")
+        _between(self.kd_lr, 0.0, 1.0, f"{where}.kd_lr", lo_open=True, hi_open=False)
+        for name, lo in (("refine_steps", 0), ("calib_images", 1), ("int4_group_size", 2), ("kd_batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"{where}.{name}: expected an integer >= {lo}, got {value!r}")
+        if self.int4_group_size % 2:
+            raise ConfigError(f"{where}.int4_group_size: must be even (two int4 values per byte), got {self.int4_group_size}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "methods") -> "CompressionMethods":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (expected one of {', '.join(known)})")
+        values = {}
+        for key, value in data.items():
+            want = type(getattr(cls(), key))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+            values[key] = value
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("methods.", f"{where}.", 1)) from None
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _between(value: Any, lo: float, hi: float, where: str, lo_open: bool = False, hi_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ConfigError(f"{where}: {value!r} is outside {left}{lo}, {hi}{right}")
