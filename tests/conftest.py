@@ -76,3 +76,16 @@ def tiny_vit():
     return VisionTransformer(
         img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, qkv_bias=True
     ).eval()
+
+
+@pytest.fixture()
+def tiny_calib():
+    """A calibration batch for ``tiny_vit``: smooth random images (neighbouring pixels correlate)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vitune.compression.calibrate import Calibration
+
+    gen = torch.Generator().manual_seed(1)
+    x = F.interpolate(torch.randn(48, 1, 4, 4, generator=gen), size=(8, 8), mode="bilinear", align_corners=False)
+    return Calibration(x, torch.randint(0, 5, (48,), generator=gen))

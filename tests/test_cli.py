@@ -25,3 +25,24 @@ def test_apply_rejects_bad_export(tmp_path, capsys):
     bad.write_text('{"format": "something-else"}')
     assert main(["apply", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not a vitune export" in capsys.readouterr().err
+
+
+def test_compress_greedy_baseline_then_apply(tmp_path, capsys, default_workspace, fast_target_file):
+    import json
+    import shutil
+
+    study = tmp_path / "s.toml"
+    study.write_text(f"[study]\nname='s'\n[target]\nname='{fast_target_file}'\n")
+    record = tmp_path / "greedy.json"
+    assert main(["compress", str(study), "--strategy", "greedy-rank", "--params-budget", "0.4", "--out", str(record), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy-rank at params budget 0.4" in out and "accuracy  val" in out
+    doc = json.loads(record.read_text())
+    assert doc["metrics"]["params_ratio"] <= 0.4 and doc["metrics"]["test_accuracy"] > 0.9
+    assert main(["apply", str(record), "--out", str(tmp_path / "shipped"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "shipped" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == doc["metrics"]["test_accuracy"]
+    assert metrics["tvm_vs_torch"]["top1_agreement"] == 1.0
+    shutil.rmtree(tmp_path / "shipped")
+    assert main(["compress", str(study), "--params-budget", "0.001"]) == 2
+    assert "unreachable" in capsys.readouterr().err

@@ -52,14 +52,34 @@ def _apply(args) -> int:
 
     record = load_record(Path(args.export), args.member)
     metrics = apply_record(record, Path(args.out), args.distill_steps, progress=not args.quiet)
-    agree = metrics["tvm_vs_torch"]
+    agree, seen = metrics["tvm_vs_torch"], metrics["exported_metrics"]
+    seen_ms = f"{seen['latency_ms']:.4f} ms" if seen.get("latency_ms") is not None else "not measured"
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} (validation {metrics['val_accuracy']:.4f}, "
-        f"search saw {metrics['exported_metrics']['accuracy']:.4f}); latency {metrics['latency_ms']:.4f} ms on "
-        f"{metrics['target']['name']} (search saw {metrics['exported_metrics']['latency_ms']:.4f} ms)"
+        f"search saw {seen['accuracy']:.4f}); latency {metrics['latency_ms']:.4f} ms on "
+        f"{metrics['target']['name']} (search saw {seen_ms})"
     )
     print(f"TVM vs PyTorch: max |logit diff| {agree['max_abs_logit_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.3f}")
     print(f"wrote {args.out}/model.pt, {args.out}/model.pt2, {args.out}/metrics.json, {metrics['artifact']['library']}")
+    return 0
+
+
+def _compress(args) -> int:
+    from vitune.baseline import build_baseline, write_record
+    from vitune.search.studyfile import load_study_file
+
+    spec = load_study_file(args.study)
+    record = build_baseline(spec, args.strategy, args.params_budget, args.measure, progress=not args.quiet)
+    m, base = record["metrics"], record["metrics"]["uncompressed"]
+    ranks = {k: v["rank"] for k, v in record["config"]["linear"].items()}
+    print(f"{args.strategy} at params budget {args.params_budget}: {m['params']:,} params ({m['params_ratio']:.3f} of {base['params']:,})")
+    print(f"  accuracy  val {m['accuracy']:.4f} (uncompressed {base['accuracy']:.4f})  test {m['test_accuracy']:.4f} (uncompressed {base['test_accuracy']:.4f})")
+    if args.measure:
+        print(f"  latency   {m['latency_ms']:.4f} ms on {record['target']['name']}" if m["latency_ms"] else f"  latency   failed: {m['latency_error']}")
+    print("  ranks     " + ", ".join(f"{k}={v}" for k, v in ranks.items()))
+    if args.out:
+        write_record(record, Path(args.out))
+        print(f"wrote {args.out} (ship it with: vitune apply {args.out} --out DIR)")
     return 0
 
 
@@ -113,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--distill-steps", type=int, default=None, help="override the knowledge-distillation steps")
     ap.add_argument("--quiet", action="store_true")
     ap.set_defaults(func=_apply)
+
+    cp = sub.add_parser("compress", help="a hardware-blind baseline: rank allocation under a parameter budget")
+    cp.add_argument("study", help="study file (TOML): model, data, target and [compression] methods")
+    cp.add_argument("--strategy", choices=("greedy-rank", "uniform-rank"), default="greedy-rank")
+    cp.add_argument("--params-budget", type=float, required=True, help="share of the original parameters to keep, e.g. 0.4")
+    cp.add_argument("--measure", action="store_true", help="also measure TVM latency on the study's target")
+    cp.add_argument("--out", default=None, help="write the configuration as an export record (JSON)")
+    cp.add_argument("--quiet", action="store_true")
+    cp.set_defaults(func=_compress)
 
     targets = sub.add_parser("targets", help="hardware target profiles").add_subparsers(dest="targets_command", required=True)
     tl = targets.add_parser("list", help="list known targets")

@@ -28,6 +28,33 @@ def test_json_round_trip():
     assert cfg.summary() == "int8:1 lowrank:1 fp16:1 heads-:1 mlp-:1 kd:10"
 
 
+def test_methods_are_part_of_the_record_and_the_key():
+    from vitune.compression.methods import CompressionMethods
+
+    cfg = sample()
+    other = cfg.replace(methods=CompressionMethods(lowrank="svd"))
+    assert other != cfg and other.key != cfg.key
+    again = CompressionConfig.from_json(other.to_json())
+    assert again.methods.lowrank == "svd" and again == other
+    assert cfg.replace(distill_steps=0).distill_steps == 0 and cfg.replace(distill_steps=0).linear == cfg.linear
+
+
+@pytest.mark.parametrize(
+    "methods,message",
+    [
+        ({"lowrank": "qr"}, r"config\.methods\.lowrank: 'qr' is not one of"),
+        ({"residual_share": 0.9}, r"config\.methods\.residual_share: 0\.9 is outside \[0\.0, 0\.5\]"),
+        ({"act_calibration": "mse"}, r"config\.methods\.act_calibration: 'mse' is not one of minmax, percentile"),
+        ({"calib_images": 0}, r"config\.methods\.calib_images: expected an integer >= 1"),
+        ({"kd_alpha": "high"}, r"config\.methods\.kd_alpha: expected float, got 'high'"),
+        ({"bogus": 1}, r"config\.methods: unknown key 'bogus'"),
+    ],
+)
+def test_bad_methods_are_rejected_with_their_key(methods, message):
+    with pytest.raises(ConfigError, match=message):
+        CompressionConfig.from_dict({"methods": methods})
+
+
 def test_identity():
     assert CompressionConfig.identity().is_identity
     assert CompressionConfig.make({"blocks.0.attn.qkv": LinearConfig()}).is_identity

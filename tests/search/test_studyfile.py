@@ -56,6 +56,12 @@ rank_fraction = [1.0]
     assert spec.space.menu_for("blocks.2.mlp.fc1", "rank_fraction") == (1.0,)
 
 
+def test_compression_methods_table(tmp_path):
+    spec = load_study_file(write(tmp_path, "[study]\nname='x'\n[compression]\nlowrank='aa'\nprune_criterion='taylor'\nact_percentile=99\n"))
+    assert spec.methods.lowrank == "aa" and spec.methods.prune_criterion == "taylor" and spec.methods.act_percentile == 99.0
+    assert load_study_file(write(tmp_path, "[study]\nname='y'\n")).methods.lowrank == "aa-residual"
+
+
 @pytest.mark.parametrize(
     "body,message",
     [
@@ -71,6 +77,10 @@ rank_fraction = [1.0]
         ("[study]\nname='x'\n[model]\nsource='timm'\n", r"a timm model name is required"),
         ("[study]\nname='x'\nstorage='not a url'\n", r"storage 'not a url' is not a URL"),
         ("[study\nname='x'\n", r"not valid TOML"),
+        ("[study]\nname='x'\n[compression]\nlowrank='tucker'\n", r"\[compression\]\.lowrank: 'tucker' is not one of svd, aa, aa-residual"),
+        ("[study]\nname='x'\n[compression]\nresidual=0.1\n", r"\[compression\]: unknown key 'residual'"),
+        ("[study]\nname='x'\n[compression]\nint4_group_size=7\n", r"\[compression\]\.int4_group_size: must be even"),
+        ("[study]\nname='x'\n[compression]\nrefine_steps=1.5\n", r"\[compression\]\.refine_steps: expected int, got 1\.5"),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path, body, message):

@@ -81,3 +81,33 @@ def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_si
     if missing:
         raise RuntimeError(f"module {missing[0]!r} was never called on the calibration batch")
     return {n: torch.cat(v) for n, v in got.items()}
+
+
+@torch.no_grad()
+def input_grams(model: nn.Module, names: list[str], x: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """XᵀX (float64) of the inputs each named module receives on ``x``, in one pass.
+
+    Memory is one (in × in) matrix per module, whatever the number of calibration tokens.
+    """
+    grams: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name):
+        def hook(_module, args):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            grams[name] = grams.get(name, 0) + a.T @ a
+
+        return hook
+
+    for name in dict.fromkeys(names):
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook_for(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return grams

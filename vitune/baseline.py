@@ -1,0 +1,68 @@
+"""``vitune compress``: a hardware-blind configuration from a fixed strategy, as an export record.
+
+``build_baseline(spec, strategy, params_budget)`` loads the study file's model and data, lets
+:mod:`vitune.compression.allocate` choose the ranks (with the study's ``[compression]``
+methods), compresses, and scores validation and test accuracy (and, if asked, TVM latency on
+the study's target). The record has the same format as ``vitune study export`` writes, so
+``vitune apply`` ships it and it can be compared with the search's front.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vitune.search.export import FORMAT
+from vitune.versions import versions
+
+
+def build_baseline(spec, strategy: str, params_budget: float, measure_latency: bool = False, progress: bool = True) -> dict:
+    from vitune.compression.allocate import allocate
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.pipeline import compress
+    from vitune.compression.stats import model_stats
+    from vitune.data.splits import accuracy
+    from vitune.models.layers import discover
+    from vitune.models.zoo import load_workspace
+    from vitune.targets import load_target
+
+    ws = load_workspace(spec.model, spec.data, progress=progress)
+    layout = discover(ws.model)
+    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
+    config = allocate(strategy, ws.model, layout, calib.x, params_budget, spec.methods)
+    model = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
+    params, size = model_stats(model)
+    base_params, base_size = model_stats(ws.model)
+    profile = load_target(spec.target.name)
+    metrics = {
+        "accuracy": accuracy(model, ws.data.val),
+        "split": "val",
+        "test_accuracy": accuracy(model, ws.data.test),
+        "params": params,
+        "size_bytes": size,
+        "params_ratio": params / base_params,
+        "uncompressed": {"accuracy": accuracy(ws.model, ws.data.val), "test_accuracy": accuracy(ws.model, ws.data.test), "params": base_params, "size_bytes": base_size},
+        "latency_ms": None,
+    }
+    if measure_latency:
+        from vitune.targets.measure import measure
+
+        m = measure(model, ws.example_input(1), profile)
+        metrics.update(latency_ms=m.latency_ms, latency_error=m.error)
+    return {
+        "format": FORMAT,
+        "strategy": {"name": strategy, "params_budget": params_budget, "study_file": str(spec.path)},
+        "model": ws.ref.to_dict(),
+        "data": {"source": spec.data.source, "root": spec.data.root, "fractions": dict(spec.data.fractions), "seed": spec.data.seed},
+        "target": {**profile.describe(), "latency_source": "measured"},
+        "config": config.to_dict(),
+        "summary": config.summary(),
+        "metrics": metrics,
+        "versions": versions(),
+    }
+
+
+def write_record(record: dict, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
