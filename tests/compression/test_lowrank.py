@@ -61,7 +61,7 @@ def test_residual_refinement_never_ends_above_its_start_and_compensates_upstream
     before = factorize_aa(layer, 6, x)
     with torch.no_grad():
         target = layer(x_ref)
-            assert float((module(x) - target).norm()) < float((before(x) - target).norm())
+        assert float((module(x) - target).norm()) < float((before(x) - target).norm())
 
 
 def test_rank_one_has_no_residual_term():

@@ -57,7 +57,10 @@ def test_timm_model_on_imagefolder(tmp_path):
     assert ws.data.input_shape == (3, 224, 224) and ws.data.num_classes == 3
     assert len(ws.data.val) == 6 and len(ws.data.test) == 6
     assert 0.0 <= accuracy(ws.model, ws.data.val) <= 1.0
-    small = compress(ws.model, CompressionConfig.make({"blocks.5.mlp.fc1": LinearConfig("int8", 32)}, prune_heads={"blocks.5.attn": 0.34}))
+    from vitune.compression.calibrate import Calibration
+
+    config = CompressionConfig.make({"blocks.5.mlp.fc1": LinearConfig("int8", 32)}, prune_heads={"blocks.5.attn": 0.34})
+    small = compress(ws.model, config, calibration=Calibration.from_dataset(ws.data.calib, 8))
     assert small.blocks[5].attn.num_heads == 2
     assert 0.0 <= accuracy(small, ws.data.val) <= 1.0
 

@@ -17,13 +17,13 @@ def test_local_measurement_is_a_record(tiny_vit, fast_target):
     assert {"export_s", "build_s", "run_s"} <= set(m.timings)
 
 
-def test_tvm_build_computes_what_torch_computes(tiny_vit, fast_target, tmp_path):
+def test_tvm_build_computes_what_torch_computes(tiny_vit, tiny_calib, fast_target, tmp_path):
     layout = discover(tiny_vit)
     cfg = CompressionConfig.make(
         {layout.linears[0].name: LinearConfig("int8", 8), layout.linears[2].name: LinearConfig("fp16")},
         prune_mlp={"blocks.1.mlp": 0.5},
     )
-    model = compress(tiny_vit, cfg)
+    model = compress(tiny_vit, cfg, calibration=tiny_calib)
     x = torch.randn(1, 1, 8, 8)
     compiled = compile_model(model, x, fast_target)
     got = runner_for(fast_target).run(compiled, x.numpy())
