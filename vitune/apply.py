@@ -9,7 +9,8 @@ Writes into ``out_dir``:
 * ``tvm-<target>/`` — the TVM-compiled library (``model.so``), its weights (``params.npz``)
   and ``artifact.json`` (how to call it);
 * ``metrics.json`` — test-split accuracy (held out from the search), validation accuracy,
-  TVM-measured latency, size, the agreement of the TVM build with PyTorch, and the metrics
+  TVM-measured latency, size, the agreement of the TVM build with PyTorch (top-1 and largest
+  logit difference over the validation split), and the metrics
   the export recorded, side by side.
 """
 
@@ -75,10 +76,11 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         raise ConfigError(f"the compressed model could not be built or run on {profile.name}: {m.error}")
     artifact = save_artifact(compiled[0], out_dir / f"tvm-{profile.name}", profile)
 
-    # The TVM build must compute what PyTorch computes: compare on test images, batch 1.
+    # The TVM build must compute what PyTorch computes (the search scored PyTorch): compare on
+    # the whole validation split, batch 1.
     runner = runner_for(profile)
     diffs, agree, n = [], 0, 0
-    images = [x for x, _ in iterate(ws.data.test, batch_size=1, limit=64)]
+    images = [x for x, _ in iterate(ws.data.val, batch_size=1)]
     with torch.inference_mode():
         for x, got in zip(images, runner.run_many(compiled[0], (x.numpy() for x in images))):
             ref = model(x).numpy()
@@ -98,7 +100,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         "latency_samples_ms": list(m.samples_ms),
         "params": params,
         "size_bytes": size,
-        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / max(n, 1), "images": n},
+        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / max(n, 1), "images": n, "split": "val"},
         "target": profile.describe(),
         "config": config.to_dict(),
         "exported_metrics": record["metrics"],

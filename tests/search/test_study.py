@@ -176,6 +176,17 @@ def test_resuming_against_another_model_is_refused(ran):
         study.set_user_attr("vitune", {**meta, "model": {**meta["model"], "checkpoint_sha256": run_model_hash()}})
 
 
+def test_resuming_with_other_compression_methods_is_refused(ran):
+    import dataclasses
+
+    from vitune.compression.methods import CompressionMethods
+
+    spec, _, _ = ran
+    changed = dataclasses.replace(spec, methods=CompressionMethods(lowrank="svd"))
+    with pytest.raises(ConfigError, match=r"was run with \[compression\] lowrank = 'aa-residual', the study file now says 'svd'"):
+        run_study(changed, n_trials=1, progress=False, log=lambda *_: None)
+
+
 def run_model_hash():
     from vitune.models.zoo import load_workspace
     from vitune.search.studyfile import DataSpec, ModelSpec

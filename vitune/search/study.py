@@ -75,7 +75,7 @@ def open_study(spec, create: bool = True, sampler=None):
 
 def check_metadata(study, spec, ref, profile) -> None:
     meta = study.user_attrs.get("vitune")
-    expected = {"model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES)}
+    expected = {"model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES), "methods": spec.methods.to_dict()}
     if meta is None:
         if study.trials:
             raise ConfigError(f"study {spec.name!r} in {spec.storage} has trials but no vitune metadata: it was not created by vitune")
@@ -93,6 +93,15 @@ def check_metadata(study, spec, ref, profile) -> None:
         raise ConfigError(
             f"study {spec.name!r} in {spec.storage} measured latency on target {meta.get('target')!r}, "
             f"not {profile.name!r}: give the study a new name or storage"
+        )
+    recorded = meta.get("methods")
+    if recorded is not None and recorded != spec.methods.to_dict():
+        changed = sorted(k for k in spec.methods.to_dict() if recorded.get(k) != getattr(spec.methods, k))
+        key = changed[0] if changed else "?"
+        raise ConfigError(
+            f"study {spec.name!r} in {spec.storage} was run with [compression] {key} = {recorded.get(key)!r}, "
+            f"the study file now says {getattr(spec.methods, key, None)!r}: results made differently are not "
+            "comparable; give the study a new name or storage"
         )
 
 
