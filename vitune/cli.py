@@ -100,8 +100,24 @@ def _targets_show(args) -> int:
 
     p = load_target(args.name)
     print(json.dumps({"name": p.name, "description": p.description, "source": p.source, "tvm_target": p.tvm_target,
-                      "runner": p.runner, "protocol": p.protocol.__dict__, "hardware": p.hardware.__dict__}, indent=2))
+                      "tvm_host": p.tvm_host, "cross_compiler": p.cross_compiler, "runner": p.runner_spec.__dict__,
+                      "protocol": p.protocol.__dict__, "hardware": {**p.hardware.__dict__, "peak_gflops": dict(p.hardware.peak_gflops)}},
+                     indent=2, default=list))
     return 0
+
+
+def _targets_check(args) -> int:
+    from vitune.targets.check import check_target
+    from vitune.targets.profile import load_target
+
+    report = check_target(load_target(args.name))
+    for step, ok, detail in report.steps:
+        print(f"{'ok  ' if ok else 'FAIL'} {step:<7} {detail}")
+    if report.ok:
+        print(f"target {report.target} is ready: probe latency {report.latency_ms:.4f} ms")
+        return 0
+    print(f"target {report.target} is not usable from here: {report.steps[-1][2]}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts = targets.add_parser("show", help="print a target profile")
     ts.add_argument("name")
     ts.set_defaults(func=_targets_show)
+    tc = targets.add_parser("check", help="build a probe model for a target, run it, or say what is missing")
+    tc.add_argument("name", help="target name or path to a .toml profile")
+    tc.set_defaults(func=_targets_check)
     return parser
 
 

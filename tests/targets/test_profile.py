@@ -14,9 +14,24 @@ def test_builtin_local_cpu_resolves_auto_values():
     assert "local-cpu" in list_targets()
 
 
-def test_every_builtin_profile_parses():
-    for path in BUILTIN_DIR.glob("*.toml"):
-        assert load_target(str(path)).name == path.stem
+@pytest.mark.parametrize("path", sorted(BUILTIN_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_builtin_profile_parses_and_tvm_accepts_it(path):
+    p = load_target(str(path))
+    assert p.name == path.stem and p.description
+    assert p.tvm() is not None
+    assert p.hardware.cores >= 1 and "fp32" in p.hardware.precisions
+
+
+def test_builtin_gpu_and_arm_profiles():
+    for name, arch in (("cuda-sm80", "sm_80"), ("cuda-sm90", "sm_90")):
+        p = load_target(name)
+        assert p.device_kind == "cuda" and p.tvm_target["arch"] == arch and p.tvm_host == {"kind": "llvm"}
+        assert p.hardware.peak("fp16") > p.hardware.peak("fp32") > 0 and p.hardware.memory_bandwidth_gbs > 0
+    for name in ("arm-a72", "arm-a78"):
+        p = load_target(name)
+        assert p.runner == "rpc" and p.runner_spec.tracker and p.runner_spec.key
+        assert p.tvm_target["mtriple"] == "aarch64-linux-gnu" and "+neon" in p.tvm_target["mattr"]
+        assert p.cross_compiler == "aarch64-linux-gnu-gcc" and not p.is_native  # on this x86-64 machine
 
 
 def test_user_directory_profiles_are_found_by_name(tmp_path, monkeypatch, fast_target_file):
@@ -41,7 +56,15 @@ BASE = 'name = "x"\n[tvm]\ntarget = { kind = "llvm" }\n[runner]\nkind = "local"\
         (BASE + "[protocol]\nrepeats = 3\n", r"t\.toml \[protocol\]: unknown key 'repeats'"),
         (BASE + "[protocol]\nrepeat = 0\n", r"\[protocol\] repeat: expected an integer >= 1"),
         ('name = "x"\n[tvm]\ntarget = { kind = "llvm" }\n', r"missing table \[runner\]"),
-        (BASE.replace('kind = "local"', 'kind = "ssh"'), r"\[runner\] kind: expected one of local, got 'ssh'"),
+        (BASE.replace('kind = "local"', 'kind = "ssh"'), r"\[runner\] kind: expected one of local, rpc, got 'ssh'"),
+        (BASE.replace('kind = "local"', 'kind = "rpc"'), r"\[runner\]: an rpc runner needs tracker = \"host:port\" and key, or host and port"),
+        (BASE.replace('kind = "local"', 'kind = "rpc"\ntracker = "127.0.0.1:9190"'), r"\[runner\] key: required with a tracker"),
+        (BASE.replace('kind = "local"', 'kind = "rpc"\ntracker = "localhost"\nkey = "k"'), r"\[runner\] tracker: expected \"host:port\""),
+        (BASE.replace('kind = "local"', 'kind = "rpc"\nhost = "h"\nport = 1\ntracker = "h:2"\nkey = "k"'), r"either tracker \+ key or host \+ port"),
+        (BASE.replace('kind = "local"', 'kind = "local"\nkey = "k"'), r"\[runner\]: unknown key 'key'"),
+        (BASE + "[hardware]\npeak_gflops = { fp32 = -1.0 }\n", r"\[hardware\] peak_gflops fp32: expected a number >= 0"),
+        (BASE + "[hardware]\nmemory_gbs = 3\n", r"\[hardware\]: unknown key 'memory_gbs'"),
+        (BASE.replace('[tvm]', '[tvm]\ncross_compiler = 3'), r"\[tvm\] cross_compiler: expected a command name"),
         (BASE + "colour = 1\n", r"unknown key 'colour'"),
         ("name = \n", r"not valid TOML"),
         (BASE.replace('{ kind = "llvm" }', '"llvm -mcpu=x"'), r"\[tvm\] target: expected a table with a 'kind'"),
@@ -52,10 +75,9 @@ def test_bad_profiles_name_file_and_key(tmp_path, text, message):
         load_target(_write(tmp_path, text))
 
 
-def test_target_tvm_rejects_is_reported(tmp_path):
-    p = load_target(_write(tmp_path, BASE.replace('{ kind = "llvm" }', '{ kind = "no-such-kind" }')))
-    with pytest.raises(ConfigError, match="rejected by TVM"):
-        p.tvm()
+def test_target_tvm_rejects_is_reported_when_loading(tmp_path):
+    with pytest.raises(ConfigError, match=r"t\.toml: \[tvm\] target .*no-such-kind.* is rejected by TVM"):
+        load_target(_write(tmp_path, BASE.replace('{ kind = "llvm" }', '{ kind = "no-such-kind" }')))
 
 
 def test_unknown_target_lists_known_ones():

@@ -35,6 +35,7 @@ class CompiledModel:
     target: dict
     timings: dict[str, float] = field(default_factory=dict)  # export_s, build_s, codegen_s
     module: object = None  # the linked runtime module, for targets this process can run
+    prepared: object = None  # what the runner's prepare() left (a VM, an RPC session...)
 
     def runtime_module(self):
         """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""
@@ -99,7 +100,7 @@ _NOISE = ("Fast mode segfaults when there are out-of-bounds indices",)
 
 
 @contextmanager
-def _filtered_native_stderr():
+def filtered_native_stderr():
     """Route the C++ side's stderr through a filter that drops :data:`_NOISE` lines."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -121,7 +122,7 @@ def build(mod, profile):
     import tvm
 
     target = profile.tvm()
-    with _filtered_native_stderr():
+    with filtered_native_stderr():
         return tvm.compile(mod, target=target)
 
 
@@ -142,23 +143,36 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile) -> Com
         dict(profile.tvm_target),
         {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2},
     )
-    if profile.runner == "local":
-        # LLVM code generation happens lazily when the first VM is made from the module: do it
-        # here, so it is counted as compile cost (codegen_s), not as time spent measuring.
-        import tvm
-        from tvm import relax
-
-        with _filtered_native_stderr():
-            relax.VirtualMachine(compiled.runtime_module(), tvm.cpu(0))
-        compiled.timings["codegen_s"] = time.perf_counter() - t3
     return compiled
+
+
+def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
+    """Link the build into a shared library for the target (cross-compiled where the profile
+    names a ``cross_compiler``; GPU code is embedded in a host library)."""
+    import shutil
+
+    from vitune.errors import ConfigError
+
+    kwargs = {}
+    if profile.cross_compiler:
+        if shutil.which(profile.cross_compiler) is None:
+            raise ConfigError(
+                f"cross compiler {profile.cross_compiler!r} of target {profile.name} was not found on PATH "
+                "(Debian: apt-get install gcc-aarch64-linux-gnu)"
+            )
+        from tvm.support.cc import cross_compiler
+
+        kwargs["fcompile"] = cross_compiler(profile.cross_compiler)
+    with filtered_native_stderr():
+        compiled.executable.export_library(str(path), **kwargs)
+    return Path(path)
 
 
 def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, str]:
     """Write ``model.so`` (TVM library), ``params.npz`` (weights, in call order), ``artifact.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / ARTIFACT_LIB
-    compiled.executable.export_library(str(lib))
+    export_library(compiled, lib, profile)
     np.savez(out_dir / ARTIFACT_PARAMS, *compiled.params)
     meta = {
         "library": ARTIFACT_LIB,
@@ -168,7 +182,9 @@ def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, 
         "input_dtype": compiled.input_dtype,
         "call": "vm['main'](input, *params) with params in the order arr_0, arr_1, ... of params.npz",
         "target": profile.tvm_target,
+        "target_host": profile.tvm_host,
         "target_name": profile.name,
+        "device": profile.device_kind,
     }
     (out_dir / ARTIFACT_META).write_text(json.dumps(meta, indent=2))
     return {"library": str(lib), "params": str(out_dir / ARTIFACT_PARAMS), "meta": str(out_dir / ARTIFACT_META)}
@@ -183,3 +199,26 @@ def load_artifact(out_dir: Path) -> CompiledModel:
     with np.load(out_dir / meta["params"]) as npz:
         params = [npz[f"arr_{i}"] for i in range(len(npz.files))]
     return CompiledModel(lib, params, tuple(meta["input_shape"]), meta["input_dtype"], meta["target"], module=lib)
+
+
+ELF_MACHINES = {0x3E: "x86-64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv"}
+
+
+def library_arch(path: Path) -> str:
+    """The architecture an ELF shared library was built for (from its header's e_machine)."""
+    head = Path(path).read_bytes()[:20]
+    if head[:4] != b"\x7fELF":
+        raise ValueError(f"{path} is not an ELF file")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return ELF_MACHINES.get(machine, f"e_machine {machine:#x}")
+
+
+def device_code_kinds(compiled: CompiledModel) -> list[str]:
+    """Kinds of the device modules a build carries (e.g. ``["cuda"]`` for a CUDA build)."""
+    mod = compiled.executable.mod if hasattr(compiled.executable, "mod") else compiled.executable
+    kinds, stack = [], list(getattr(mod, "imports", []))
+    while stack:
+        m = stack.pop()
+        kinds.append(str(m.kind))
+        stack.extend(getattr(m, "imports", []))
+    return kinds

@@ -6,17 +6,33 @@ A profile is a TOML file (see ``vitune/targets/profiles/*.toml`` for the built-i
     description = "..."
     [tvm]
     target = { kind = "llvm", mcpu = "auto", num-cores = "auto" }   # TVM target, dict form
-    host = { kind = "llvm" }                                          # optional host target
+    host = { kind = "llvm" }                # optional host target (GPU targets)
+    cross_compiler = ""                     # linker for the shared library, e.g. "aarch64-linux-gnu-gcc"
     [runner]
-    kind = "local"                                                    # only "local" for now
+    kind = "local"                          # local | rpc | a kind registered by a plug-in
+    # rpc: either a tracker and a device key ...
+    tracker = "127.0.0.1:9190"
+    key = "rpi4"
+    # ... or a server directly
+    host = "192.168.1.20"
+    port = 9090
+    timeout_s = 60                          # connect + upload + one timing; longer is a failure
     [protocol]
     warmup = 3; number = 0; repeat = 7; min_repeat_ms = 40; cooldown_ms = 0; threads = 0
-    [hardware]
-    cores = 0; precisions = ["fp32", "fp16", "int8"]
+    [hardware]                              # facts analytical cost models use
+    cores = 0                               # 0 = detected (local targets)
+    clock_ghz = 0.0
+    peak_gflops = { fp32 = 0.0, fp16 = 0.0, int8 = 0.0 }
+    memory_bandwidth_gbs = 0.0
+    memory_gb = 0.0
+    precisions = ["fp32", "fp16", "int8"]   # run natively
 
 ``load_target(x)`` accepts a built-in name, a name found in the user directory
-(``$VITUNE_TARGETS_DIR`` or ``~/.config/vitune/targets``) or a path to a ``.toml`` file.
-Unknown keys and wrong types are errors naming the file and the key.
+(``$VITUNE_TARGETS_DIR`` or ``~/.config/vitune/targets``), a name registered by an installed
+package through the ``vitune.targets`` entry-point group (the entry point is a path to a TOML
+file or a callable returning one, or returning the profile as a dict), or a path to a ``.toml``
+file. Unknown keys, wrong types, missing runner settings and a TVM target TVM rejects are errors
+naming the file and the key.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from typing import Any
 from vitune.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
-RUNNER_KINDS = ("local",)
+TARGET_ENTRY_POINTS = "vitune.targets"
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,31 @@ class Protocol:
 class Hardware:
     cores: int = 0
     precisions: tuple[str, ...] = ("fp32",)
+    clock_ghz: float = 0.0
+    peak_gflops: tuple[tuple[str, float], ...] = ()  # dtype → peak GFLOP/s (or GOP/s for int8)
+    memory_bandwidth_gbs: float = 0.0
+    memory_gb: float = 0.0
+
+    def peak(self, dtype: str) -> float:
+        return dict(self.peak_gflops).get(dtype, 0.0)
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Where builds run: ``local`` (this process) or ``rpc`` (a TVM RPC server, maybe via a tracker)."""
+
+    kind: str = "local"
+    tracker: str = ""  # "host:port" of a TVM RPC tracker
+    key: str = ""  # device key at the tracker (or the key a direct server expects)
+    host: str = ""  # direct server
+    port: int = 0
+    timeout_s: float = 60.0
+    options: tuple[tuple[str, Any], ...] = ()  # extra keys for plug-in runners
+
+    def describe(self) -> str:
+        if self.kind != "rpc":
+            return self.kind
+        return f"rpc via tracker {self.tracker} key {self.key!r}" if self.tracker else f"rpc server {self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -57,10 +98,11 @@ class TargetProfile:
     description: str
     tvm_target: dict[str, Any]  # resolved: no "auto" left
     tvm_host: dict[str, Any] | None
-    runner: str
+    runner_spec: RunnerSpec
     protocol: Protocol
     hardware: Hardware
     source: str = ""  # the file it came from
+    cross_compiler: str = ""  # linker for exported libraries ("" = the host's default)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tvm(self):
@@ -75,11 +117,31 @@ class TargetProfile:
             raise ConfigError(f"{self.source}: [tvm] target {self.tvm_target} is rejected by TVM: {str(err).splitlines()[-1]}") from None
 
     @property
+    def runner(self) -> str:
+        return self.runner_spec.kind
+
+    @property
+    def device_kind(self) -> str:
+        """The TVM device the code runs on: ``cpu`` or the GPU API (``cuda``, ``rocm``, ``vulkan``...)."""
+        kind = self.tvm_target.get("kind", "llvm")
+        return "cpu" if kind in ("llvm", "c") else kind
+
+    @property
+    def is_native(self) -> bool:
+        """True when code built for this target runs on this machine's CPU architecture (or GPU)."""
+        if self.device_kind != "cpu":
+            return True  # a local GPU: whether one is present is checked when running
+        triple = str(self.tvm_target.get("mtriple", ""))
+        import platform
+
+        return not triple or triple.split("-")[0] == platform.machine()
+
+    @property
     def threads(self) -> int:
         return self.protocol.threads or int(self.tvm_target.get("num-cores", 0)) or (os.cpu_count() or 1)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tvm_target": self.tvm_target, "runner": self.runner, "source": self.source}
+        return {"name": self.name, "tvm_target": self.tvm_target, "runner": self.runner_spec.describe(), "source": self.source}
 
 
 def user_dir() -> Path:
@@ -87,14 +149,39 @@ def user_dir() -> Path:
     return Path(env) if env else Path.home() / ".config" / "vitune" / "targets"
 
 
-def list_targets() -> dict[str, Path]:
-    """Name → file of every profile found: built-ins, then the user directory (user wins)."""
-    found: dict[str, Path] = {}
-    for folder in (BUILTIN_DIR, user_dir()):
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.toml")):
-                found[path.stem] = path
+def _entry_point_targets() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=TARGET_ENTRY_POINTS)}
+
+
+def list_targets() -> dict[str, Any]:
+    """Name → source of every profile found: built-ins, plug-in packages, then the user
+    directory (later wins). A source is a TOML path or an entry point."""
+    found: dict[str, Any] = {}
+    if BUILTIN_DIR.is_dir():
+        for path in sorted(BUILTIN_DIR.glob("*.toml")):
+            found[path.stem] = path
+    found.update(_entry_point_targets())
+    folder = user_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.toml")):
+            found[path.stem] = path
     return found
+
+
+def _from_entry_point(name: str, ep) -> TargetProfile:
+    where = f"entry point {ep.value!r} ({TARGET_ENTRY_POINTS}:{name})"
+    try:
+        obj = ep.load()
+        value = obj() if callable(obj) else obj
+    except Exception as err:
+        raise ConfigError(f"target {name!r}: {where} failed to load: {type(err).__name__}: {err}") from None
+    if isinstance(value, dict):
+        return parse_target(value, where)
+    if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
+        return load_target(Path(value))
+    raise ConfigError(f"target {name!r}: {where} must give a TOML file path or a profile dict, got {value!r}")
 
 
 def load_target(ref: str | os.PathLike) -> TargetProfile:
@@ -108,6 +195,8 @@ def load_target(ref: str | os.PathLike) -> TargetProfile:
         known = list_targets()
         if text not in known:
             raise ConfigError(f"unknown target {text!r}: known targets are {', '.join(sorted(known)) or 'none'} (or give a path to a .toml file)")
+        if not isinstance(known[text], Path):
+            return _from_entry_point(text, known[text])
         path = known[text]
     try:
         data = tomllib.loads(path.read_text())
@@ -161,18 +250,17 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
     if not isinstance(description, str):
         raise ConfigError(f"{source}: 'description' must be a string")
     tvm_t = _table(data, "tvm", source, required=True)
-    _check_keys(tvm_t, {"target", "host"}, f"{source} [tvm]")
+    _check_keys(tvm_t, {"target", "host", "cross_compiler"}, f"{source} [tvm]")
     target = tvm_t.get("target")
     if not isinstance(target, dict) or not isinstance(target.get("kind"), str):
         raise ConfigError(f"{source} [tvm] target: expected a table with a 'kind', e.g. {{ kind = \"llvm\" }}")
     host = tvm_t.get("host")
     if host is not None and not isinstance(host, dict):
         raise ConfigError(f"{source} [tvm] host: expected a table, e.g. {{ kind = \"llvm\" }}")
-    runner_t = _table(data, "runner", source, required=True)
-    _check_keys(runner_t, {"kind"}, f"{source} [runner]")
-    runner = runner_t.get("kind")
-    if runner not in RUNNER_KINDS:
-        raise ConfigError(f"{source} [runner] kind: expected one of {', '.join(RUNNER_KINDS)}, got {runner!r}")
+    cross = tvm_t.get("cross_compiler", "")
+    if not isinstance(cross, str):
+        raise ConfigError(f"{source} [tvm] cross_compiler: expected a command name, got {cross!r}")
+    runner = _runner_spec(_table(data, "runner", source, required=True), f"{source} [runner]")
     proto_t = _table(data, "protocol", source)
     where = f"{source} [protocol]"
     _check_keys(proto_t, set(Protocol.__dataclass_fields__), where)
@@ -184,21 +272,75 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         cooldown_ms=_int(proto_t, "cooldown_ms", 0, where),
         threads=_int(proto_t, "threads", 0, where),
     )
-    hw_t = _table(data, "hardware", source)
-    where = f"{source} [hardware]"
-    _check_keys(hw_t, {"cores", "precisions"}, where)
-    precisions = hw_t.get("precisions", ["fp32"])
-    if not isinstance(precisions, list) or not all(isinstance(p, str) for p in precisions):
-        raise ConfigError(f"{where} precisions: expected a list of strings")
-    cores = _int(hw_t, "cores", 0, where) or (os.cpu_count() or 1)
-    return TargetProfile(
+    hardware = _hardware(_table(data, "hardware", source), f"{source} [hardware]")
+    profile = TargetProfile(
         name=name,
         description=description,
         tvm_target=resolve_auto(target),
         tvm_host=host,
-        runner=runner,
+        runner_spec=runner,
         protocol=protocol,
-        hardware=Hardware(cores, tuple(precisions)),
+        hardware=hardware,
         source=source,
+        cross_compiler=cross,
         raw=data,
     )
+    profile.tvm()  # a target TVM rejects fails here, naming the file
+    return profile
+
+
+def _float(table: dict, key: str, where: str, minimum: float = 0.0) -> float:
+    value = table.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{where} {key}: expected a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _hardware(hw_t: dict, where: str) -> Hardware:
+    _check_keys(hw_t, {"cores", "precisions", "clock_ghz", "peak_gflops", "memory_bandwidth_gbs", "memory_gb"}, where)
+    precisions = hw_t.get("precisions", ["fp32"])
+    if not isinstance(precisions, list) or not all(isinstance(p, str) for p in precisions):
+        raise ConfigError(f"{where} precisions: expected a list of strings")
+    peaks = hw_t.get("peak_gflops", {})
+    if not isinstance(peaks, dict):
+        raise ConfigError(f"{where} peak_gflops: expected a table such as {{ fp32 = 100.0 }}")
+    return Hardware(
+        cores=_int(hw_t, "cores", 0, where) or (os.cpu_count() or 1),
+        precisions=tuple(precisions),
+        clock_ghz=_float(hw_t, "clock_ghz", where),
+        peak_gflops=tuple(sorted((k, _float(peaks, k, f"{where} peak_gflops")) for k in peaks)),
+        memory_bandwidth_gbs=_float(hw_t, "memory_bandwidth_gbs", where),
+        memory_gb=_float(hw_t, "memory_gb", where),
+    )
+
+
+def _runner_spec(runner_t: dict, where: str) -> RunnerSpec:
+    from vitune.targets.runner import runner_kinds
+
+    kind = runner_t.get("kind")
+    kinds = runner_kinds()
+    if kind not in kinds:
+        raise ConfigError(f"{where} kind: expected one of {', '.join(sorted(kinds))}, got {kind!r}")
+    if kind == "local":
+        _check_keys(runner_t, {"kind"}, where)
+        return RunnerSpec("local")
+    if kind != "rpc":  # a plug-in runner: its own keys, passed through
+        return RunnerSpec(kind, options=tuple(sorted((k, v) for k, v in runner_t.items() if k != "kind")))
+    _check_keys(runner_t, {"kind", "tracker", "key", "host", "port", "timeout_s"}, where)
+    tracker, key, host = (runner_t.get(k, "") for k in ("tracker", "key", "host"))
+    for name, value in (("tracker", tracker), ("key", key), ("host", host)):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} {name}: expected a string, got {value!r}")
+    port = _int(runner_t, "port", 0, where)
+    timeout = _float({"timeout_s": runner_t.get("timeout_s", 60.0)}, "timeout_s", where, minimum=1.0)
+    if tracker:
+        host_part, _, port_part = tracker.rpartition(":")
+        if not host_part or not port_part.isdigit():
+            raise ConfigError(f"{where} tracker: expected \"host:port\", got {tracker!r}")
+        if not key:
+            raise ConfigError(f"{where} key: required with a tracker (the device key the RPC server registered)")
+        if host or port:
+            raise ConfigError(f"{where}: give either tracker + key or host + port, not both")
+    elif not (host and port):
+        raise ConfigError(f"{where}: an rpc runner needs tracker = \"host:port\" and key, or host and port of a server")
+    return RunnerSpec("rpc", tracker=tracker, key=key, host=host, port=port, timeout_s=timeout)

@@ -1,0 +1,114 @@
+"""Remote measurement through a real TVM RPC tracker and servers on 127.0.0.1."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from vitune.targets import load_target
+from vitune.targets.check import check_target, probe_model
+from vitune.targets.measure import measure
+from vitune.targets.runner import runner_for
+
+PROFILE = """
+name = "{name}"
+[tvm]
+target = {{ kind = "llvm", num-cores = 2 }}
+[runner]
+kind = "rpc"
+{runner}
+timeout_s = {timeout}
+[protocol]
+warmup = 1
+repeat = 3
+min_repeat_ms = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def rpc_env():
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    tracked = rpc.Server(host="127.0.0.1", port=9300, port_end=9400, tracker_addr=("127.0.0.1", tracker.port), key="vitune-test", silent=True)
+    direct = rpc.Server(host="127.0.0.1", port=9400, port_end=9500, silent=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:  # wait until the server has registered its key
+        try:
+            if "vitune-test" in rpc.connect_tracker("127.0.0.1", tracker.port).summary().get("queue_info", {}):
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    yield {"tracker": tracker.port, "direct": direct.port}
+    direct.terminate()
+    tracked.terminate()
+    tracker.terminate()
+
+
+def _profile(tmp_path, name, runner, timeout=30):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(PROFILE.format(name=name, runner=runner, timeout=timeout))
+    return load_target(str(path))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_measure_through_the_tracker_matches_local(rpc_env, tmp_path):
+    profile = _profile(tmp_path, "via-tracker", f'tracker = "127.0.0.1:{rpc_env["tracker"]}"\nkey = "vitune-test"')
+    model, example = probe_model()
+    compiled = []
+    m = measure(model, example, profile, compiled)
+    assert m.ok, m.error
+    assert m.latency_ms > 0 and len(m.samples_ms) == 3 and m.timings["codegen_s"] > 0
+    got = runner_for(profile).run(compiled[0], example.numpy())
+    np.testing.assert_allclose(got, model(example).detach().numpy(), atol=1e-4)
+
+
+def test_measure_on_a_direct_server(rpc_env, tmp_path):
+    profile = _profile(tmp_path, "direct", f'host = "127.0.0.1"\nport = {rpc_env["direct"]}')
+    model, example = probe_model()
+    m = measure(model, example, profile)
+    assert m.ok, m.error
+    report = check_target(profile)
+    assert report.ok and report.latency_ms > 0
+
+
+def test_wrong_key_is_a_failed_measurement_naming_the_keys(rpc_env, tmp_path):
+    profile = _profile(tmp_path, "wrong-key", f'tracker = "127.0.0.1:{rpc_env["tracker"]}"\nkey = "no-such-board"')
+    model, example = probe_model()
+    m = measure(model, example, profile)
+    assert not m.ok
+    assert "has no device with key 'no-such-board' (keys there: vitune-test)" in m.error
+
+
+def test_dead_server_and_dead_tracker_fail_fast(tmp_path):
+    port = _free_port()
+    model, example = probe_model()
+    for runner in (f'host = "127.0.0.1"\nport = {port}', f'tracker = "127.0.0.1:{port}"\nkey = "k"'):
+        profile = _profile(tmp_path, "dead", runner)
+        t0 = time.perf_counter()
+        m = measure(model, example, profile)
+        assert not m.ok and "is unreachable" in m.error and f"127.0.0.1:{port}" in m.error
+        assert time.perf_counter() - t0 < 20
+
+
+def test_a_server_that_never_answers_times_out(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts connections (the kernel does), never says a word
+    try:
+        profile = _profile(tmp_path, "silent", f'host = "127.0.0.1"\nport = {silent.getsockname()[1]}', timeout=3)
+        model, example = probe_model()
+        t0 = time.perf_counter()
+        m = measure(model, example, profile)
+        assert not m.ok and "took longer than 3 s" in m.error
+        assert time.perf_counter() - t0 < 20
+    finally:
+        silent.close()
