@@ -1,0 +1,173 @@
+"""Tuned kernels: MetaSchedule with a persistent per-target database shared by every study.
+
+A *workload* is one fused TIR function of a model (a matmul of a given shape and dtype, a
+softmax of a given size...): MetaSchedule's database keys its records by the function's
+structural hash, so a workload is tuned once and every later candidate, trial or study that
+contains it — on the same target — reuses the record. Compressed candidates bring new shapes
+(ranks, pruned widths); :class:`Tuner` tunes those on first sight, within a budget.
+
+The database lives in ``<cache>/tuning/<target name>-<hash of the TVM target>/`` as
+MetaSchedule's JSON files (``workloads.json``, ``records.json``). Local targets are tuned with
+:mod:`vitune.targets.msinproc` (no process pools).
+
+Modes (``[target] tuning`` in a study file):
+
+* ``off`` — untuned kernels (TVM's default lowering);
+* ``database`` — use the records the database has, never tune (after ``vitune tune``);
+* ``tune`` — also tune unseen workloads, ``trials_per_task`` MetaSchedule trials each, until
+  the study's ``tuning_budget_s`` is spent (then unseen workloads stay untuned and the trial's
+  metrics say how many).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitune.paths import cache_dir
+
+TUNING_MODES = ("off", "database", "tune")
+
+
+@dataclass
+class TuneReport:
+    workloads: int = 0  # distinct tunable workloads in the module
+    from_database: int = 0  # ... already in the database
+    tuned: int = 0  # ... tuned now
+    untuned: int = 0  # ... left untuned (mode or budget)
+    trials: int = 0  # candidates built and measured
+    seconds: float = 0.0
+    names: list[str] = field(default_factory=list)  # tuned workloads
+
+    def merge(self, other: "TuneReport") -> None:
+        for k in ("workloads", "from_database", "tuned", "untuned", "trials"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.seconds += other.seconds
+        self.names += other.names
+
+    def line(self) -> str:
+        return (
+            f"{self.workloads} workloads: {self.from_database} from the tuning database, {self.tuned} tuned now "
+            f"({self.trials} candidates in {self.seconds:.1f} s), {self.untuned} untuned"
+        )
+
+
+def database_dir(profile) -> Path:
+    key = json.dumps({"target": profile.tvm_target, "host": profile.tvm_host}, sort_keys=True)
+    return cache_dir() / "tuning" / f"{profile.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def open_database(profile):
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = database_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"), allow_missing=True)
+
+
+def _quiet() -> None:
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
+def _tunable(task) -> bool:
+    """Pure data movement (reshape, transpose, take...) gains nothing from tuning."""
+    name = task.task_name
+    return any(op in name for op in ("matmul", "conv2d", "softmax", "layer_norm", "gelu", "dense"))
+
+
+class Tuner:
+    """Tunes and applies records for one target; keeps a running report and a time budget."""
+
+    def __init__(self, profile, mode: str = "tune", trials_per_task: int = 64, budget_s: float = 0.0):
+        if mode not in TUNING_MODES:
+            raise ValueError(f"tuning mode {mode!r} is not one of {', '.join(TUNING_MODES)}")
+        self.profile = profile
+        self.mode = mode
+        self.trials_per_task = int(trials_per_task)
+        self.budget_s = float(budget_s)
+        self.report = TuneReport()
+        self._db = None
+
+    @property
+    def database(self):
+        if self._db is None:
+            self._db = open_database(self.profile)
+        return self._db
+
+    def _left_s(self) -> float:
+        return float("inf") if self.budget_s <= 0 else self.budget_s - self.report.seconds
+
+    def prepare(self, mod):
+        """Legalize and fuse ``mod`` (Relax), tune its unseen workloads as the mode allows, apply
+        the database; return ``(module to build, report of this call)``."""
+        import tvm
+        from tvm import relax
+        from tvm.s_tir import meta_schedule as ms
+
+        _quiet()
+        report = TuneReport()
+        if self.mode == "off":
+            return mod, report
+        target = self.profile.tvm()
+        mod = relax.get_pipeline("zero")(mod)
+        tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if _tunable(t)]
+        db = self.database
+        report.workloads = len(tasks)
+        unseen = [t for t in tasks if not self._has_record(db, t, target)]
+        report.from_database = len(tasks) - len(unseen)
+        if unseen and self.mode == "tune" and self._left_s() > 0:
+            t0 = time.perf_counter()
+            report.trials = self._tune(unseen, target, db)
+            report.seconds = time.perf_counter() - t0
+            tuned = [t for t in unseen if self._has_record(db, t, target)]
+            report.tuned = len(tuned)
+            report.names = [t.task_name for t in tuned]
+            unseen = [t for t in unseen if t not in tuned]
+        report.untuned = len(unseen)
+        with target, db:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        self.report.merge(report)
+        return mod, report
+
+    @staticmethod
+    def _has_record(db, task, target) -> bool:
+        mod = task.dispatched[0]
+        return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
+
+    def _tune(self, tasks, target, db) -> int:
+        from tvm.s_tir import meta_schedule as ms
+
+        from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
+
+        with tempfile.TemporaryDirectory(prefix="vitune-tune-") as work:
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, num_threads=max(1, self.profile.threads))
+            builder, runner = self._builder_runner(InProcessBuilder, InProcessRunner)
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=work,
+                max_trials_global=self.trials_per_task * len(tasks),
+                max_trials_per_task=self.trials_per_task,
+                num_trials_per_iter=min(16, self.trials_per_task),
+                builder=builder,
+                runner=runner,
+                database=db,
+                cost_model="xgb",
+                # no RemoveBuildArtifact: in-process artifacts are not files
+                measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()],
+                task_scheduler="gradient",
+            )
+            return getattr(runner, "measured", 0)
+
+    def _builder_runner(self, builder_cls, runner_cls):
+        if self.profile.runner != "local" or not self.profile.is_native:
+            raise NotImplementedError(
+                f"tuning target {self.profile.name} needs its device; tune it where it runs "
+                "(MetaSchedule's RPC runner is not wired in yet)"
+            )
+        return builder_cls(), runner_cls()
