@@ -83,6 +83,20 @@ def _compress(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from vitune.search.studyfile import load_study_file
+    from vitune.targets.profile import load_target
+    from vitune.tune import tune_study_models
+
+    profile = load_target(args.target)
+    study = args.study or str(Path(__file__).resolve().parents[1] / "studies" / "quickstart.toml")
+    run = tune_study_models(load_study_file(study), profile, args.trials_per_task, args.configs, args.budget_s)
+    if run.untuned_ms and run.tuned_ms:
+        print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
+              f"({run.untuned_ms / run.tuned_ms:.2f}x); database {run.database}")
+    return 0
+
+
 def _targets_list(args) -> int:
     from vitune.targets.profile import list_targets, load_target
 
@@ -158,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default=None, help="write the configuration as an export record (JSON)")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(func=_compress)
+
+    tu = sub.add_parser("tune", help="warm a target's tuning database (MetaSchedule) ahead of a study")
+    tu.add_argument("target", help="target name or path to a .toml profile")
+    tu.add_argument("--study", default=None, help="study file whose model (and search space) to tune (default: the quickstart)")
+    tu.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload")
+    tu.add_argument("--configs", type=int, default=0, help="also tune this many random configurations of the study's space")
+    tu.add_argument("--budget-s", type=float, default=0.0, help="stop tuning new workloads after SECONDS (0 = no limit)")
+    tu.set_defaults(func=_tune)
 
     targets = sub.add_parser("targets", help="hardware target profiles").add_subparsers(dest="targets_command", required=True)
     tl = targets.add_parser("list", help="list known targets")

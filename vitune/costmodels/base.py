@@ -49,13 +49,14 @@ class MeasuredLatency:
 
     name = "measured"
 
-    def __init__(self, profile):
+    def __init__(self, profile, tuner=None):
         self.profile = profile
+        self.tuner = tuner  # a vitune.targets.tuning.Tuner, or None for untuned kernels
 
     def latency(self, model, config, example, compiled_out: list | None = None):
         from vitune.targets.measure import measure
 
-        return measure(model, example, self.profile, compiled_out)
+        return measure(model, example, self.profile, compiled_out, self.tuner)
 
 
 register_latency_source("measured", MeasuredLatency)

@@ -75,7 +75,10 @@ def open_study(spec, create: bool = True, sampler=None):
 
 def check_metadata(study, spec, ref, profile) -> None:
     meta = study.user_attrs.get("vitune")
-    expected = {"model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES), "methods": spec.methods.to_dict()}
+    expected = {
+        "model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES),
+        "methods": spec.methods.to_dict(), "tuning": spec.target.tuning,
+    }
     if meta is None:
         if study.trials:
             raise ConfigError(f"study {spec.name!r} in {spec.storage} has trials but no vitune metadata: it was not created by vitune")
@@ -93,6 +96,12 @@ def check_metadata(study, spec, ref, profile) -> None:
         raise ConfigError(
             f"study {spec.name!r} in {spec.storage} measured latency on target {meta.get('target')!r}, "
             f"not {profile.name!r}: give the study a new name or storage"
+        )
+    if meta.get("tuning", spec.target.tuning) != spec.target.tuning:
+        raise ConfigError(
+            f"study {spec.name!r} in {spec.storage} measured latency with [target] tuning = {meta.get('tuning')!r}, "
+            f"the study file now says {spec.target.tuning!r}: tuned and untuned latencies are not comparable; "
+            "give the study a new name or storage"
         )
     recorded = meta.get("methods")
     if recorded is not None and recorded != spec.methods.to_dict():
@@ -189,6 +198,11 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
     profile = load_target(spec.target.name)
     source = get_latency_source(spec.target.latency, profile)
+    tuner = None
+    if spec.target.tuning != "off" and hasattr(source, "tuner"):
+        from vitune.targets.tuning import Tuner
+
+        tuner = source.tuner = Tuner(profile, spec.target.tuning, spec.target.tuning_trials, spec.target.tuning_budget_s)
     study = open_study(spec)  # fail fast on a bad storage before any heavy work
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile)
@@ -232,6 +246,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
     finally:
         bar.close()
+        if tuner is not None:
+            log(f"tuning ({tuner.mode}, database {tuner.database_path}): {tuner.report.line()}")
     after = count_states(study)
     return RunSummary(
         new_complete=after.get("complete", 0) - before.get("complete", 0),

@@ -29,6 +29,9 @@ Reference (every key optional unless marked)::
     [target]
     name = "local-cpu"             # built-in or user profile name, or a path to a .toml profile
     latency = "measured"           # latency source
+    tuning = "off"                 # off | database (tuned records only) | tune (tune unseen workloads)
+    tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
+    tuning_budget_s = 0            # tuning time of one run; 0 = no limit
 
     [space]                        # the menu every layer may take
     precision = ["fp32", "fp16", "int8"]  # fp32 | fp16 | int8 | int4 | w8a8
@@ -50,6 +53,7 @@ Reference (every key optional unless marked)::
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import tomllib
@@ -89,6 +93,9 @@ class DataSpec:
 class TargetSpec:
     name: str = "local-cpu"
     latency: str = "measured"
+    tuning: str = "off"
+    tuning_trials: int = 64
+    tuning_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -269,10 +276,16 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if model.source == "default" and data_spec.source != "digits":
         raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
-    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency"))
-    target = TargetSpec(name=tg.str("name", "local-cpu"), latency=tg.str("latency", "measured"))
+    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s"))
+    target = TargetSpec(
+        name=tg.str("name", "local-cpu"),
+        latency=tg.str("latency", "measured"),
+        tuning=tg.str("tuning", "off", ("off", "database", "tune")),
+        tuning_trials=tg.int("tuning_trials", 64, minimum=1),
+        tuning_budget_s=tg.float("tuning_budget_s", 0.0),
+    )
     if target.name.endswith(".toml") or "/" in target.name:
-        target = TargetSpec(_resolve_path(path.parent, target.name), target.latency)
+        target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
 
     sp = _Table(top.data.get("space", {}), f"{where} [space]", (*MENU_KEYS, "distill_steps", "override"))
     defaults = SpaceSpec()

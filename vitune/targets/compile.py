@@ -36,6 +36,7 @@ class CompiledModel:
     timings: dict[str, float] = field(default_factory=dict)  # export_s, build_s, codegen_s
     module: object = None  # the linked runtime module, for targets this process can run
     prepared: object = None  # what the runner's prepare() left (a VM, an RPC session...)
+    tuning: object = None  # the TuneReport of the build (None: untuned)
 
     def runtime_module(self):
         """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""
@@ -117,32 +118,37 @@ def filtered_native_stderr():
                     print(line, file=sys.stderr)
 
 
-def build(mod, profile):
-    """Build an IRModule for ``profile``'s TVM target; returns the executable."""
+def build(mod, profile, tuner=None):
+    """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report)``.
+
+    With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
+    target's database (tuning unseen ones if the tuner's mode and budget allow).
+    """
     import tvm
 
     target = profile.tvm()
+    report = None
     with filtered_native_stderr():
-        return tvm.compile(mod, target=target)
+        if tuner is not None:
+            mod, report = tuner.prepare(mod)
+        return tvm.compile(mod, target=target), report
 
 
-def compile_model(model: torch.nn.Module, example: torch.Tensor, profile) -> CompiledModel:
+def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None) -> CompiledModel:
     t0 = time.perf_counter()
     from tvm import relax  # noqa: F401  (import cost counted apart from export)
 
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable = build(mod, profile)
+    executable, report = build(mod, profile, tuner)
     t3 = time.perf_counter()
-    compiled = CompiledModel(
-        executable,
-        params,
-        tuple(example.shape),
-        str(example.dtype).replace("torch.", ""),
-        dict(profile.tvm_target),
-        {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2},
-    )
+    timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
+    if report is not None:
+        timings["tune_s"] = report.seconds
+        timings["build_s"] -= report.seconds
+    compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
+    compiled.tuning = report
     return compiled
 
 

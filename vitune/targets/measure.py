@@ -49,7 +49,7 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500]
 
 
-def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None) -> Measurement:
+def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None, tuner=None) -> Measurement:
     """Compile ``model`` for ``profile`` and time it there. Never raises (except KeyboardInterrupt).
 
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
@@ -60,7 +60,7 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
     stage = "compile"
     timings: dict[str, float] = {}
     try:
-        compiled = compile_model(model, example, profile)
+        compiled = compile_model(model, example, profile, tuner)
         timings.update(compiled.timings)
         if compiled_out is not None:
             compiled_out.append(compiled)
@@ -73,6 +73,8 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
         t0 = time.perf_counter()
         samples = runner.time(compiled, example.numpy(), profile.protocol)
         timings["run_s"] = time.perf_counter() - t0
+        if compiled.tuning is not None:
+            timings.update(tuned_workloads=compiled.tuning.from_database + compiled.tuning.tuned, untuned_workloads=compiled.tuning.untuned)
         return Measurement(
             target=profile.name,
             latency_ms=statistics.median(samples),

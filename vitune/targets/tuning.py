@@ -74,6 +74,35 @@ def _quiet() -> None:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
 
 
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule needs it) in seconds, not minutes.
+
+    The module parses ~500 TVMScript functions, each calling ``inspect.stack()``, whose
+    ``inspect.getmodule`` scans every loaded module on every frame: with torch loaded that took
+    170 s here. During the import, ``getmodule`` answers from a memo keyed by the code's file.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    original = inspect.getmodule
+    memo: dict = {}
+
+    def getmodule(obj, _filename=None):
+        code = getattr(obj, "f_code", obj)
+        key = (_filename, getattr(code, "co_filename", None) or id(obj))
+        if key not in memo:
+            memo[key] = original(obj, _filename)
+        return memo[key]
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = original
+
+
 def _tunable(task) -> bool:
     """Pure data movement (reshape, transpose, take...) gains nothing from tuning."""
     name = task.task_name
@@ -94,6 +123,10 @@ class Tuner:
         self._db = None
 
     @property
+    def database_path(self) -> Path:
+        return database_dir(self.profile)
+
+    @property
     def database(self):
         if self._db is None:
             self._db = open_database(self.profile)
@@ -110,6 +143,7 @@ class Tuner:
         from tvm.s_tir import meta_schedule as ms
 
         _quiet()
+        import_tensor_intrinsics()
         report = TuneReport()
         if self.mode == "off":
             return mod, report
@@ -145,7 +179,15 @@ class Tuner:
         from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
 
         with tempfile.TemporaryDirectory(prefix="vitune-tune-") as work:
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, num_threads=max(1, self.profile.threads))
+            # the evolutionary search's population scaled to the trial budget (its defaults are
+            # sized for thousands of trials and cost minutes per task on two cores)
+            t = self.trials_per_task
+            strategy = ms.search_strategy.EvolutionarySearch(
+                population_size=min(512, max(64, 8 * t)), init_min_unmeasured=min(50, max(8, 2 * t)), genetic_num_iters=3
+            )
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work, strategy=strategy, num_threads=max(1, self.profile.threads)
+            )
             builder, runner = self._builder_runner(InProcessBuilder, InProcessRunner)
             ms.tune.tune_tasks(
                 tasks=contexts,

@@ -1,0 +1,56 @@
+"""MetaSchedule tuning with the persistent per-target database (in-process builder and runner)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vitune.targets.compile import compile_model
+from vitune.targets.runner import runner_for
+from vitune.targets.tuning import Tuner, database_dir
+
+
+@pytest.fixture()
+def tiny_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 8)).eval(), torch.randn(1, 5, 16)
+
+
+def test_workloads_are_tuned_once_then_reused(tiny_mlp, fast_target, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    model, x = tiny_mlp
+    first = Tuner(fast_target, "tune", trials_per_task=4)
+    compiled = compile_model(model, x, fast_target, first)
+    rep = compiled.tuning
+    assert rep.workloads >= 2 and rep.tuned == rep.workloads and rep.from_database == 0 and rep.trials > 0
+    assert (database_dir(fast_target) / "records.json").stat().st_size > 0
+    got = runner_for(fast_target).run(compiled, x.numpy())
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+    second = Tuner(fast_target, "tune", trials_per_task=4)  # a new process would do the same
+    again = compile_model(model, x, fast_target, second)
+    assert again.tuning.from_database == rep.workloads and again.tuning.tuned == 0 and again.tuning.trials == 0
+    assert again.timings["tune_s"] == 0.0
+    np.testing.assert_allclose(runner_for(fast_target).run(again, x.numpy()), got, atol=1e-5)
+
+    # a new shape is a new workload: only it is tuned
+    wider = nn.Sequential(nn.Linear(16, 40), nn.GELU(), nn.Linear(40, 8)).eval()
+    third = compile_model(wider, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    assert third.tuning.tuned >= 1 and third.tuning.tuned < third.tuning.workloads + 1
+
+
+def test_database_mode_never_tunes(tiny_mlp, fast_target, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    model, x = tiny_mlp
+    compiled = compile_model(model, x, fast_target, Tuner(fast_target, "database"))
+    assert compiled.tuning.tuned == 0 and compiled.tuning.untuned == compiled.tuning.workloads > 0
+    np.testing.assert_allclose(runner_for(fast_target).run(compiled, x.numpy()), model(x).detach().numpy(), atol=1e-4)
+
+
+def test_in_process_builder_and_runner_report_failures_as_results():
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from vitune.targets.msinproc import InProcessRunner
+
+    (future,) = InProcessRunner().run([RunnerInput("inprocess:does-not-exist", "cpu", [])])
+    assert future.done() and "no in-process module" in future.result().error_msg
