@@ -189,6 +189,7 @@ class Tuner:
                 tasks, work, strategy=strategy, num_threads=max(1, self.profile.threads)
             )
             builder, runner = self._builder_runner(InProcessBuilder, InProcessRunner)
+            _quiet()  # the console handler MetaSchedule installs takes the package logger's level
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=weights,
