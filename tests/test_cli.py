@@ -46,3 +46,20 @@ def test_compress_greedy_baseline_then_apply(tmp_path, capsys, default_workspace
     shutil.rmtree(tmp_path / "shipped")
     assert main(["compress", str(study), "--params-budget", "0.001"]) == 2
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_apply_for_an_unreachable_board_still_writes_its_aarch64_library(tmp_path, capsys, default_workspace):
+    import json
+
+    from vitune.targets.compile import library_arch
+
+    study = tmp_path / "arm.toml"
+    study.write_text("[study]\nname='arm'\n[target]\nname='arm-a72'\n")
+    record = tmp_path / "uniform.json"
+    assert main(["compress", str(study), "--strategy", "uniform-rank", "--params-budget", "0.5", "--out", str(record), "--quiet"]) == 0
+    assert main(["apply", str(record), "--out", str(tmp_path / "deploy"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "not measured: RPC tracker 127.0.0.1:9190 is unreachable" in out
+    assert library_arch(tmp_path / "deploy" / "tvm-arm-a72" / "model.so") == "aarch64"
+    metrics = json.loads((tmp_path / "deploy" / "metrics.json").read_text())
+    assert metrics["latency_ms"] is None and metrics["test_accuracy"] > 0.9

@@ -46,8 +46,9 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
     from vitune.targets import load_target
-    from vitune.targets.compile import save_artifact
+    from vitune.targets.compile import compile_model, save_artifact
     from vitune.targets.measure import measure
+    from vitune.targets.tuning import Tuner
     from vitune.targets.runner import runner_for
     from vitune.versions import versions
 
@@ -70,23 +71,29 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
 
     example = ws.example_input(1)
-    compiled: list = []
-    m = measure(model, example, profile, compiled)
-    if not m.ok:
-        raise ConfigError(f"the compressed model could not be built or run on {profile.name}: {m.error}")
-    artifact = save_artifact(compiled[0], out_dir / f"tvm-{profile.name}", profile)
+    # Tuned schedules where the target's database has them (never tunes here: `vitune tune` does).
+    tuner = Tuner(profile, "database")
+    try:
+        compiled = compile_model(model, example, profile, tuner)
+    except Exception as err:
+        raise ConfigError(f"the compressed model could not be built for {profile.name}: {str(err).strip().splitlines()[-1]}") from None
+    artifact = save_artifact(compiled, out_dir / f"tvm-{profile.name}", profile)
 
-    # The TVM build must compute what PyTorch computes (the search scored PyTorch): compare on
-    # the whole validation split, batch 1.
+    # Latency and the TVM-vs-PyTorch check need the device; without it the artifact is still written.
     runner = runner_for(profile)
+    problem = runner.check()
+    m = measure(model, example, profile, tuner=tuner) if problem is None else None
     diffs, agree, n = [], 0, 0
-    images = [x for x, _ in iterate(ws.data.val, batch_size=1)]
-    with torch.inference_mode():
-        for x, got in zip(images, runner.run_many(compiled[0], (x.numpy() for x in images))):
-            ref = model(x).numpy()
-            diffs.append(float(np.abs(ref - got).max()))
-            agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
-            n += 1
+    if problem is None:
+        # The TVM build must compute what PyTorch computes (the search scored PyTorch): compare on
+        # the whole validation split, batch 1.
+        images = [x for x, _ in iterate(ws.data.val, batch_size=1)]
+        with torch.inference_mode():
+            for x, got in zip(images, runner.run_many(compiled, (x.numpy() for x in images))):
+                ref = model(x).numpy()
+                diffs.append(float(np.abs(ref - got).max()))
+                agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
+                n += 1
 
     torch.save(model, out_dir / "model.pt")
     torch.export.save(_export_program(model, example), str(out_dir / "model.pt2"))
@@ -95,12 +102,14 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     metrics = {
         "test_accuracy": accuracy(model, ws.data.test),
         "val_accuracy": accuracy(model, ws.data.val),
-        "latency_ms": m.latency_ms,
-        "latency_spread_ms": m.spread_ms,
-        "latency_samples_ms": list(m.samples_ms),
+        "latency_ms": m.latency_ms if m else None,
+        "latency_spread_ms": m.spread_ms if m else None,
+        "latency_samples_ms": list(m.samples_ms) if m else [],
+        "measurement_error": problem or (m.error if m else None),
+        "tuning": None if compiled.tuning is None else compiled.tuning.line(),
         "params": params,
         "size_bytes": size,
-        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / max(n, 1), "images": n, "split": "val"},
+        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / n if n else None, "images": n, "split": "val"},
         "target": profile.describe(),
         "config": config.to_dict(),
         "exported_metrics": record["metrics"],

@@ -54,12 +54,16 @@ def _apply(args) -> int:
     metrics = apply_record(record, Path(args.out), args.distill_steps, progress=not args.quiet)
     agree, seen = metrics["tvm_vs_torch"], metrics["exported_metrics"]
     seen_ms = f"{seen['latency_ms']:.4f} ms" if seen.get("latency_ms") is not None else "not measured"
+    lat = f"{metrics['latency_ms']:.4f} ms" if metrics["latency_ms"] is not None else "not measured"
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} (validation {metrics['val_accuracy']:.4f}, "
-        f"search saw {seen['accuracy']:.4f}); latency {metrics['latency_ms']:.4f} ms on "
-        f"{metrics['target']['name']} (search saw {seen_ms})"
+        f"search saw {seen['accuracy']:.4f}); latency {lat} on {metrics['target']['name']} (search saw {seen_ms})"
     )
-    print(f"TVM vs PyTorch: max |logit diff| {agree['max_abs_logit_diff']:.2e}, top-1 agreement {agree['top1_agreement']:.3f}")
+    if metrics["measurement_error"]:
+        print(f"not measured: {metrics['measurement_error']} (the artifact is written all the same)")
+    else:
+        print(f"TVM vs PyTorch on {agree['images']} validation images: max |logit diff| {agree['max_abs_logit_diff']:.2e}, "
+              f"top-1 agreement {agree['top1_agreement']:.4f}")
     print(f"wrote {args.out}/model.pt, {args.out}/model.pt2, {args.out}/metrics.json, {metrics['artifact']['library']}")
     return 0
 

@@ -187,6 +187,31 @@ def test_resuming_with_other_compression_methods_is_refused(ran):
         run_study(changed, n_trials=1, progress=False, log=lambda *_: None)
 
 
+def test_resuming_with_another_tuning_mode_is_refused(ran):
+    import dataclasses
+
+    spec, _, _ = ran
+    changed = dataclasses.replace(spec, target=dataclasses.replace(spec.target, tuning="database"))
+    with pytest.raises(ConfigError, match=r"tuning = 'off', the study file now says 'database'"):
+        run_study(changed, n_trials=1, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_study_tunes_unseen_workloads_and_says_so(tmp_path, fast_target_file, default_workspace):
+    import dataclasses
+
+    spec = write_study(tmp_path, fast_target_file, name="tuned", n=2)
+    spec = dataclasses.replace(spec, target=dataclasses.replace(spec.target, tuning="tune", tuning_trials=2))
+    lines = []
+    summary = run_study(spec, progress=False, log=lines.append)
+    assert summary.new_complete == 2
+    tuning = [ln for ln in lines if ln.startswith("tuning (tune")]
+    assert tuning and "workloads:" in tuning[0] and "from the tuning database" in tuning[0]
+    study = open_study(spec, create=False)
+    timings = study.trials[0].user_attrs["timings"]
+    assert timings["tuned_workloads"] > 0
+
+
 def run_model_hash():
     from vitune.models.zoo import load_workspace
     from vitune.search.studyfile import DataSpec, ModelSpec

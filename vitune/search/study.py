@@ -199,6 +199,11 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     profile = load_target(spec.target.name)
     source = get_latency_source(spec.target.latency, profile)
     tuner = None
+    if spec.target.tuning == "tune" and (profile.runner != "local" or not profile.is_native):
+        raise ConfigError(
+            f"{spec.path} [target] tuning = \"tune\": target {profile.name} runs on another device and vitune tunes "
+            "in-process only; tune where it runs (vitune tune there) and use tuning = \"database\""
+        )
     if spec.target.tuning != "off" and hasattr(source, "tuner"):
         from vitune.targets.tuning import Tuner
 

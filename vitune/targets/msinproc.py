@@ -29,12 +29,13 @@ class InProcessBuilder(PyBuilder):
         self.built = 0
 
     def build(self, build_inputs):
-        from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+        import tvm
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
         results = []
         for item in build_inputs:
-            try:
-                rt_mod = default_build(item.mod, item.target, None)
+            try:  # what MetaSchedule's default_build does, minus the deprecated driver entry point
+                rt_mod = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod), target=item.target)
                 key = f"inprocess:{next(_COUNTER)}"
                 with _LOCK:
                     _MODULES[key] = rt_mod
