@@ -104,9 +104,9 @@ def _tune(args) -> int:
 def _targets_list(args) -> int:
     from vitune.targets.profile import list_targets, load_target
 
-    for name, path in list_targets().items():
+    for name in list_targets():
         try:
-            desc = load_target(str(path)).description
+            desc = load_target(name).description
         except VituneError as err:
             desc = f"INVALID: {err}"
         print(f"{name:<20} {desc}")
