@@ -61,29 +61,12 @@ def _rows(layout):
     return rows
 
 
-def _agreement(model, compiled, profile, dataset):
-    import numpy as np
-    import torch
-
-    from vitune.data.splits import iterate
-    from vitune.targets.runner import runner_for
-
-    images = [x for x, _ in iterate(dataset, batch_size=1)]
-    agree, worst = 0, 0.0
-    with torch.inference_mode():
-        for x, got in zip(images, runner_for(profile).run_many(compiled, (x.numpy() for x in images))):
-            ref = model(x).numpy()
-            worst = max(worst, float(np.abs(ref - got).max()))
-            agree += int(ref.argmax() == got.argmax())
-    return agree / len(images), worst
-
-
 def technique_table(ws, profile, calib, measure_latency: bool) -> list[dict]:
     from vitune.compression.pipeline import compress
     from vitune.compression.stats import model_stats
     from vitune.data.splits import accuracy
     from vitune.models.layers import discover
-    from vitune.targets.measure import measure
+    from vitune.targets.measure import agreement, measure
 
     out = []
     print(f"\n1. techniques on the default model (test accuracy; latency: TVM on {profile.name}, batch 1, untuned)")
@@ -100,7 +83,7 @@ def technique_table(ws, profile, calib, measure_latency: bool) -> list[dict]:
             m = measure(model, ws.example_input(1), profile, compiled)
             row["latency_ms"], row["latency_error"] = m.latency_ms, m.error
             if m.ok:
-                row["agreement_val"], row["max_abs_logit_diff_val"] = _agreement(model, compiled[0], profile, ws.data.val)
+                row["agreement_val"], row["max_abs_logit_diff_val"], _ = agreement(model, compiled[0], profile, ws.data.val)
         lat = f"{row['latency_ms']:.4f}" if row["latency_ms"] is not None else "-"
         agree = f"{row['agreement_val']:.4f}" if row["agreement_val"] is not None else "-"
         diff = f"{row['max_abs_logit_diff_val']:.1e}" if row["max_abs_logit_diff_val"] is not None else "-"

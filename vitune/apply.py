@@ -35,21 +35,20 @@ def _specs(record: dict):
 
 
 def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, progress: bool = True) -> dict:
-    import numpy as np
     import torch
 
     from vitune.compression.calibrate import Calibration
     from vitune.compression.config import CompressionConfig
     from vitune.compression.pipeline import compress
     from vitune.compression.stats import model_stats
-    from vitune.data.splits import accuracy, iterate
+    from vitune.data.splits import accuracy
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
     from vitune.targets import load_target
     from vitune.targets.compile import compile_model, save_artifact
-    from vitune.targets.measure import measure
-    from vitune.targets.tuning import Tuner
+    from vitune.targets.measure import agreement, time_compiled
     from vitune.targets.runner import runner_for
+    from vitune.targets.tuning import Tuner
     from vitune.versions import versions
 
     model_spec, data_spec = _specs(record)
@@ -80,20 +79,13 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     artifact = save_artifact(compiled, out_dir / f"tvm-{profile.name}", profile)
 
     # Latency and the TVM-vs-PyTorch check need the device; without it the artifact is still written.
-    runner = runner_for(profile)
-    problem = runner.check()
-    m = measure(model, example, profile, tuner=tuner) if problem is None else None
-    diffs, agree, n = [], 0, 0
+    problem = runner_for(profile).check()
+    m = time_compiled(compiled, example, profile) if problem is None else None
+    top1, worst, n = None, None, 0
     if problem is None:
         # The TVM build must compute what PyTorch computes (the search scored PyTorch): compare on
         # the whole validation split, batch 1.
-        images = [x for x, _ in iterate(ws.data.val, batch_size=1)]
-        with torch.inference_mode():
-            for x, got in zip(images, runner.run_many(compiled, (x.numpy() for x in images))):
-                ref = model(x).numpy()
-                diffs.append(float(np.abs(ref - got).max()))
-                agree += int(ref.argmax(-1)[0] == got.argmax(-1)[0])
-                n += 1
+        top1, worst, n = agreement(model, compiled, profile, ws.data.val)
 
     torch.save(model, out_dir / "model.pt")
     torch.export.save(_export_program(model, example), str(out_dir / "model.pt2"))
@@ -109,7 +101,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         "tuning": None if compiled.tuning is None else compiled.tuning.line(),
         "params": params,
         "size_bytes": size,
-        "tvm_vs_torch": {"max_abs_logit_diff": max(diffs) if diffs else None, "top1_agreement": agree / n if n else None, "images": n, "split": "val"},
+        "tvm_vs_torch": {"max_abs_logit_diff": worst, "top1_agreement": top1, "images": n, "split": "val"},
         "target": profile.describe(),
         "config": config.to_dict(),
         "exported_metrics": record["metrics"],

@@ -1,13 +1,11 @@
 """The transforms on the real default model: what the search scores is what TVM deploys."""
 
 import numpy as np
-import torch
 
 from vitune.compression.calibrate import Calibration, capture_inputs
 from vitune.compression.config import CompressionConfig, LinearConfig
 from vitune.compression.lowrank import factorize, factorize_aa, output_error
 from vitune.compression.pipeline import compress
-from vitune.data.splits import iterate
 from vitune.models.layers import discover
 
 
@@ -22,20 +20,14 @@ def _mixed_config(layout):
 
 def test_tvm_agrees_with_pytorch_on_the_validation_split(default_workspace, fast_target):
     from vitune.targets.compile import compile_model
-    from vitune.targets.runner import runner_for
+    from vitune.targets.measure import agreement
 
     ws = default_workspace
     model = compress(ws.model, _mixed_config(discover(ws.model)), ws.data.train, Calibration.from_dataset(ws.data.calib, 256))
     compiled = compile_model(model, ws.example_input(1), fast_target)
-    images = [x for x, _ in iterate(ws.data.val, batch_size=1)]
-    agree, worst = 0, 0.0
-    with torch.inference_mode():
-        for x, got in zip(images, runner_for(fast_target).run_many(compiled, (x.numpy() for x in images))):
-            ref = model(x).numpy()
-            worst = max(worst, float(np.abs(ref - got).max()))
-            agree += int(ref.argmax() == got.argmax())
-    assert len(images) == len(ws.data.val)
-    assert agree / len(images) >= 0.995, f"top-1 agreement {agree}/{len(images)}, max logit diff {worst:.2e}"
+    top1, worst, n = agreement(model, compiled, fast_target, ws.data.val)
+    assert n == len(ws.data.val)
+    assert top1 >= 0.995, f"top-1 agreement {top1:.4f} over {n} images, max logit diff {worst:.2e}"
     assert worst < 1e-2
 
 

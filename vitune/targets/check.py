@@ -39,7 +39,7 @@ def probe_model():
 
 def check_target(profile) -> CheckReport:
     from vitune.targets.compile import compile_model, export_library, library_arch
-    from vitune.targets.measure import measure
+    from vitune.targets.measure import time_compiled
     from vitune.targets.runner import runner_for
 
     report = CheckReport(profile.name)
@@ -64,7 +64,7 @@ def check_target(profile) -> CheckReport:
     problem = runner.check()
     if not report.add("device", problem is None, problem or f"device reachable ({profile.runner_spec.describe()})"):
         return report
-    m = measure(model, example, profile)
+    m = time_compiled(compiled, example, profile)
     if report.add("run", m.ok, m.error or f"probe latency {m.latency_ms:.4f} ms (median of {len(m.samples_ms)})"):
         report.latency_ms = m.latency_ms
     return report

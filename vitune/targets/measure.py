@@ -55,16 +55,23 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
     """
     from vitune.targets.compile import compile_model
-    from vitune.targets.runner import runner_for
 
-    stage = "compile"
-    timings: dict[str, float] = {}
     try:
         compiled = compile_model(model, example, profile, tuner)
-        timings.update(compiled.timings)
-        if compiled_out is not None:
-            compiled_out.append(compiled)
-        stage = "prepare"
+    except Exception as err:  # a measurement is a record, never an exception into the search
+        return Measurement(target=profile.name, error=f"compile failed on {profile.name}: {_short(err)}")
+    if compiled_out is not None:
+        compiled_out.append(compiled)
+    return time_compiled(compiled, example, profile)
+
+
+def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
+    """Time an already built :class:`CompiledModel` on ``profile``'s device. Never raises."""
+    from vitune.targets.runner import runner_for
+
+    stage = "prepare"
+    timings: dict[str, float] = dict(compiled.timings)
+    try:
         runner = runner_for(profile)
         t0 = time.perf_counter()
         runner.prepare(compiled)  # local: LLVM codegen; rpc: link, upload (compile cost, not timing)
@@ -84,3 +91,21 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
         )
     except Exception as err:  # a measurement is a record, never an exception into the search
         return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {_short(err)}", timings=timings)
+
+
+def agreement(model: torch.nn.Module, compiled, profile, dataset) -> tuple[float, float, int]:
+    """Run every image of ``dataset`` (batch 1) through PyTorch and the TVM build on the device:
+    ``(top-1 agreement, largest absolute logit difference, images)``."""
+    import numpy as np
+
+    from vitune.data.splits import iterate
+    from vitune.targets.runner import runner_for
+
+    images = [x for x, _ in iterate(dataset, batch_size=1)]
+    agree, worst = 0, 0.0
+    with torch.inference_mode():
+        for x, got in zip(images, runner_for(profile).run_many(compiled, (x.numpy() for x in images))):
+            ref = model(x).numpy()
+            worst = max(worst, float(np.abs(ref - got).max()))
+            agree += int(ref.argmax() == got.argmax())
+    return agree / len(images) if images else float("nan"), worst, len(images)

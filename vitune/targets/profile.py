@@ -289,8 +289,8 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
     return profile
 
 
-def _float(table: dict, key: str, where: str, minimum: float = 0.0) -> float:
-    value = table.get(key, 0.0)
+def _float(table: dict, key: str, where: str, minimum: float = 0.0, default: float = 0.0) -> float:
+    value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigError(f"{where} {key}: expected a number >= {minimum}, got {value!r}")
     return float(value)
@@ -332,7 +332,7 @@ def _runner_spec(runner_t: dict, where: str) -> RunnerSpec:
         if not isinstance(value, str):
             raise ConfigError(f"{where} {name}: expected a string, got {value!r}")
     port = _int(runner_t, "port", 0, where)
-    timeout = _float({"timeout_s": runner_t.get("timeout_s", 60.0)}, "timeout_s", where, minimum=1.0)
+    timeout = _float(runner_t, "timeout_s", where, minimum=1.0, default=60.0)
     if tracker:
         host_part, _, port_part = tracker.rpartition(":")
         if not host_part or not port_part.isdigit():

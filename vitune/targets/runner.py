@@ -56,6 +56,18 @@ def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
     return [float(s) * 1e3 for s in timer(*args).results]
 
 
+def _weights(compiled: CompiledModel, dev) -> list:
+    import tvm
+
+    return [tvm.runtime.tensor(p, dev) for p in compiled.params]
+
+
+def _input(inputs: np.ndarray, dev):
+    import tvm
+
+    return tvm.runtime.tensor(np.ascontiguousarray(inputs), dev)
+
+
 def _first(out) -> np.ndarray:
     first = out[0] if hasattr(out, "__len__") and not hasattr(out, "numpy") else out
     return first.numpy()
@@ -109,25 +121,18 @@ class LocalRunner:
         compiled.prepared = None  # a VM is used by one caller
         return vm, dev
 
-    def _args(self, compiled: CompiledModel, inputs: np.ndarray, dev) -> list:
-        import tvm
-
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs), dev), *(tvm.runtime.tensor(p, dev) for p in compiled.params)]
-
     def run(self, compiled: CompiledModel, inputs: np.ndarray) -> np.ndarray:
         return next(self.run_many(compiled, [inputs]))
 
     def run_many(self, compiled: CompiledModel, batches):
-        import tvm
-
         vm, dev = self._vm(compiled)
-        weights = [tvm.runtime.tensor(p, dev) for p in compiled.params]
+        weights = _weights(compiled, dev)
         for inputs in batches:
-            yield _first(vm["main"](tvm.runtime.tensor(np.ascontiguousarray(inputs), dev), *weights))
+            yield _first(vm["main"](_input(inputs, dev), *weights))
 
     def time(self, compiled: CompiledModel, inputs: np.ndarray, protocol: Protocol) -> list[float]:
         vm, dev = self._vm(compiled)
-        return _timed_loop(vm, dev, self._args(compiled, inputs, dev), protocol)
+        return _timed_loop(vm, dev, [_input(inputs, dev), *_weights(compiled, dev)], protocol)
 
 
 class RpcRunner:
@@ -225,19 +230,12 @@ class RpcRunner:
         vm = self._bounded(lambda: relax.VirtualMachine(rlib, dev), "creating the VM on the device")
         return vm, dev
 
-    def _args(self, compiled: CompiledModel, inputs: np.ndarray, dev) -> list:
-        import tvm
-
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs), dev), *(tvm.runtime.tensor(p, dev) for p in compiled.params)]
-
     def run(self, compiled: CompiledModel, inputs: np.ndarray) -> np.ndarray:
         return next(self.run_many(compiled, [inputs]))
 
     def run_many(self, compiled: CompiledModel, batches):
-        import tvm
-
         vm, dev = self._loaded(compiled)
-        weights = self._bounded(lambda: [tvm.runtime.tensor(p, dev) for p in compiled.params], "uploading the weights")
+        weights = self._bounded(lambda: _weights(compiled, dev), "uploading the weights")
         def once(x):
             # results stay on the device as remote objects: the stateful API fetches them
             vm.set_input("main", x, *weights)
@@ -246,12 +244,12 @@ class RpcRunner:
             return (out[0] if isinstance(out, (list, tuple)) else vm.get_outputs("main", 0)).numpy()
 
         for inputs in batches:
-            x = tvm.runtime.tensor(np.ascontiguousarray(inputs), dev)
+            x = _input(inputs, dev)
             yield self._bounded(lambda: once(x), "running the model on the device")
 
     def time(self, compiled: CompiledModel, inputs: np.ndarray, protocol: Protocol) -> list[float]:
         vm, dev = self._loaded(compiled)
-        args = self._bounded(lambda: self._args(compiled, inputs, dev), "uploading the weights")
+        args = self._bounded(lambda: [_input(inputs, dev), *_weights(compiled, dev)], "uploading the weights")
         return self._bounded(lambda: _timed_loop(vm, dev, args, protocol), "timing the model on the device")
 
 

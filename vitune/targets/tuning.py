@@ -140,7 +140,6 @@ class Tuner:
     def prepare(self, mod):
         """Legalize and fuse ``mod`` (Relax), tune its unseen workloads as the mode allows, apply
         the database; return ``(module to build, report of this call)``."""
-        import tvm
         from tvm import relax
         from tvm.s_tir import meta_schedule as ms
 
