@@ -101,6 +101,39 @@ def _tune(args) -> int:
     return 0
 
 
+def _costmodel_context(args):
+    from vitune.costmodels.workflow import make_context
+
+    return make_context(args.model, args.target, args.tuning, args.img_size, progress=not args.quiet)
+
+
+def _costmodel_fit(args) -> int:
+    from vitune.costmodels.workflow import run_fit
+
+    run_fit(_costmodel_context(args), args.samples, progress=not args.quiet)
+    return 0
+
+
+def _costmodel_eval(args) -> int:
+    from vitune.costmodels.workflow import format_rows, run_eval
+
+    context = _costmodel_context(args)
+    rows, held_out = run_eval(context, args.samples, progress=not args.quiet)
+    print(f"cost models on {context.profile.name} (tuning {context.tuning}), {len(held_out)} held-out random configurations of model {context.key}:")
+    print(format_rows(rows))
+    import statistics
+
+    noise = statistics.median(s.spread_ms / s.latency_ms for s in held_out) if held_out else float("nan")
+    print(f"measurement noise: median interquartile range of the repeats = {100 * noise:.1f} % of the latency")
+    if args.json:
+        doc = {"target": context.profile.name, "tuning": context.tuning, "model": args.model, "model_key": context.key,
+               "measured_ms": [s.latency_ms for s in held_out], "spread_ms": [s.spread_ms for s in held_out], "noise_iqr_rel": noise, "configs": [s.config_key for s in held_out],
+               "rows": [{k: v for k, v in r.__dict__.items()} | {"speedup": r.speedup} for r in rows]}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _targets_list(args) -> int:
     from vitune.targets.profile import list_targets, load_target
 
@@ -184,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--configs", type=int, default=0, help="also tune this many random configurations of the study's space")
     tu.add_argument("--budget-s", type=float, default=0.0, help="stop tuning new workloads after SECONDS (0 = no limit)")
     tu.set_defaults(func=_tune)
+
+    cm = sub.add_parser("costmodel", help="latency cost models: fit on measured samples, evaluate on held-out ones").add_subparsers(dest="costmodel_command", required=True)
+    for name, func, default_n, text in (
+        ("fit", _costmodel_fit, 100, "measure random configurations (reusing stored ones) and fit every cost model"),
+        ("eval", _costmodel_eval, 50, "measure held-out random configurations and score every fitted cost model"),
+    ):
+        c = cm.add_parser(name, help=text)
+        c.add_argument("target", help="target name or path to a .toml profile")
+        c.add_argument("--model", default="default", help="a study file, 'default' (the digits ViT) or a timm model name (random init)")
+        c.add_argument("--samples", type=int, default=default_n, help=f"configurations to measure in all (default {default_n})")
+        c.add_argument("--tuning", choices=("off", "database", "tune"), default=None, help="kernels to measure with (default: the study's, else off)")
+        c.add_argument("--img-size", type=int, default=0, help="timm models: input resolution (0 = the model's default)")
+        c.add_argument("--quiet", action="store_true")
+        if name == "eval":
+            c.add_argument("--json", default=None, help="write every figure printed (and each prediction) to PATH")
+        c.set_defaults(func=func)
 
     targets = sub.add_parser("targets", help="hardware target profiles").add_subparsers(dest="targets_command", required=True)
     tl = targets.add_parser("list", help="list known targets")

@@ -60,3 +60,16 @@ class MeasuredLatency:
 
 
 register_latency_source("measured", MeasuredLatency)
+
+
+def _predicted(kind: str):
+    def factory(profile):
+        from vitune.costmodels.predicted import PredictedLatency
+
+        return PredictedLatency(profile, kind)
+
+    return factory
+
+
+for _kind in ("lut", "learned", "analytical"):
+    register_latency_source(_kind, _predicted(_kind))

@@ -77,7 +77,7 @@ def check_metadata(study, spec, ref, profile) -> None:
     meta = study.user_attrs.get("vitune")
     expected = {
         "model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES),
-        "methods": spec.methods.to_dict(), "tuning": spec.target.tuning,
+        "methods": spec.methods.to_dict(), "tuning": spec.target.tuning, "latency": spec.target.latency,
     }
     if meta is None:
         if study.trials:
@@ -101,6 +101,12 @@ def check_metadata(study, spec, ref, profile) -> None:
         raise ConfigError(
             f"study {spec.name!r} in {spec.storage} measured latency with [target] tuning = {meta.get('tuning')!r}, "
             f"the study file now says {spec.target.tuning!r}: tuned and untuned latencies are not comparable; "
+            "give the study a new name or storage"
+        )
+    if meta.get("latency", spec.target.latency) != spec.target.latency:
+        raise ConfigError(
+            f"study {spec.name!r} in {spec.storage} scored latency as {meta.get('latency')!r}, the study file now says "
+            f"[target] latency = {spec.target.latency!r}: predicted and measured latencies are not comparable; "
             "give the study a new name or storage"
         )
     recorded = meta.get("methods")
@@ -212,6 +218,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile)
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods)
+    predicted = hasattr(source, "bind")
+    if predicted:
+        source.bind(workspace, space, spec.target.tuning)  # fails fast when no fitted cost model exists
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
     # Without --n-trials, run until the study file's total is reached; with it, run that many more.
@@ -232,8 +241,19 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     before = count_states(study)
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)
 
+    def recheck(final: bool = False):
+        from vitune.costmodels.predicted import remeasure_front
+
+        n = remeasure_front(study, evaluator, source, log=bar.write if not bar.disable else log)
+        if n and final:
+            log(f"re-measured {n} front member(s) on {profile.name}; predicted vs measured in 'vitune study status'")
+
     def on_trial(study_, trial):
         bar.update(1)
+        every = spec.target.remeasure_every
+        if predicted and every and trial.state == optuna.trial.TrialState.COMPLETE:
+            if count_states(study_).get("complete", 0) % every == 0:
+                recheck()
         m = trial.user_attrs.get("metrics", {})
         if trial.state == optuna.trial.TrialState.COMPLETE:
             bar.set_postfix(acc=f"{m.get('accuracy', 0):.3f}", ms=f"{m.get('latency_ms', 0):.3f}")
@@ -249,6 +269,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     logging.getLogger("optuna").setLevel(logging.ERROR)
     try:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
+        if predicted:
+            recheck(final=True)
     finally:
         bar.close()
         if tuner is not None:
@@ -286,14 +308,21 @@ def uncompressed_trial(study):
 def format_front(study) -> str:
     rows = front(study)
     ref = uncompressed_trial(study)
+    checks = study.user_attrs.get("latency_checks", {})
     lines = [f"{'trial':>5}  {'accuracy':>8}  {'latency_ms':>10}  {'speed-up':>8}  {'params':>8}  {'size_kB':>8}  config"]
+    if checks:
+        lines[0] = lines[0].replace("  config", f"  {'measured_ms':>11}  config")
     ref_ms = ref.values[1] if ref else None
     for t in rows:
         m = t.user_attrs.get("metrics", {})
         speed = f"{ref_ms / t.values[1]:.2f}x" if ref_ms else "-"
+        check = ""
+        if checks:
+            c = checks.get(str(t.number), {})
+            check = f"  {c['measured_ms']:>11.4f}" if c.get("measured_ms") is not None else f"  {'-':>11}"
         lines.append(
             f"{t.number:>5}  {t.values[0]:>8.4f}  {t.values[1]:>10.4f}  {speed:>8}  {m.get('params', 0):>8}  "
-            f"{m.get('size_bytes', 0) / 1024:>8.1f}  {t.user_attrs.get('summary', '')}"
+            f"{m.get('size_bytes', 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
         )
     if ref is not None:
         m = ref.user_attrs.get("metrics", {})
@@ -301,6 +330,9 @@ def format_front(study) -> str:
             f"{'ref':>5}  {ref.values[0]:>8.4f}  {ref.values[1]:>10.4f}  {'1.00x':>8}  {m.get('params', 0):>8}  "
             f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
         )
+    sources = {t.user_attrs.get("metrics", {}).get("latency_source", "measured") for t in rows}
+    if sources - {"measured"}:
+        lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
     return "\n".join(lines)
 
 

@@ -28,7 +28,9 @@ Reference (every key optional unless marked)::
 
     [target]
     name = "local-cpu"             # built-in or user profile name, or a path to a .toml profile
-    latency = "measured"           # latency source
+    latency = "measured"           # measured | lut | learned | analytical (cost models: vitune costmodel fit)
+    remeasure_every = 0            # predicted latency: re-measure the front every N completed trials
+                                   # (0 = only at the end of a run); measurements refit the cost model
     tuning = "off"                 # off | database (tuned records only) | tune (tune unseen workloads)
     tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
     tuning_budget_s = 0            # tuning time of one run; 0 = no limit
@@ -96,6 +98,7 @@ class TargetSpec:
     tuning: str = "off"
     tuning_trials: int = 64
     tuning_budget_s: float = 0.0
+    remeasure_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,10 +279,13 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if model.source == "default" and data_spec.source != "digits":
         raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
-    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s"))
+    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every"))
+    from vitune.costmodels import latency_sources
+
     target = TargetSpec(
         name=tg.str("name", "local-cpu"),
-        latency=tg.str("latency", "measured"),
+        latency=tg.str("latency", "measured", tuple(latency_sources())),
+        remeasure_every=tg.int("remeasure_every", 0),
         tuning=tg.str("tuning", "off", ("off", "database", "tune")),
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),

@@ -1,0 +1,143 @@
+"""The cost-model contract, for every registered kind, on a tiny ViT measured for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from vitune.compression.config import CompressionConfig, LinearConfig
+from vitune.costmodels.model import cost_model_class, cost_model_kinds, default_path, load_cost_model
+from vitune.costmodels.samples import CostContext, random_calibration
+from vitune.costmodels.workloads import KernelCache, aggregate, lower, model_kernels, model_workloads
+from vitune.errors import ConfigError
+
+KINDS = cost_model_kinds()
+
+
+def _tiny():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0).eval()
+
+
+def _context(profile, kernels_path):
+    from vitune.models.layers import discover
+    from vitune.search.space import SearchSpace
+    from vitune.search.studyfile import SpaceSpec
+
+    model = _tiny()
+    example = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    spec = SpaceSpec(precision=("fp32", "int8", "w8a8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0, 0.5), prune_mlp=(0.0, 0.5))
+    space = SearchSpace.build(spec, discover(model))
+    return CostContext(profile, model, example, space, "off", random_calibration(example), KernelCache(kernels_path))
+
+
+@pytest.fixture(scope="module")
+def fitted(fast_target, tmp_path_factory):
+    """A context, 6 measured samples, and every kind of cost model fitted on them."""
+    context = _context(fast_target, tmp_path_factory.mktemp("kernels") / "kernels.json")
+    samples = []
+    for config in context.random_configs(6, seed=0):
+        sample, error = context.measure(config)
+        assert sample is not None, error
+        samples.append(sample)
+    models = {kind: cost_model_class(kind).for_context(context).fit(samples, context) for kind in KINDS}
+    return context, samples, models
+
+
+def test_features_are_deterministic(fitted):
+    context, _, _ = fitted
+    config = context.random_configs(1, seed=7)[0]
+    a, b = context.build(config), context.build(config)
+    assert [w.signature for w in model_workloads(a, context.example)] == [w.signature for w in model_workloads(b, context.example)]
+    first = model_workloads(a, context.example)[2]
+    assert lower(first) == lower(first)  # lowering the same workload twice gives the same kernels
+    fa = aggregate(model_kernels(a, context.example, context.kernels))
+    assert fa == aggregate(model_kernels(b, context.example, context.kernels))
+    assert fa["total.flops"] > 0 and fa["total.count"] > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predicts_saves_and_loads(fitted, kind, tmp_path):
+    context, samples, models = fitted
+    model = models[kind]
+    held_out = context.build(context.random_configs(1, seed=99, exclude={s.config_key for s in samples})[0])
+    p = model.predict(held_out, context)
+    assert p.ok, p.error
+    assert p.latency_ms > 0 and p.label.startswith(kind)
+    path = model.save(tmp_path / f"{kind}.json")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == 1 and doc["kind"] == kind and doc["target"] == context.profile.name
+    assert doc["feature_spec"]["features"] and "torch" in doc["versions"] and doc["fitted_samples"] == len(samples)
+    again = load_cost_model(path)
+    assert again.predict(held_out, context).latency_ms == p.latency_ms  # identical, not close
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refuses_another_target_without_override(fitted, kind, fast_target_file, tmp_path):
+    from vitune.targets import load_target
+
+    context, _, models = fitted
+    other_file = tmp_path / "other.toml"
+    other_file.write_text(fast_target_file.read_text().replace('name = "test-cpu"', 'name = "other-cpu"'))
+    other = dataclasses.replace(context, profile=load_target(str(other_file)))
+    with pytest.raises(ConfigError, match="fitted on target 'test-cpu'"):
+        models[kind].predict(context.model, other)
+    assert models[kind].predict(context.model, other, allow_other_target=True).ok
+
+
+def test_unseen_shapes(fitted, monkeypatch, tmp_path):
+    """A rank no sample had: learned and analytical predict it from features; the table measures it."""
+    from vitune.costmodels.lut import LutModel, parts
+
+    context, _, models = fitted
+    config = CompressionConfig.make({"blocks.1.mlp.fc1": LinearConfig("fp32", 3)})
+    candidate = context.build(config)
+    before = len(context.kernels)
+    for kind in ("learned", "analytical"):
+        assert models[kind].predict(candidate, context).ok
+    assert len(context.kernels) > before  # the new workload was lowered and cached
+    # the table, in an empty cache: every part is measured on first sight, then read
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    lut = LutModel.for_context(context)
+    lut.set_state(models["lut"].state())
+    assert lut.predict(candidate, context).ok and lut.table(context).measured == 3  # frame, blocks.0, blocks.1
+    assert lut.predict(candidate, context).ok and lut.table(context).measured == 3
+    other = context.build(CompressionConfig.make({"blocks.1.mlp.fc1": LinearConfig("fp32", 5)}))
+    assert [p.key for p in parts(other, context.example)][:2] == [p.key for p in parts(candidate, context.example)][:2]
+    assert lut.predict(other, context).ok and lut.table(context).measured == 4  # only the new blocks.1
+
+
+def test_unmeasurable_part_is_a_failed_prediction(fitted, tmp_path):
+    from vitune.targets import load_target
+
+    context, _, models = fitted
+    dead = tmp_path / "dead.toml"
+    dead.write_text(
+        'name = "dead-cpu"\ndescription = "x"\n[tvm]\ntarget = { kind = "llvm", mcpu = "auto", num-cores = "auto" }\n'
+        '[runner]\nkind = "rpc"\nhost = "127.0.0.1"\nport = 9\ntimeout_s = 5\n'
+    )
+    remote = dataclasses.replace(context, profile=load_target(str(dead)))
+    candidate = context.build(CompressionConfig.make({"blocks.0.mlp.fc2": LinearConfig("fp32", 5)}))
+    p = models["lut"].predict(candidate, remote, allow_other_target=True)
+    assert not p.ok and "frame is not in the block table and measuring it failed" in p.error and "unreachable" in p.error
+
+
+def test_bad_files_are_one_line_errors(tmp_path, fitted):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a cost model file"):
+        load_cost_model(bad)
+    context, _, models = fitted
+    path = models["analytical"].save(tmp_path / "a.json")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "schema": 99}))
+    with pytest.raises(ConfigError, match="schema 99"):
+        load_cost_model(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_cost_model(tmp_path / "missing.json")
+    assert default_path(context, "lut").name.startswith("lut-off-")

@@ -1,0 +1,124 @@
+"""The analytical cost model: a roofline estimate per kernel from the target profile's facts.
+
+Each kernel of a candidate (see :mod:`vitune.costmodels.workloads`) takes
+``max(FLOPs / peak(dtype), bytes / memory bandwidth)``; the model's latency is the sum. Peaks
+per dtype and bandwidth come from the profile's ``[hardware]`` table; for this machine's CPU,
+missing values are estimated from the detected cores, clock and vector width (and say so).
+Uncalibrated, the number is a lower bound that ranks candidates; once any measurements of the
+target exist, ``fit`` calibrates ``latency = scale · roofline + overhead`` by least squares.
+Everywhere its numbers appear they carry the label ``analytical (uncalibrated)`` or
+``analytical (calibrated on N)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vitune.costmodels.model import CostModel, register_cost_model
+from vitune.costmodels.workloads import Kernel
+from vitune.errors import ConfigError
+
+_PEAK_NAMES = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_clock_ghz() -> float:
+    try:
+        import psutil
+
+        freq = psutil.cpu_freq()
+        if freq and (freq.max or freq.current):
+            return (freq.max or freq.current) / 1000.0
+    except Exception:
+        pass
+    return 2.5
+
+
+def roofline_facts(profile) -> tuple[dict[str, float], float, bool]:
+    """``(peak GFLOP/s per dtype, bandwidth GB/s, estimated?)`` of a target."""
+    hw = profile.hardware
+    peaks = {k: v for k, v in hw.peak_gflops if v > 0}
+    bandwidth = hw.memory_bandwidth_gbs
+    estimated = False
+    if "fp32" not in peaks or bandwidth <= 0:
+        if not profile.is_native or profile.device_kind != "cpu":
+            raise ConfigError(
+                f"target {profile.name} ({profile.source}): the analytical cost model needs [hardware] "
+                "peak_gflops.fp32 and memory_bandwidth_gbs"
+            )
+        flags = _cpu_flags()
+        per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+        clock = hw.clock_ghz or _cpu_clock_ghz()
+        cores = hw.cores or os.cpu_count() or 1
+        peaks.setdefault("fp32", cores * clock * per_cycle)
+        vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
+        peaks.setdefault("int8", peaks["fp32"] * (4 if vnni else 2))
+        bandwidth = bandwidth if bandwidth > 0 else 10.0 * min(cores, 4)
+        estimated = True
+    peaks.setdefault("fp16", peaks["fp32"])
+    peaks.setdefault("int8", peaks["fp32"])
+    return peaks, bandwidth, estimated
+
+
+def roofline_ms(kernels: list[Kernel], peaks: dict[str, float], bandwidth_gbs: float) -> float:
+    total = 0.0
+    for k in kernels:
+        peak = peaks.get(_PEAK_NAMES.get(k.dtype, "fp32"), peaks["fp32"]) if k.kind == "mm" else peaks["fp32"]
+        total += k.calls * max(k.flops / (peak * 1e9), k.bytes / (bandwidth_gbs * 1e9))
+    return total * 1e3
+
+
+@register_cost_model("analytical")
+class AnalyticalModel(CostModel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale, self.overhead_ms, self.calibrated_on = 1.0, 0.0, 0
+
+    def label(self) -> str:
+        return f"analytical (calibrated on {self.calibrated_on})" if self.calibrated_on else "analytical (uncalibrated)"
+
+    def estimate(self, kernels, context) -> float:
+        peaks, bandwidth, _ = roofline_facts(context.profile)
+        return roofline_ms(kernels, peaks, bandwidth)
+
+    def fit(self, samples, context):
+        from vitune.costmodels.workloads import KernelCache
+
+        cache = context.kernels if context is not None else KernelCache()
+        x = np.array([self.estimate([k for w in s.workloads for k in cache.by_key(w)], context) for s in samples])
+        y = np.array([s.latency_ms for s in samples])
+        if len(x) >= 3 and np.ptp(x) > 0:
+            scale, overhead = np.polyfit(x, y, 1)
+            if scale <= 0:
+                scale, overhead = float(np.median(y / x)), 0.0
+        elif len(x):
+            scale, overhead = float(np.median(y / x)), 0.0
+        else:
+            scale, overhead = 1.0, 0.0
+        self.scale, self.overhead_ms, self.calibrated_on = float(scale), float(overhead), len(x)
+        self.fitted_samples = len(x)
+        return self
+
+    def _predict(self, candidate, context):
+        from vitune.costmodels.workloads import model_kernels
+
+        estimate = self.estimate(model_kernels(candidate, context.example, context.kernels), context)
+        return self.scale * estimate + self.overhead_ms, None, self.label()
+
+    def state(self) -> dict:
+        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "calibrated_on": self.calibrated_on}
+
+    def set_state(self, state: dict) -> None:
+        self.scale, self.overhead_ms, self.calibrated_on = state["scale"], state["overhead_ms"], state["calibrated_on"]

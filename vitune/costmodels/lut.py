@@ -1,0 +1,144 @@
+"""The block lookup table: every distinct transformer-block variant measured once, then summed.
+
+A candidate splits into *parts*: the frame (the model with no blocks: patch embedding, tokens,
+final norm, head) and each transformer block. A part's key hashes its structure (every
+module's class, tensor shapes and dtypes) and its input shape; the table maps key → latency
+measured through the same path as whole models (``torch.export`` → Relax → build with the
+target's tuning mode → timed by the target's runner). Tables are per target and tuning mode and
+shared by every model and study on that target.
+
+Prediction: ``latency = scale · Σ parts + overhead``, with ``scale`` and ``overhead`` fitted by
+least squares on whole-model measurements (a part timed alone pays one call's overhead that it
+does not pay inside a model). A part never seen is measured on demand and added to the table;
+where the target cannot be measured, that is a failed prediction naming the part.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitune.costmodels.model import CostModel, register_cost_model
+from vitune.costmodels.workloads import JsonTable, _module_sig, _tensor_sig
+
+
+@dataclass(frozen=True)
+class Part:
+    key: str
+    name: str  # "frame" or "blocks.3"
+    module: nn.Module
+    example: torch.Tensor
+
+
+def _frame(model: nn.Module) -> nn.Module:
+    frame = copy.copy(model)
+    frame._modules = dict(model._modules)
+    frame._modules["blocks"] = nn.Sequential()
+    return frame
+
+
+def _key(module: nn.Module, example: torch.Tensor) -> str:
+    h = hashlib.sha256(_tensor_sig(example).encode())
+    for name, sub in module.named_modules():
+        if name != "blocks" and not name.startswith("blocks."):  # (the frame's blocks are empty)
+            h.update(f"{name}:{_module_sig(sub)}".encode())
+    return h.hexdigest()[:20]
+
+
+def parts(model: nn.Module, example: torch.Tensor) -> list[Part]:
+    """The frame and the blocks of a timm-style ViT, each with the input it receives."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or not len(blocks):
+        raise ValueError("the block table needs a ViT with a `blocks` nn.Sequential")
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, torch.zeros_like(a[0]))) for i, b in enumerate(blocks)]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    frame = _frame(model)
+    out = [Part(_key(frame, example), "frame", frame, example)]
+    for i, block in enumerate(blocks):
+        h = hashlib.sha256(_tensor_sig(inputs[i]).encode())
+        for name, sub in block.named_modules():
+            h.update(f"{name}:{_module_sig(sub)}".encode())
+        out.append(Part(h.hexdigest()[:20], f"blocks.{i}", block, inputs[i]))
+    return out
+
+
+class BlockTable(JsonTable):
+    """Part key → {latency_ms, spread_ms, name, measured_at}, for one target and tuning mode."""
+
+    def __init__(self, context):
+        super().__init__(context.directory / f"blocks-{context.tuning}.json")  # (see LutModel.table)
+        self.measured = 0  # entries this process measured
+
+    def latency(self, part: Part, context) -> float:
+        """The part's latency, measured on ``context``'s target now if the table has no entry (raises on failure)."""
+        from vitune.targets.measure import measure
+
+        entry = self.data.get(part.key)
+        if entry is None:
+            m = measure(part.module, part.example, context.profile, tuner=context.tuner)
+            if not m.ok:
+                raise RuntimeError(f"{part.name} is not in the block table and measuring it failed: {m.error}")
+            entry = {"latency_ms": m.latency_ms, "spread_ms": m.spread_ms, "name": part.name, "measured_at": time.time()}
+            self.put(part.key, entry)
+            self.measured += 1
+            self.save()
+        return float(entry["latency_ms"])
+
+
+@register_cost_model("lut")
+class LutModel(CostModel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale, self.overhead_ms, self.sigma_ms = 1.0, 0.0, None
+        self._tables: dict = {}
+
+    def table(self, context) -> BlockTable:
+        """The block table of ``context``'s target and tuning mode (one instance per file)."""
+        path = context.directory / f"blocks-{context.tuning}.json"
+        if path not in self._tables:
+            self._tables[path] = BlockTable(context)
+        return self._tables[path]
+
+    def fit(self, samples, context):
+        table = self.table(context)
+        sums, ys = [], []
+        for s in samples:
+            if not all(k in table.data for k in s.blocks):  # entries are added on first sight
+                from vitune.compression.config import CompressionConfig
+
+                for part in parts(context.build(CompressionConfig.from_json(s.config)), context.example):
+                    table.latency(part, context)
+            sums.append(sum(table.data[k]["latency_ms"] for k in s.blocks))
+            ys.append(s.latency_ms)
+        x, y = np.asarray(sums), np.asarray(ys)
+        if len(x) >= 3 and np.ptp(x) > 0:
+            self.scale, self.overhead_ms = (float(v) for v in np.polyfit(x, y, 1))
+        elif len(x):
+            self.scale, self.overhead_ms = 1.0, float(np.mean(y - x))
+        if len(x) >= 3:
+            self.sigma_ms = float(np.std(y - (self.scale * x + self.overhead_ms)))
+        self.fitted_samples = len(x)
+        return self
+
+    def _predict(self, candidate, context):
+        table = self.table(context)
+        total = sum(table.latency(p, context) for p in parts(candidate, context.example))
+        return self.scale * total + self.overhead_ms, self.sigma_ms, "lut"
+
+    def state(self) -> dict:
+        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "sigma_ms": self.sigma_ms}
+
+    def set_state(self, state: dict) -> None:
+        self.scale, self.overhead_ms, self.sigma_ms = state["scale"], state["overhead_ms"], state.get("sigma_ms")

@@ -1,0 +1,178 @@
+"""Training and evaluation data of cost models: random candidates measured on a target.
+
+A :class:`CostContext` is what a cost model is about: one original model (and its input shape),
+one target profile and tuning mode, the search space candidates are drawn from. It builds
+*structural* candidates: latency depends only on shapes and dtypes, never on weight values, so
+they are compressed with the fastest method of each kind (plain SVD, magnitude pruning, min-max
+scales, no distillation) — same layers, same shapes, a fraction of the time.
+
+A :class:`Sample` is one measured candidate: its configuration, its workloads' signature keys
+(the features are rebuilt from the kernel cache), its blocks' keys (for the block table), and the
+measured latency. :class:`SampleStore` appends samples to a JSON-lines file per (target, tuning,
+model), so measurements are never lost and every later fit reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitune.costmodels.workloads import KernelCache, _module_sig, model_workloads
+
+
+def model_key(model: nn.Module, example: torch.Tensor) -> str:
+    """A structural hash of a model and its input shape (weights do not matter for latency)."""
+    h = hashlib.sha256(f"{list(example.shape)}{example.dtype}".encode())
+    for name, module in model.named_modules():
+        h.update(f"{name}:{_module_sig(module)}".encode())
+    return h.hexdigest()[:12]
+
+
+def target_dir(profile) -> Path:
+    """Where a target's cost-model files live (the same key as its tuning database)."""
+    from vitune.paths import cache_dir
+    from vitune.targets.tuning import database_dir
+
+    return cache_dir() / "costmodels" / database_dir(profile).name
+
+
+@dataclass(frozen=True)
+class Sample:
+    config: str  # CompressionConfig JSON
+    config_key: str
+    workloads: tuple[str, ...]  # KernelCache keys, in call order
+    blocks: tuple[str, ...]  # BlockTable keys: the frame first, then every block
+    latency_ms: float
+    spread_ms: float
+    measure_s: float  # what measuring it cost (compile + run)
+    seed: int = -1  # the draw it came from (-1: a study's re-measurement)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Sample":
+        data = json.loads(text)
+        return cls(**{**data, "workloads": tuple(data["workloads"]), "blocks": tuple(data["blocks"])})
+
+
+class SampleStore:
+    """Append-only JSON lines; a torn last line (a killed writer) is skipped on read."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> list[Sample]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(Sample.from_json(line))
+            except (json.JSONDecodeError, TypeError, KeyError):
+                continue
+        return out
+
+    def append(self, sample: Sample) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (sample.to_json() + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class CostContext:
+    """One model on one target: builds structural candidates and measures them."""
+
+    profile: object
+    model: nn.Module
+    example: torch.Tensor
+    space: object  # vitune.search.space.SearchSpace
+    tuning: str = "off"  # off | database | tune
+    calibration: object = None  # a Calibration (random images when the model has no data)
+    kernels: KernelCache = field(default_factory=KernelCache)
+    _tuner: object = None
+
+    @property
+    def key(self) -> str:
+        if not hasattr(self, "_key"):
+            self._key = model_key(self.model, self.example)
+        return self._key
+
+    @property
+    def directory(self) -> Path:
+        return target_dir(self.profile)
+
+    def store(self) -> SampleStore:
+        return SampleStore(self.directory / "samples" / f"{self.key}-{self.tuning}.jsonl")
+
+    @property
+    def tuner(self):
+        if self.tuning != "off" and self._tuner is None:
+            from vitune.targets.tuning import Tuner
+
+            self._tuner = Tuner(self.profile, self.tuning)
+        return self._tuner
+
+    def random_configs(self, n: int, seed: int, exclude: set[str] = frozenset()):
+        """``n`` distinct configurations drawn uniformly from the space (keys in ``exclude`` skipped)."""
+        rng = random.Random(seed)
+        out, seen = [], set(exclude)
+        for _ in range(200 * max(n, 1)):
+            if len(out) == n:
+                break
+            values = {name: rng.choice(menu) for name, menu in self.space.choices}
+            values["distill_steps"] = 0
+            config = self.space.to_config(values)
+            if config.key not in seen:
+                seen.add(config.key)
+                out.append(config)
+        return out
+
+    def build(self, config) -> nn.Module:
+        """The structural candidate of ``config`` (same shapes and dtypes as the real one)."""
+        from vitune.compression.pipeline import compress
+
+        fast = dataclasses.replace(
+            config.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0
+        )
+        return compress(self.model, config.replace(methods=fast, distill_steps=0), calibration=self.calibration)
+
+    def workload_keys(self, candidate: nn.Module) -> tuple[str, ...]:
+        return tuple(self.kernels.key_of(w) for w in model_workloads(candidate, self.example))
+
+    def measure(self, config, seed: int = -1) -> tuple[Sample | None, str | None]:
+        """Build, lower (features) and measure one configuration: ``(sample, None)`` or ``(None, error)``."""
+        from vitune.costmodels.lut import parts
+        from vitune.targets.measure import measure
+
+        candidate = self.build(config)
+        workloads = self.workload_keys(candidate)
+        t0 = time.perf_counter()
+        m = measure(candidate, self.example, self.profile, tuner=self.tuner)
+        spent = time.perf_counter() - t0
+        if not m.ok:
+            return None, m.error
+        blocks = tuple(p.key for p in parts(candidate, self.example))
+        sample = Sample(config.to_json(), config.key, workloads, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed)
+        return sample, None
+
+
+def random_calibration(example: torch.Tensor, images: int = 8, seed: int = 0):
+    """Calibration images for structural candidates of a model without data (shapes only)."""
+    from vitune.compression.calibrate import Calibration
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((images, *example.shape[1:]), generator=gen)
+    return Calibration(x, torch.zeros(images, dtype=torch.long))
