@@ -141,3 +141,22 @@ def test_bad_files_are_one_line_errors(tmp_path, fitted):
     with pytest.raises(ConfigError, match="does not exist"):
         load_cost_model(tmp_path / "missing.json")
     assert default_path(context, "lut").name.startswith("lut-off-")
+
+
+@pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90", "arm-a72", "arm-a78"])
+def test_analytical_predicts_for_targets_that_cannot_be_measured_here(fitted, target):
+    from vitune.targets import load_target
+
+    context, _, _ = fitted
+    remote = dataclasses.replace(context, profile=load_target(target))
+    p = cost_model_class("analytical").for_context(remote).predict(context.build(context.random_configs(1, seed=3)[0]), remote)
+    assert p.ok and p.latency_ms > 0 and p.label == "analytical (uncalibrated)"
+
+
+def test_cli_eval_without_a_fitted_model_says_what_to_run(fast_target_file, default_workspace, capsys):
+    from vitune.cli import main
+
+    assert main(["costmodel", "eval", str(fast_target_file), "--model", "default", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitune: error: no lut cost model for target test-cpu") and "vitune costmodel fit" in err
+    assert len(err.splitlines()) == 1
