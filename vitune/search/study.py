@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig
-from vitune.errors import ConfigError, VituneError
+from vitune.errors import ConfigError
 
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
