@@ -41,3 +41,12 @@ def test_predicted_study_remeasures_its_front_and_refits(tmp_path, fast_target_f
     saved = json.loads(default_path(source.context, "analytical").read_text())
     assert saved["state"]["calibrated_on"] == len(checks)
     assert load_cost_model(default_path(source.context, "analytical")).label().startswith("analytical (calibrated")
+
+
+def test_an_unmeasurable_target_fails_fast_and_points_to_the_analytical_model(tmp_path, default_workspace):
+    from vitune.search.studyfile import load_study_file
+
+    path = tmp_path / "board.toml"
+    path.write_text('[study]\nname = "board"\n[target]\nname = "arm-a72"\n')
+    with pytest.raises(ConfigError, match='cannot be measured from here .*unreachable.* latency = "analytical"'):
+        run_study(load_study_file(path), progress=False, log=lambda *_: None)

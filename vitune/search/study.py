@@ -204,6 +204,16 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
     profile = load_target(spec.target.name)
     source = get_latency_source(spec.target.latency, profile)
+    if spec.target.latency == "measured":
+        from vitune.targets.runner import runner_for
+
+        problem = runner_for(profile).check()  # bounded by the profile's timeout
+        if problem:
+            raise ConfigError(
+                f"{spec.path} [target] latency = \"measured\": target {profile.name} cannot be measured from here "
+                f"({problem}); use latency = \"analytical\" (a roofline estimate from the profile's hardware facts, "
+                "labelled as such) or \"lut\" / \"learned\" (vitune costmodel fit where the device is reachable)"
+            )
     tuner = None
     if spec.target.tuning == "tune" and (profile.runner != "local" or not profile.is_native):
         raise ConfigError(
