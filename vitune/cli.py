@@ -118,7 +118,7 @@ def _costmodel_eval(args) -> int:
     from vitune.costmodels.workflow import format_rows, run_eval
 
     context = _costmodel_context(args)
-    rows, held_out = run_eval(context, args.samples, progress=not args.quiet)
+    rows, held_out = run_eval(context, args.samples, progress=not args.quiet, recheck=args.recheck)
     print(f"cost models on {context.profile.name} (tuning {context.tuning}), {len(held_out)} held-out random configurations of model {context.key}:")
     print(format_rows(rows))
     import statistics
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--quiet", action="store_true")
         if name == "eval":
             c.add_argument("--json", default=None, help="write every figure printed (and each prediction) to PATH")
+            c.add_argument("--recheck", type=int, default=0, help="measure the first N held-out configurations again: the noise floor row")
         c.set_defaults(func=func)
 
     targets = sub.add_parser("targets", help="hardware target profiles").add_subparsers(dest="targets_command", required=True)

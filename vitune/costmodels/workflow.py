@@ -185,7 +185,26 @@ def run_fit(context: CostContext, samples: int, progress: bool = True, log=print
     return fit_models(context, have, log=log)
 
 
-def run_eval(context: CostContext, samples: int, progress: bool = True, log=print) -> tuple[list[EvalRow], list]:
+def noise_floor(context: CostContext, held_out: list, k: int) -> EvalRow:
+    """Measure ``k`` held-out configurations again: how well one measurement predicts the next."""
+    from vitune.compression.config import CompressionConfig
+
+    first, again, spent = [], [], []
+    for s in held_out[:k]:
+        sample, error = context.measure(CompressionConfig.from_json(s.config))
+        if sample is None:
+            continue
+        first.append(s.latency_ms)
+        again.append(sample.latency_ms)
+        spent.append(sample.measure_s)
+    errors = [abs(a - m) / m for a, m in zip(again, first)]
+    return EvalRow(
+        "remeasured", "measured again (noise)", len(errors), 100 * statistics.mean(errors), 100 * sum(e <= 0.10 for e in errors) / len(errors),
+        spearman(again, first), 1e3 * statistics.mean(spent), statistics.mean(spent), 0.0, again,
+    )
+
+
+def run_eval(context: CostContext, samples: int, progress: bool = True, log=print, recheck: int = 0) -> tuple[list[EvalRow], list]:
     from vitune.costmodels.analytical import AnalyticalModel
 
     models = load_models(context)
@@ -194,4 +213,7 @@ def run_eval(context: CostContext, samples: int, progress: bool = True, log=prin
     store = SampleStore(context.directory / "heldout" / f"{context.key}-{context.tuning}.jsonl")
     held_out = [s for s in collect(context, store, samples, HELD_OUT_SEED, exclude=fitted_on, progress=progress, log=log) if s.config_key not in fitted_on]
     log(f"{len(held_out)} held-out configurations measured ({store.path}); none was used for fitting")
-    return evaluate(context, models, held_out, log=log), held_out
+    rows = evaluate(context, models, held_out, log=log)
+    if recheck:
+        rows.append(noise_floor(context, held_out, recheck))
+    return rows, held_out
