@@ -16,7 +16,6 @@ where the target cannot be measured, that is a failed prediction naming the part
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from vitune.costmodels.model import CostModel, register_cost_model
-from vitune.costmodels.workloads import JsonTable, _module_sig, _tensor_sig
+from vitune.costmodels.workloads import JsonTable, _tensor_sig, forward_with_hooks, structure_hash
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,6 @@ def _frame(model: nn.Module) -> nn.Module:
     return frame
 
 
-def _key(module: nn.Module, example: torch.Tensor) -> str:
-    h = hashlib.sha256(_tensor_sig(example).encode())
-    for name, sub in module.named_modules():
-        if name != "blocks" and not name.startswith("blocks."):  # (the frame's blocks are empty)
-            h.update(f"{name}:{_module_sig(sub)}".encode())
-    return h.hexdigest()[:20]
-
-
 def parts(model: nn.Module, example: torch.Tensor) -> list[Part]:
     """The frame and the blocks of a timm-style ViT, each with the input it receives."""
     blocks = getattr(model, "blocks", None)
@@ -58,19 +49,12 @@ def parts(model: nn.Module, example: torch.Tensor) -> list[Part]:
         raise ValueError("the block table needs a ViT with a `blocks` nn.Sequential")
     inputs: dict[int, torch.Tensor] = {}
     handles = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, torch.zeros_like(a[0]))) for i, b in enumerate(blocks)]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example, handles)
     frame = _frame(model)
-    out = [Part(_key(frame, example), "frame", frame, example)]
+    own = ((n, m) for n, m in frame.named_modules() if n != "blocks" and not n.startswith("blocks."))  # (they are empty)
+    out = [Part(structure_hash(_tensor_sig(example), own, 20), "frame", frame, example)]
     for i, block in enumerate(blocks):
-        h = hashlib.sha256(_tensor_sig(inputs[i]).encode())
-        for name, sub in block.named_modules():
-            h.update(f"{name}:{_module_sig(sub)}".encode())
-        out.append(Part(h.hexdigest()[:20], f"blocks.{i}", block, inputs[i]))
+        out.append(Part(structure_hash(_tensor_sig(inputs[i]), block.named_modules(), 20), f"blocks.{i}", block, inputs[i]))
     return out
 
 
@@ -99,6 +83,8 @@ class BlockTable(JsonTable):
 
 @register_cost_model("lut")
 class LutModel(CostModel):
+    fit_samples = 24  # the table's scale and overhead are two numbers: a few dozen models pin them
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale, self.overhead_ms, self.sigma_ms = 1.0, 0.0, None
@@ -112,9 +98,11 @@ class LutModel(CostModel):
         return self._tables[path]
 
     def fit(self, samples, context):
+        """Fit scale and overhead on the newest :attr:`fit_samples` samples (their parts are measured
+        into the table first where missing: bounding the samples bounds that work)."""
         table = self.table(context)
         sums, ys = [], []
-        for s in samples:
+        for s in samples[-self.fit_samples:]:
             if not all(k in table.data for k in s.blocks):  # entries are added on first sight
                 from vitune.compression.config import CompressionConfig
 

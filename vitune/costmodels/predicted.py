@@ -16,8 +16,6 @@ and saved.
 
 from __future__ import annotations
 
-import time
-
 from vitune.errors import ConfigError
 
 
@@ -62,11 +60,8 @@ class PredictedLatency:
 
 def remeasure_front(study, evaluator, source: PredictedLatency, log=print) -> int:
     """Measure the front's unchecked members for real, record predicted vs measured, refit; returns how many."""
-    from vitune.costmodels.lut import parts
     from vitune.costmodels.model import default_path
-    from vitune.costmodels.samples import Sample
     from vitune.search.study import front, trial_config
-    from vitune.targets.measure import measure
 
     context = source.context
     checks = dict(study.user_attrs.get("latency_checks", {}))
@@ -76,27 +71,20 @@ def remeasure_front(study, evaluator, source: PredictedLatency, log=print) -> in
     store, added = context.store(), 0
     for trial in todo:
         config = trial_config(trial)
-        candidate = evaluator.compress(config)
-        t0 = time.perf_counter()
-        m = measure(candidate, context.example, context.profile, tuner=context.tuner)
-        spent = time.perf_counter() - t0
+        sample, m = context.measure_candidate(evaluator.compress(config), config)
         predicted = trial.user_attrs.get("metrics", {}).get("latency_ms")
         checks[str(trial.number)] = {"predicted_ms": predicted, "measured_ms": m.latency_ms, "error": m.error, "label": source.model.label()}
         if not m.ok:
             log(f"trial {trial.number}: predicted {predicted:.4f} ms, could not measure: {m.error}")
             continue
         log(f"trial {trial.number}: predicted {predicted:.4f} ms, measured {m.latency_ms:.4f} ms ({100 * (predicted / m.latency_ms - 1):+.1f} %)")
-        sample = Sample(config.to_json(), config.key, context.workload_keys(candidate), tuple(p.key for p in parts(candidate, context.example)),
-                        m.latency_ms, m.spread_ms or 0.0, spent)
         store.append(sample)
         added += 1
     study.set_user_attr("latency_checks", checks)
     if added:
         samples = store.load()
         try:
-            from vitune.costmodels.workflow import LUT_FIT_SAMPLES
-
-            source.model.fit(samples[-LUT_FIT_SAMPLES:] if source.kind == "lut" else samples, context)
+            source.model.fit(samples, context)
             source.model.save(default_path(context, source.kind))
             log(f"{source.kind} cost model refit on {source.model.fitted_samples} measurements")
         except (ValueError, RuntimeError) as err:

@@ -15,7 +15,6 @@ model), so measurements are never lost and every later fit reuses them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -26,15 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitune.costmodels.workloads import KernelCache, _module_sig, model_workloads
+from vitune.costmodels.workloads import KernelCache, model_workloads, structure_hash
 
 
 def model_key(model: nn.Module, example: torch.Tensor) -> str:
     """A structural hash of a model and its input shape (weights do not matter for latency)."""
-    h = hashlib.sha256(f"{list(example.shape)}{example.dtype}".encode())
-    for name, module in model.named_modules():
-        h.update(f"{name}:{_module_sig(module)}".encode())
-    return h.hexdigest()[:12]
+    return structure_hash(f"{list(example.shape)}{example.dtype}", model.named_modules(), 12)
 
 
 def target_dir(profile) -> Path:
@@ -154,19 +150,22 @@ class CostContext:
 
     def measure(self, config, seed: int = -1) -> tuple[Sample | None, str | None]:
         """Build, lower (features) and measure one configuration: ``(sample, None)`` or ``(None, error)``."""
+        sample, m = self.measure_candidate(self.build(config), config, seed)
+        return sample, m.error
+
+    def measure_candidate(self, candidate: nn.Module, config, seed: int = -1):
+        """Lower and measure ``candidate`` (built from ``config``): ``(sample or None, Measurement)``."""
         from vitune.costmodels.lut import parts
         from vitune.targets.measure import measure
 
-        candidate = self.build(config)
         workloads = self.workload_keys(candidate)
         t0 = time.perf_counter()
         m = measure(candidate, self.example, self.profile, tuner=self.tuner)
         spent = time.perf_counter() - t0
         if not m.ok:
-            return None, m.error
+            return None, m
         blocks = tuple(p.key for p in parts(candidate, self.example))
-        sample = Sample(config.to_json(), config.key, workloads, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed)
-        return sample, None
+        return Sample(config.to_json(), config.key, workloads, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed), m
 
 
 def random_calibration(example: torch.Tensor, images: int = 8, seed: int = 0):

@@ -19,7 +19,6 @@ from vitune.costmodels.samples import CostContext, SampleStore, random_calibrati
 from vitune.errors import ConfigError
 
 FIT_KINDS = ("lut", "learned", "analytical")
-LUT_FIT_SAMPLES = 24  # the table's scale and overhead are two numbers: a few dozen models pin them
 HELD_OUT_SEED = 1_000_003
 
 
@@ -92,11 +91,10 @@ def fit_models(context: CostContext, samples: list, kinds=FIT_KINDS, save: bool 
     for kind in kinds:
         t0 = time.perf_counter()
         model = cost_model_class(kind).for_context(context)
-        use = samples[-LUT_FIT_SAMPLES:] if kind == "lut" else samples
-        model.fit(use, context)
+        model.fit(samples, context)
         if save:
             path = model.save(default_path(context, kind))
-            log(f"{kind}: fitted on {len(use)} samples in {time.perf_counter() - t0:.1f} s -> {path}")
+            log(f"{kind}: fitted on {model.fitted_samples} samples in {time.perf_counter() - t0:.1f} s -> {path}")
         models[kind] = model
     context.kernels.save()
     return models

@@ -91,6 +91,24 @@ def _module_sig(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}({','.join(attrs)})[{';'.join(tensors)}]"
 
 
+def structure_hash(prefix: str, named_modules, length: int) -> str:
+    """A hash of ``prefix`` and every ``(name, module)``'s structure: what latency depends on."""
+    h = hashlib.sha256(prefix.encode())
+    for name, module in named_modules:
+        h.update(f"{name}:{_module_sig(module)}".encode())
+    return h.hexdigest()[:length]
+
+
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """Run ``model`` once on ``example`` (no grad), then remove the hook ``handles``."""
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def model_workloads(model: nn.Module, example: torch.Tensor) -> list[Workload]:
     """The workloads ``model`` runs on inputs shaped like ``example``, in call order."""
     found: list[Workload] = []
@@ -116,12 +134,7 @@ def model_workloads(model: nn.Module, example: torch.Tensor) -> list[Workload]:
             handles.append(module.register_forward_hook(attention_hook))
         elif not any(True for _ in module.children()) and not isinstance(module, _SKIP):
             handles.append(module.register_forward_hook(leaf_hook))
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example, handles)
     return found
 
 
