@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from vitune.costmodels.model import CostModel, register_cost_model
-from vitune.costmodels.workloads import JsonTable, _tensor_sig, forward_with_hooks, structure_hash
+from vitune.costmodels.workloads import _tensor_sig, forward_with_hooks, structure_hash
+from vitune.jsontable import JsonTable
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,13 @@ is the same for every configuration of a model; cost models absorb it in a fitte
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vitune.jsontable import JsonTable
 
 FEATURE_SPEC_VERSION = 1
 MM_DTYPES = ("float32", "float16", "int8")
@@ -208,38 +207,6 @@ def _numel(shape) -> int:
     for s in shape:
         n *= int(s)
     return n
-
-
-class JsonTable:
-    """A dict persisted as one JSON file, shared by processes: on save, what others wrote since
-    is merged in and the file is replaced atomically (a torn or foreign file is started over)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.data: dict = self._read()
-        self._dirty = False
-
-    def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def put(self, key: str, value) -> None:
-        self.data[key] = value
-        self._dirty = True
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.data = {**self._read(), **self.data}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.data, fh)
-        os.replace(tmp, self.path)
-        self._dirty = False
 
 
 class KernelCache(JsonTable):
