@@ -10,18 +10,43 @@ from pathlib import Path
 from vitune.errors import VituneError
 
 
+def _summary_line(summary) -> str:
+    return (
+        f"ran {summary.new_complete} trials ({summary.new_failed} failed, {summary.new_pruned} stopped early) in "
+        f"{summary.seconds:.1f} s; {summary.total_complete} complete in the study" + (" (stopped on request)" if summary.interrupted else "")
+    )
+
+
 def _study_run(args) -> int:
     from vitune.search.study import format_front, open_study, run_study
     from vitune.search.studyfile import load_study_file
+    from vitune.search.workers import check_shareable, spawn_workers
 
     spec = load_study_file(args.study)
-    summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout, progress=not args.quiet)
-    print(
-        f"ran {summary.new_complete} trials ({summary.new_failed} failed) in {summary.seconds:.1f} s; "
-        f"{summary.total_complete} complete in the study"
-    )
-    print("Pareto front (validated accuracy vs TVM-measured latency):")
-    print(format_front(open_study(spec, create=False)))
+    helpers: list = []
+    if args.workers > 1 and args.n_trials is not None:
+        raise VituneError("--workers counts the study's trials together: use the study file's n_trials, not --n-trials")
+    if args.workers > 1:
+        check_shareable(spec.storage)
+    try:
+        summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout, progress=not args.quiet, worker=args.workers > 1,
+                            on_ready=lambda: helpers.extend(spawn_workers(spec, args.workers - 1, args.timeout)))
+    finally:
+        for proc in helpers:
+            proc.wait()
+    print(_summary_line(summary) + (f"; {len(helpers)} more worker(s) ran beside it" if helpers else ""))
+    study = open_study(spec, create=False)
+    print("best within the budget:" if spec.search.mode == "constrained" else "Pareto front (validated accuracy vs TVM-measured latency):")
+    print(format_front(study))
+    return 0
+
+
+def _study_worker(args) -> int:
+    from vitune.search.study import run_study
+    from vitune.search.studyfile import load_study_file
+
+    spec = load_study_file(args.study)
+    print(_summary_line(run_study(spec, timeout_s=args.timeout, progress=not args.quiet, worker=True)))
     return 0
 
 
@@ -182,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, default=None, help="run this many more trials (default: up to the file's n_trials)")
     run.add_argument("--timeout", type=float, default=None, help="stop starting new trials after SECONDS")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--workers", type=int, default=1, help="processes on this machine sharing the study (default 1)")
     run.set_defaults(func=_study_run)
+    wk = study.add_parser("worker", help="join a study as one more worker (any machine that reaches its storage)")
+    wk.add_argument("study", help="study file (TOML); its storage must be shared (PostgreSQL, journal file, SQLite on one machine)")
+    wk.add_argument("--timeout", type=float, default=None, help="stop starting new trials after SECONDS")
+    wk.add_argument("--quiet", action="store_true", help="no progress bars")
+    wk.set_defaults(func=_study_worker)
     status = study.add_parser("status", help="trials done/failed/running and the current front")
     status.add_argument("study")
     status.set_defaults(func=_study_status)

@@ -61,7 +61,8 @@ class PredictedLatency:
 def remeasure_front(study, evaluator, source: PredictedLatency, log=print) -> int:
     """Measure the front's unchecked members for real, record predicted vs measured, refit; returns how many."""
     from vitune.costmodels.model import default_path
-    from vitune.search.study import front, trial_config
+    from vitune.search.front import front
+    from vitune.search.study import trial_config
 
     context = source.context
     checks = dict(study.user_attrs.get("latency_checks", {}))

@@ -79,3 +79,35 @@ def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) ->
         correct += int((model(x).argmax(dim=-1) == y).sum())
         total += int(y.numel())
     return correct / max(total, 1)
+
+
+@torch.inference_mode()
+def accuracy_in_shards(model: torch.nn.Module, dataset: Dataset, shards: int, hopeless=None, batch_size: int = 256):
+    """Top-1 accuracy read in ``shards`` equal parts; after each part but the last,
+    ``hopeless(best_possible)`` is asked whether the candidate can still matter, where
+    ``best_possible`` is the accuracy if every unseen example were right (a true upper bound).
+
+    Returns ``(accuracy, seen, best_possible)``: ``seen == len(dataset)`` when it ran to the end
+    (then all three agree); otherwise it stopped early and ``accuracy`` covers the seen part.
+    """
+    model.eval()
+    n = len(dataset)
+    shards = max(1, min(int(shards), n))
+    bounds = [round(i * n / shards) for i in range(shards + 1)]
+    correct = 0
+    for i in range(shards):
+        for start in range(bounds[i], bounds[i + 1], batch_size):
+            x, y = sample_batch(dataset, torch.arange(start, min(start + batch_size, bounds[i + 1])))
+            correct += int((model(x).argmax(dim=-1) == y).sum())
+        seen = bounds[i + 1]
+        best_possible = (correct + n - seen) / max(n, 1)
+        if seen < n and hopeless is not None and hopeless(best_possible):
+            return correct / max(seen, 1), seen, best_possible
+    return correct / max(n, 1), n, correct / max(n, 1)
+
+
+@torch.inference_mode()
+def predictions(model: torch.nn.Module, dataset: Dataset, limit: int | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Top-1 predictions of ``model`` on the first ``limit`` examples of ``dataset``."""
+    model.eval()
+    return torch.cat([model(x).argmax(dim=-1) for x, _ in iterate(dataset, batch_size, limit)])

@@ -1,12 +1,25 @@
-"""Evaluate one candidate configuration: compress → validated accuracy → latency on the target.
+"""Evaluate one candidate configuration: compress → fidelity screen → latency → validated accuracy.
 
-``Evaluator.evaluate(config)`` never raises (except ``KeyboardInterrupt``): a candidate that
-fails to compress, compile or run returns a :class:`CandidateResult` whose ``error`` names the
-stage and the reason, and the study records the trial as failed with that reason.
+``Evaluator.evaluate(config, front)`` never raises (except ``KeyboardInterrupt``): a candidate
+that fails to compress, compile or run returns a :class:`CandidateResult` whose ``error`` names
+the stage and the reason, and the study records the trial as failed with that reason.
+
+Early stopping, the same for every sampler and for Pareto and constrained studies alike (it
+needs no Optuna pruner, which multi-objective studies lack):
+
+* **fidelity screen** — top-1 agreement with the uncompressed model on calibration images (no
+  labels, no validation data); below ``min_fidelity`` the candidate is stopped before any build;
+* **sharded accuracy** — validated accuracy is read in ``accuracy_shards`` parts; once even a
+  perfect remainder could not lift the candidate out of the region dominated by ``front`` (the
+  completed trials' (accuracy, latency) points) it is stopped.
+
+A stopped candidate comes back with ``pruned`` set to the reason (its partial metrics kept).
+Accuracy and measured latency are read from and written to a :class:`ResultCache` when given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -16,25 +29,48 @@ from vitune.errors import VituneError
 
 @dataclass
 class CandidateResult:
-    metrics: dict = field(default_factory=dict)  # accuracy, latency_ms, params, size_bytes, ...
-    timings: dict = field(default_factory=dict)  # compress_s, accuracy_s, export_s, build_s, run_s
+    metrics: dict = field(default_factory=dict)  # accuracy, latency_ms, params, size_bytes, fidelity, ...
+    timings: dict = field(default_factory=dict)  # compress_s, fidelity_s, accuracy_s, export_s, build_s, run_s
     error: str | None = None
+    pruned: str | None = None  # why the candidate was stopped early (not a failure)
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.pruned is None
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    min_fidelity: float = 0.0  # 0 = no screen
+    fidelity_images: int = 256
+    accuracy_shards: int = 1  # 1 = read the split in one go
+
+
+def dominated(accuracy: float, latency_ms: float, front) -> bool:
+    """Whether some point of ``front`` is at least as fast and as accurate, and better in one."""
+    return any(a >= accuracy and lat <= latency_ms and (a > accuracy or lat < latency_ms) for a, lat in front)
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 class Evaluator:
     """Holds what every trial needs: the original model, the splits, the latency source."""
 
-    def __init__(self, workspace, profile, latency_source, split: str = "val"):
+    def __init__(self, workspace, profile, latency_source, split: str = "val", early: EarlyStop = EarlyStop(),
+                 cache=None, host_lock=None):
         self.workspace = workspace
         self.profile = profile
         self.latency_source = latency_source
         self.split = split
+        self.early = early
+        self.cache = cache  # a vitune.search.cache.ResultCache, or None
+        self.host_lock = host_lock  # a vitune.search.coordination.HostLock when timing runs on this machine
         self.example = workspace.example_input(1)
         self._calibrations: dict = {}
+        self._reference = None
 
     def calibration(self, images: int):
         """The calibration batch (calib split), built once per size and reused by every trial."""
@@ -50,38 +86,99 @@ class Evaluator:
         calib = self.calibration(config.methods.calib_images)
         return compress(self.workspace.model, config, train_data=self.workspace.data.train, calibration=calib)
 
-    def evaluate(self, config: CompressionConfig) -> CandidateResult:
-        from vitune.compression.stats import model_stats
-        from vitune.data.splits import accuracy
+    def fidelity(self, model) -> float:
+        """Top-1 agreement with the uncompressed model on the first calibration images."""
+        from vitune.data.splits import predictions
 
+        calib, n = self.workspace.data.calib, self.early.fidelity_images
+        if self._reference is None:
+            self._reference = predictions(self.workspace.model, calib, n)
+        return float((predictions(model, calib, n) == self._reference).float().mean())
+
+    def _lock(self, exclusive: bool):
+        if self.host_lock is None:
+            return contextlib.nullcontext()
+        return self.host_lock.exclusive() if exclusive else self.host_lock.shared()
+
+    def evaluate(self, config: CompressionConfig, front=()) -> CandidateResult:
         result = CandidateResult()
+        cached_acc = self.cache.accuracy(config.key) if self.cache else None
+        cached_lat = self.cache.latency(config.key) if self.cache and self.latency_source.name == "measured" else None
+        if cached_acc and cached_lat:
+            result.metrics.update(cached_acc, latency_ms=cached_lat["latency_ms"], latency_spread_ms=cached_lat["spread_ms"],
+                                  latency_samples_ms=cached_lat["samples_ms"], latency_source="measured", cached=True)
+            return result
         stage = "compress"
         try:
-            t0 = time.perf_counter()
-            model = self.compress(config)
-            t1 = time.perf_counter()
-            stage = "accuracy"
-            acc = accuracy(model, self.workspace.data.get(self.split))
-            t2 = time.perf_counter()
-            params, size = model_stats(model)
-            result.metrics.update(accuracy=acc, params=params, size_bytes=size)
-            result.timings.update(compress_s=t1 - t0, accuracy_s=t2 - t1)
+            with self._lock(exclusive=False):
+                t0 = time.perf_counter()
+                model = self.compress(config)
+                result.timings["compress_s"] = time.perf_counter() - t0
+                if self.early.min_fidelity > 0 and not cached_acc:
+                    stage = "fidelity"
+                    t0 = time.perf_counter()
+                    fid = self.fidelity(model)
+                    result.metrics["fidelity"] = fid
+                    result.timings["fidelity_s"] = time.perf_counter() - t0
+                    if fid < self.early.min_fidelity:
+                        result.pruned = f"fidelity {fid:.3f} < {self.early.min_fidelity} (top-1 agreement with the uncompressed model on calib)"
+                        return result
         except VituneError as err:
             result.error = f"{stage} failed: {err}"
             return result
         except Exception as err:  # any other failure of a candidate is recorded, not raised
-            result.error = f"{stage} failed: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            result.error = f"{stage} failed: {_short(err)}"
             return result
-        t3 = time.perf_counter()
-        m = self.latency_source.latency(model, config, self.example)
-        result.timings.update({k: v for k, v in m.timings.items()}, latency_s=time.perf_counter() - t3)
+        if not self._latency(model, config, cached_lat, result):
+            return result
+        if cached_acc:
+            result.metrics.update(cached_acc)
+            return result
+        try:
+            self._accuracy(model, config, front, result)
+        except Exception as err:
+            result.error = f"accuracy failed: {_short(err)}"
+        return result
+
+    def _latency(self, model, config, cached, result: CandidateResult) -> bool:
+        if cached:
+            result.metrics.update(latency_ms=cached["latency_ms"], latency_spread_ms=cached["spread_ms"],
+                                  latency_samples_ms=cached["samples_ms"], latency_source="measured")
+            return True
+        t0 = time.perf_counter()
+        with self._lock(exclusive=True):
+            m = self.latency_source.latency(model, config, self.example)
+        result.timings.update(m.timings, latency_s=time.perf_counter() - t0)
         if not m.ok:
             result.error = m.error
-            return result
-        result.metrics.update(
-            latency_ms=m.latency_ms,
-            latency_spread_ms=m.spread_ms,
-            latency_samples_ms=list(m.samples_ms),
-            latency_source=m.source,
-        )
-        return result
+            return False
+        if self.cache and m.source == "measured":
+            self.cache.put_latency(config.key, m)
+        result.metrics.update(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms, latency_samples_ms=list(m.samples_ms),
+                              latency_source=m.source)
+        return True
+
+    def _accuracy(self, model, config, front, result: CandidateResult) -> None:
+        from vitune.compression.stats import model_stats
+        from vitune.data.splits import accuracy_in_shards
+
+        latency = result.metrics["latency_ms"]
+        front = list(front)
+        t0 = time.perf_counter()
+        with self._lock(exclusive=False):
+            acc, seen, best = accuracy_in_shards(
+                model, self.workspace.data.get(self.split), self.early.accuracy_shards,
+                hopeless=(lambda best_possible: dominated(best_possible, latency, front)) if front else None,
+            )
+        params, size = model_stats(model)
+        result.timings["accuracy_s"] = time.perf_counter() - t0
+        total = len(self.workspace.data.get(self.split))
+        result.metrics.update(params=params, size_bytes=size)
+        if seen < total:
+            result.metrics.update(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
+            result.pruned = (f"hopeless after {seen}/{total} {self.split} images: even all the rest right gives "
+                             f"accuracy <= {best:.4f}, dominated at {latency:.4f} ms")
+            return
+        result.metrics["accuracy"] = acc
+        if self.cache:
+            self.cache.put_accuracy(config.key, result.metrics)

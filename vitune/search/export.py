@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vitune.errors import ConfigError
+from vitune.search.front import accuracy_of, latency_of
 from vitune.versions import versions
 
 FORMAT = "vitune.export/1"
@@ -28,33 +29,33 @@ PICKS = ("best", "knee", "pareto")
 
 
 def pick_best(front: list, max_latency_ms: float | None = None):
-    members = [t for t in front if max_latency_ms is None or t.values[1] <= max_latency_ms]
+    members = [t for t in front if max_latency_ms is None or latency_of(t) <= max_latency_ms]
     if not members:
-        fastest = min(t.values[1] for t in front)
+        fastest = min(latency_of(t) for t in front)
         raise ConfigError(f"no front member has latency <= {max_latency_ms} ms; the fastest is {fastest:.4f} ms")
-    return max(members, key=lambda t: (t.values[0], -t.values[1]))
+    return max(members, key=lambda t: (accuracy_of(t), -latency_of(t)))
 
 
 def pick_knee(front: list, max_latency_ms: float | None = None):
-    members = [t for t in front if max_latency_ms is None or t.values[1] <= max_latency_ms]
+    members = [t for t in front if max_latency_ms is None or latency_of(t) <= max_latency_ms]
     if not members:
         return pick_best(front, max_latency_ms)  # raises with the message
     if len(members) <= 2:
-        return max(members, key=lambda t: (t.values[0], -t.values[1]))
-    accs = [t.values[0] for t in members]
-    lats = [t.values[1] for t in members]
+        return max(members, key=lambda t: (accuracy_of(t), -latency_of(t)))
+    accs = [accuracy_of(t) for t in members]
+    lats = [latency_of(t) for t in members]
     a_lo, a_hi = min(accs), max(accs)
     l_lo, l_hi = min(lats), max(lats)
     span_a, span_l = (a_hi - a_lo) or 1.0, (l_hi - l_lo) or 1.0
     # points: x = normalised latency (0 fastest), y = normalised accuracy (1 best)
-    pts = [((t.values[1] - l_lo) / span_l, (t.values[0] - a_lo) / span_a) for t in members]
+    pts = [((latency_of(t) - l_lo) / span_l, (accuracy_of(t) - a_lo) / span_a) for t in members]
     (x0, y0), (x1, y1) = min(pts), max(pts)
     norm = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 or 1.0
 
     def distance(p):  # above the chord (better than linear trade-off) counts positive
         return ((x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0)) / norm
 
-    best = max(range(len(members)), key=lambda i: (distance(pts[i]), members[i].values[0]))
+    best = max(range(len(members)), key=lambda i: (distance(pts[i]), accuracy_of(members[i])))
     return members[best]
 
 
@@ -71,8 +72,8 @@ def trial_record(trial, spec, study_meta: dict) -> dict:
         "config": json.loads(trial.user_attrs["config"]),
         "summary": trial.user_attrs.get("summary", ""),
         "metrics": {
-            "accuracy": trial.values[0],
-            "latency_ms": trial.values[1],
+            "accuracy": accuracy_of(trial),
+            "latency_ms": latency_of(trial),
             "split": "val",
             **{k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in ("accuracy", "latency_ms")},
         },
@@ -81,7 +82,8 @@ def trial_record(trial, spec, study_meta: dict) -> dict:
 
 
 def export(spec, pick: str, out: Path, max_latency_ms: float | None = None) -> dict:
-    from vitune.search.study import front, open_study
+    from vitune.search.front import front
+    from vitune.search.study import open_study
 
     if pick not in PICKS:
         raise ConfigError(f"unknown pick {pick!r} (expected {', '.join(PICKS)})")
@@ -91,7 +93,7 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None) -> d
         raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
     meta = study.user_attrs.get("vitune", {})
     if pick == "pareto":
-        chosen = [t for t in members if max_latency_ms is None or t.values[1] <= max_latency_ms]
+        chosen = [t for t in members if max_latency_ms is None or latency_of(t) <= max_latency_ms]
         doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta) for t in chosen]}
     else:
         trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)

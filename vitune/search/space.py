@@ -7,10 +7,12 @@ and ``distill_steps``. A knob whose menu has one value is fixed, not sampled.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig, LinearConfig
 from vitune.compression.methods import CompressionMethods
+from vitune.errors import ConfigError
 from vitune.models.layers import ModelLayout, kept_count
 
 
@@ -19,19 +21,49 @@ class SearchSpace:
     layout: ModelLayout
     choices: tuple[tuple[str, tuple], ...]  # param name → menu, in model order
     methods: CompressionMethods = CompressionMethods()
+    ties: tuple[tuple[str, tuple[str, ...]], ...] = ()  # tied parameter → the per-layer names it sets
 
     @classmethod
     def build(cls, spec, layout: ModelLayout, methods: CompressionMethods | None = None) -> "SearchSpace":
-        choices: list[tuple[str, tuple]] = []
-        for head in layout.heads:
-            choices.append((f"{head.name}:prune_heads", spec.menu_for(head.name, "prune_heads")))
-        for mlp in layout.mlps:
-            choices.append((f"{mlp.name}:prune_mlp", spec.menu_for(mlp.name, "prune_mlp")))
+        knobs: list[tuple[str, str, tuple]] = []  # (unit, knob, menu) in model order
+        knobs += [(h.name, "prune_heads", spec.menu_for(h.name, "prune_heads")) for h in layout.heads]
+        knobs += [(m.name, "prune_mlp", spec.menu_for(m.name, "prune_mlp")) for m in layout.mlps]
         for unit in layout.linears:
-            choices.append((f"{unit.name}:precision", spec.menu_for(unit.name, "precision")))
-            choices.append((f"{unit.name}:rank_fraction", spec.menu_for(unit.name, "rank_fraction")))
+            knobs += [(unit.name, "precision", spec.menu_for(unit.name, "precision")),
+                      (unit.name, "rank_fraction", spec.menu_for(unit.name, "rank_fraction"))]
+        choices: list[tuple[str, tuple]] = []
+        groups: dict[str, list[tuple[str, tuple]]] = {}
+        for unit, knob, menu in knobs:
+            tie = next((t for t in getattr(spec, "ties", ()) if knob in t.knobs and fnmatch.fnmatchcase(unit, t.layers)), None)
+            if tie is None:
+                choices.append((f"{unit}:{knob}", menu))
+                continue
+            name = f"{tie.layers}:{knob}"
+            if name not in groups:
+                groups[name] = []
+                choices.append((name, menu))
+            groups[name].append((f"{unit}:{knob}", menu))
+        for tie in getattr(spec, "ties", ()):
+            if not any(n.startswith(f"{tie.layers}:") for n in groups):
+                raise ConfigError(f"[[space.tie]] layers = {tie.layers!r} matches no layer of the model (layers look like {layout.linears[0].name})")
+        for i, (name, menu) in enumerate(choices):
+            if name in groups:
+                shared = tuple(v for v in menu if all(v in m for _, m in groups[name]))
+                if not shared:
+                    raise ConfigError(f"[[space.tie]] {name}: the tied layers' menus have no value in common")
+                choices[i] = (name, shared)
         choices.append(("distill_steps", tuple(spec.distill_steps)))
-        return cls(layout, tuple(choices), methods or CompressionMethods())
+        ties = tuple((name, tuple(n for n, _ in members)) for name, members in groups.items())
+        return cls(layout, tuple(choices), methods or CompressionMethods(), ties)
+
+    def expand(self, values: dict) -> dict:
+        """Per-layer knob values from parameter values (tied parameters set each of their layers)."""
+        out = dict(values)
+        for name, members in self.ties:
+            if name in out:
+                value = out.pop(name)
+                out.update({m: value for m in members})
+        return out
 
     @property
     def size(self) -> int:
@@ -61,6 +93,7 @@ class SearchSpace:
 
     def to_config(self, values: dict) -> CompressionConfig:
         """Turn knob values (rank as fraction) into a concrete, validated configuration."""
+        values = self.expand(values)
         heads = {h.name: values.get(f"{h.name}:prune_heads", 0.0) for h in self.layout.heads}
         mlps = {m.name: values.get(f"{m.name}:prune_mlp", 0.0) for m in self.layout.mlps}
         linear: dict[str, LinearConfig] = {}

@@ -34,6 +34,18 @@ Reference (every key optional unless marked)::
     tuning = "off"                 # off | database (tuned records only) | tune (tune unseen workloads)
     tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
     tuning_budget_s = 0            # tuning time of one run; 0 = no limit
+    budget_ms = 0                  # latency budget on this target (required by mode = "constrained")
+
+    [search]
+    mode = "pareto"                # pareto: accuracy vs latency front | constrained: max accuracy
+                                   # subject to latency_ms <= [target].budget_ms (Optuna constraints)
+    warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform and
+                                   # sensitivity-guided configurations are the first trials
+    min_fidelity = 0.5             # stop a candidate whose top-1 agreement with the uncompressed
+                                   # model on calibration images is below this (0 = off)
+    fidelity_images = 256
+    accuracy_shards = 4            # read validated accuracy in parts; stop once a candidate cannot
+                                   # reach the front (1 = off)
 
     [space]                        # the menu every layer may take
     precision = ["fp32", "fp16", "int8"]  # fp32 | fp16 | int8 | int4 | w8a8
@@ -45,6 +57,10 @@ Reference (every key optional unless marked)::
     [[space.override]]             # narrow the menu of layers matching a glob (later wins)
     layers = "blocks.0.*"
     precision = ["fp32"]
+
+    [[space.tie]]                  # layers matching the glob share one choice of these knobs
+    layers = "blocks.*.mlp.fc1"
+    knobs = ["rank_fraction"]      # precision | rank_fraction | prune_heads | prune_mlp
 
     [compression]                  # how the transforms work (vitune.compression.methods), e.g.
     lowrank = "aa-residual"        # svd | aa | aa-residual
@@ -68,6 +84,7 @@ from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "random")
+MODES = ("pareto", "constrained")
 MODEL_SOURCES = ("default", "timm")
 DATA_SOURCES = ("digits", "imagefolder")
 MENU_KEYS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
@@ -99,12 +116,28 @@ class TargetSpec:
     tuning_trials: int = 64
     tuning_budget_s: float = 0.0
     remeasure_every: int = 0
+    budget_ms: float = 0.0  # 0 = none
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    mode: str = "pareto"
+    warm_start: bool = True
+    min_fidelity: float = 0.5
+    fidelity_images: int = 256
+    accuracy_shards: int = 4
 
 
 @dataclass(frozen=True)
 class Override:
     layers: str  # glob over unit names
     menu: tuple[tuple[str, tuple], ...]  # key → allowed values
+
+
+@dataclass(frozen=True)
+class Tie:
+    layers: str  # glob over unit names
+    knobs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,7 @@ class SpaceSpec:
     prune_mlp: tuple[float, ...] = (0.0, 0.25, 0.5)
     distill_steps: tuple[int, ...] = (0,)
     overrides: tuple[Override, ...] = ()
+    ties: tuple[Tie, ...] = ()
 
     def menu_for(self, unit: str, key: str) -> tuple:
         """The values ``unit`` may take for ``key`` after applying every matching override."""
@@ -139,6 +173,7 @@ class StudySpec:
     target: TargetSpec
     space: SpaceSpec
     methods: CompressionMethods = CompressionMethods()
+    search: SearchSpec = SearchSpec()
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -234,7 +269,7 @@ def resolve_storage(url: str, base: Path) -> str:
 
 def parse_study(data: dict, path: Path) -> StudySpec:
     where = str(path)
-    top = _Table(data, where, ("study", "model", "data", "target", "space", "compression"))
+    top = _Table(data, where, ("study", "model", "data", "target", "space", "compression", "search"))
     if "study" not in data:
         raise ConfigError(f"{where}: missing table [study] (it needs at least name = \"...\")")
     st = _Table(data["study"], f"{where} [study]", ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"))
@@ -279,7 +314,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if model.source == "default" and data_spec.source != "digits":
         raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
-    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every"))
+    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms"))
     from vitune.costmodels import latency_sources
 
     target = TargetSpec(
@@ -289,11 +324,12 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         tuning=tg.str("tuning", "off", ("off", "database", "tune")),
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),
+        budget_ms=tg.float("budget_ms", 0.0),
     )
     if target.name.endswith(".toml") or "/" in target.name:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
 
-    sp = _Table(top.data.get("space", {}), f"{where} [space]", (*MENU_KEYS, "distill_steps", "override"))
+    sp = _Table(top.data.get("space", {}), f"{where} [space]", (*MENU_KEYS, "distill_steps", "override", "tie"))
     defaults = SpaceSpec()
     menus = {k: _menu(k, sp.data[k], sp.where) if k in sp.data else getattr(defaults, k) for k in (*MENU_KEYS, "distill_steps")}
     overrides = []
@@ -307,8 +343,20 @@ def parse_study(data: dict, path: Path) -> StudySpec:
             raise ConfigError(f"{ov.where}.layers: required (a glob such as 'blocks.0.*')")
         menu = tuple((k, _menu(k, ov.data[k], ov.where)) for k in MENU_KEYS if k in ov.data)
         overrides.append(Override(glob, menu))
-    space = SpaceSpec(**menus, overrides=tuple(overrides))
+    space = SpaceSpec(**menus, overrides=tuple(overrides), ties=_ties(sp.data.get("tie", []), where))
     methods = CompressionMethods.from_dict(top.data.get("compression", {}), f"{where} [compression]")
+    se = _Table(top.data.get("search", {}), f"{where} [search]", ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"))
+    search = SearchSpec(
+        mode=se.str("mode", "pareto", MODES),
+        warm_start=se.bool("warm_start", True),
+        min_fidelity=se.float("min_fidelity", 0.5),
+        fidelity_images=se.int("fidelity_images", 256, minimum=1),
+        accuracy_shards=se.int("accuracy_shards", 4, minimum=1),
+    )
+    if search.min_fidelity > 1.0:
+        raise ConfigError(f"{where} [search].min_fidelity: expected a share in [0, 1], got {search.min_fidelity!r}")
+    if search.mode == "constrained" and target.budget_ms <= 0:
+        raise ConfigError(f"{where} [target].budget_ms: mode = \"constrained\" needs a latency budget in ms (e.g. budget_ms = 1.0)")
 
     return StudySpec(
         path=path.resolve(),
@@ -323,7 +371,24 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         target=target,
         space=space,
         methods=methods,
+        search=search,
     )
+
+
+def _ties(raw, where: str) -> tuple[Tie, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where} [space].tie: expected [[space.tie]] tables")
+    ties = []
+    for i, item in enumerate(raw):
+        tt = _Table(item, f"{where} [[space.tie]] #{i + 1}", ("layers", "knobs"))
+        glob = tt.str("layers", "")
+        knobs = tt.data.get("knobs", [])
+        if not glob:
+            raise ConfigError(f"{tt.where}.layers: required (a glob such as 'blocks.*.mlp.fc1')")
+        if not isinstance(knobs, list) or not knobs or any(k not in MENU_KEYS for k in knobs):
+            raise ConfigError(f"{tt.where}.knobs: expected a non-empty list of {', '.join(MENU_KEYS)}, got {knobs!r}")
+        ties.append(Tie(glob, tuple(knobs)))
+    return tuple(ties)
 
 
 def load_study_file(path: str | Path) -> StudySpec:

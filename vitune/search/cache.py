@@ -1,0 +1,67 @@
+"""Results kept across trials, studies, runs and workers, keyed by everything that decides them.
+
+* **Accuracy** (with parameters and size) of a configuration: keyed by the model's weights, the
+  configuration (its per-layer choices and the compression methods) and the data split (the
+  data set's spec and the split's name).
+* **A measurement**: keyed by the model's weights, the configuration, the target (TVM target,
+  host, timing protocol) and the tuning mode.
+
+A resumed study, a second study on the same model (another sampler, the benchmark's baselines)
+or a worker on the same machine never recomputes either. Predicted latencies are not cached:
+they change with every refit and cost milliseconds. The file is
+``<cache>/results/<model weights hash>.json``; deleting it only costs recomputation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from vitune.jsontable import JsonTable
+
+ACCURACY_FIELDS = ("accuracy", "params", "size_bytes")
+LATENCY_FIELDS = ("latency_ms", "spread_ms", "samples_ms")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_key(data_spec, split: str) -> str:
+    return _hash({"data": dataclasses.asdict(data_spec), "split": split})
+
+
+def target_key(profile, tuning: str) -> str:
+    return _hash({"target": profile.tvm_target, "host": profile.tvm_host, "protocol": dataclasses.asdict(profile.protocol),
+                  "runner": profile.runner, "tuning": tuning})
+
+
+class ResultCache:
+    def __init__(self, model_sha256: str, data: str, target: str | None):
+        from vitune.paths import cache_dir
+
+        self.table = JsonTable(cache_dir() / "results" / f"{model_sha256[:16]}.json")
+        self.data, self.target = data, target
+
+    def accuracy(self, config_key: str) -> dict | None:
+        self.table.refresh()
+        return self.table.get(f"acc:{self.data}:{config_key}")
+
+    def put_accuracy(self, config_key: str, metrics: dict) -> None:
+        self.table.put(f"acc:{self.data}:{config_key}", {k: metrics[k] for k in ACCURACY_FIELDS})
+        self.table.save()
+
+    def latency(self, config_key: str) -> dict | None:
+        if self.target is None:
+            return None
+        self.table.refresh()
+        return self.table.get(f"lat:{self.target}:{config_key}")
+
+    def put_latency(self, config_key: str, measurement) -> None:
+        if self.target is None:
+            return
+        self.table.put(f"lat:{self.target}:{config_key}", {
+            "latency_ms": measurement.latency_ms, "spread_ms": measurement.spread_ms, "samples_ms": list(measurement.samples_ms),
+        })
+        self.table.save()

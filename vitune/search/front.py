@@ -1,0 +1,127 @@
+"""A study's results as people read them: the front, the reference, the status text.
+
+A trial's accuracy and latency are read from its recorded ``metrics`` (:func:`accuracy_of`,
+:func:`latency_of`), whatever the study's objectives: a Pareto study optimises both, a
+constrained study optimises accuracy with latency as a constraint. :func:`front` is the set of
+complete trials no other complete trial dominates, restricted in a constrained study to those
+within the budget, so nothing over the budget is ever shown as a result or exported.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vitune.compression.config import CompressionConfig
+
+
+def accuracy_of(trial) -> float:
+    return trial.user_attrs.get("metrics", {}).get("accuracy", trial.values[0] if trial.values else float("nan"))
+
+
+def latency_of(trial) -> float:
+    m = trial.user_attrs.get("metrics", {})
+    if "latency_ms" in m:
+        return m["latency_ms"]
+    return trial.values[1] if trial.values and len(trial.values) > 1 else float("nan")
+
+
+def budget_ms(study) -> float | None:
+    """The latency budget of a constrained study (None for a Pareto study)."""
+    meta = study.user_attrs.get("vitune", {})
+    return meta.get("budget_ms") if meta.get("mode") == "constrained" else None
+
+
+def complete_trials(study) -> list:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+
+
+def front(study) -> list:
+    """Non-dominated complete trials (within the budget of a constrained study), fastest first;
+    duplicates of one configuration appear once."""
+    budget = budget_ms(study)
+    trials = [t for t in complete_trials(study) if budget is None or latency_of(t) <= budget]
+    points = [(accuracy_of(t), latency_of(t)) for t in trials]
+    members = []
+    for t, (a, lat) in zip(trials, points):
+        if not any(a2 >= a and l2 <= lat and (a2 > a or l2 < lat) for a2, l2 in points):
+            members.append(t)
+    seen, out = set(), []
+    for t in sorted(members, key=lambda t: (latency_of(t), -accuracy_of(t), t.number)):
+        key = t.user_attrs.get("config_key", t.number)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def uncompressed_trial(study):
+    ident = CompressionConfig.identity().key
+    for t in complete_trials(study):
+        if t.user_attrs.get("config_key") == ident:
+            return t
+    return None
+
+
+def format_front(study) -> str:
+    rows = front(study)
+    ref = uncompressed_trial(study)
+    checks = study.user_attrs.get("latency_checks", {})
+    lines = [f"{'trial':>5}  {'accuracy':>8}  {'latency_ms':>10}  {'speed-up':>8}  {'params':>8}  {'size_kB':>8}  config"]
+    if checks:
+        lines[0] = lines[0].replace("  config", f"  {'measured_ms':>11}  config")
+    ref_ms = latency_of(ref) if ref else None
+    for t in rows:
+        m = t.user_attrs.get("metrics", {})
+        speed = f"{ref_ms / latency_of(t):.2f}x" if ref_ms else "-"
+        check = ""
+        if checks:
+            c = checks.get(str(t.number), {})
+            check = f"  {c['measured_ms']:>11.4f}" if c.get("measured_ms") is not None else f"  {'-':>11}"
+        lines.append(
+            f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}  {speed:>8}  {m.get('params', 0):>8}  "
+            f"{m.get('size_bytes', 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
+        )
+    if ref is not None:
+        m = ref.user_attrs.get("metrics", {})
+        lines.append(
+            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {ref_ms:>10.4f}  {'1.00x':>8}  {m.get('params', 0):>8}  "
+            f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
+        )
+    sources = {t.user_attrs.get("metrics", {}).get("latency_source", "measured") for t in rows}
+    if sources - {"measured"}:
+        lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
+    budget = budget_ms(study)
+    if budget is not None:
+        lines.append(f"constrained study: only trials within the budget of {budget} ms are shown")
+    return "\n".join(lines)
+
+
+def count_states(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def status_text(spec) -> str:
+    from vitune.search.study import open_study
+
+    study = open_study(spec, create=False)
+    counts = count_states(study)
+    head = (
+        f"study {spec.name} ({spec.storage}): {counts.get('complete', 0)} complete, {counts.get('fail', 0)} failed, "
+        f"{counts.get('running', 0)} running, {counts.get('pruned', 0)} stopped early, {counts.get('waiting', 0)} waiting "
+        f"(target {spec.n_trials})"
+    )
+    if not counts.get("complete"):
+        return head + "\nno complete trial yet"
+    failures = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"][-3:]
+    tail = "".join(f"\n  failed trial {t.number}: {t.user_attrs.get('error', '?')}" for t in failures)
+    title = "best within the budget" if budget_ms(study) is not None else "Pareto front (validated accuracy vs latency)"
+    return f"{head}{tail}\n{title}:\n{format_front(study)}"
+
+
+def dump_trial(trial) -> str:
+    return json.dumps({"number": trial.number, "values": trial.values, **trial.user_attrs}, indent=2, default=str)

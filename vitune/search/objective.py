@@ -1,0 +1,107 @@
+"""The Optuna objective and samplers of a vitune study.
+
+One trial: sample a configuration; wait for its turn (no configuration is evaluated twice, see
+:mod:`vitune.search.coordination`) or reuse the earlier result; evaluate it; record. Every trial
+stores, as user attributes, its configuration (``config``), its hash (``config_key``), a short
+``summary``, all ``metrics``, the time split (``timings``), the ``worker`` that ran it and a
+``heartbeat``; a failed trial stores ``error``, a trial stopped early ``pruned`` (the reason,
+recorded by Optuna as PRUNED), a reused one ``cached_from``.
+
+Objectives: a Pareto study returns (accuracy, latency_ms); a constrained study returns accuracy,
+and its samplers see ``latency_ms - budget_ms`` as a constraint (feasible when ≤ 0).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from vitune.errors import ConfigError
+from vitune.search.coordination import Heartbeat, wait_for_turn
+from vitune.search.front import accuracy_of, complete_trials, latency_of
+
+
+class CandidateFailed(Exception):
+    """Raised inside the objective so Optuna records the trial as FAIL; the study goes on."""
+
+
+def directions(mode: str) -> list[str]:
+    return ["maximize", "minimize"] if mode == "pareto" else ["maximize"]
+
+
+def latency_constraint(budget_ms: float):
+    def constraints(trial) -> list[float]:
+        latency = trial.user_attrs.get("metrics", {}).get("latency_ms")
+        return [0.0 if latency is None else float(latency) - budget_ms]  # unknown (stopped before timing): no violation
+
+    return constraints
+
+
+def make_sampler(name: str, seed: int, n_trials: int, constraints=None):
+    import optuna
+
+    with warnings.catch_warnings():  # constraints_func, multivariate, group, constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            population = max(8, min(50, n_trials // 4))
+            return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, constraints_func=constraints)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}")
+
+
+class Objective:
+    def __init__(self, space, evaluator, study, mode: str = "pareto", budget_ms: float | None = None, log=None):
+        self.space, self.evaluator, self.study = space, evaluator, study
+        self.mode, self.budget_ms = mode, budget_ms
+        self.log = log or (lambda msg: None)
+
+    def _values(self, metrics: dict):
+        if self.mode == "pareto":
+            return metrics["accuracy"], metrics["latency_ms"]
+        return metrics["accuracy"]
+
+    def _front_points(self) -> list[tuple[float, float]]:
+        """What a new candidate must escape: the complete trials (a constrained study: the best
+        accuracy within budget, at any latency)."""
+        trials = complete_trials(self.study)
+        if self.mode == "pareto":
+            return [(accuracy_of(t), latency_of(t)) for t in trials]
+        feasible = [accuracy_of(t) for t in trials if latency_of(t) <= self.budget_ms]
+        return [(max(feasible), 0.0)] if feasible else []
+
+    def __call__(self, trial):
+        import optuna
+
+        beat = Heartbeat(self.study, trial._trial_id)
+        try:
+            config = self.space.suggest(trial)
+            trial.set_user_attr("config", config.to_json())
+            trial.set_user_attr("summary", config.summary())
+            trial.set_user_attr("config_key", config.key)  # last: announces the choice (see wait_for_turn)
+            previous = wait_for_turn(self.study, trial.number, config.key, self.log)
+            if previous is not None:
+                trial.set_user_attr("cached_from", previous.number)
+                if previous.state.name == "PRUNED":
+                    trial.set_user_attr("pruned", previous.user_attrs["pruned"])
+                    raise optuna.TrialPruned(previous.user_attrs["pruned"])
+                if previous.state.name == "FAIL":
+                    trial.set_user_attr("error", previous.user_attrs["error"])
+                    raise CandidateFailed(previous.user_attrs["error"])
+                metrics = previous.user_attrs["metrics"]
+                trial.set_user_attr("metrics", metrics)
+                return self._values(metrics)
+            result = self.evaluator.evaluate(config, self._front_points())
+            trial.set_user_attr("timings", {k: round(v, 4) for k, v in result.timings.items()})
+            if result.metrics:
+                trial.set_user_attr("metrics" if result.ok else "partial_metrics", result.metrics)
+            if result.error:
+                trial.set_user_attr("error", result.error)
+                raise CandidateFailed(result.error)
+            if result.pruned:
+                trial.set_user_attr("pruned", result.pruned)
+                raise optuna.TrialPruned(result.pruned)
+            return self._values(result.metrics)
+        finally:
+            beat.stop()

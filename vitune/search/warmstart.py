@@ -1,0 +1,154 @@
+"""Warm start: a per-layer sensitivity sweep, and the first trials it suggests.
+
+The sweep evaluates, for every free parameter of the space (a layer's knob, or a tied group),
+every option alone, every other parameter left uncompressed: its validated accuracy (one
+compression and one pass over the split, no build). It also evaluates each *uniform*
+configuration (one option on every layer whose menu has it) with latency, through the
+evaluator, so those results land in the result cache and the enqueued uniform trials are free.
+
+A parameter's latency saving is estimated from its uniform configuration's saving, shared out
+by the parameter's weight (its layers' ``in × out``; one per block for pruning knobs). The
+guided configurations are greedy picks: options sorted by estimated saving per point of accuracy
+lost, taken while the summed loss stays within a budget; one configuration per budget in
+:data:`DROP_BUDGETS`.
+
+The sweep is saved under ``<cache>/sweeps/`` keyed by model weights, space, methods, data split,
+target and latency source, and reused by every later study with the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from vitune.jsontable import JsonTable
+
+DROP_BUDGETS = (0.005, 0.01, 0.02, 0.04, 0.08)
+
+
+def uniform_params(space) -> list[tuple[str, object, dict]]:
+    """(knob, value, params) for each single knob value applied to every layer that allows it."""
+    identity = space.identity_params()
+    knobs: dict[str, set] = {}
+    for name, menu in space.choices:
+        if len(menu) > 1 and name != "distill_steps":
+            knobs.setdefault(name.rsplit(":", 1)[-1], set()).update(menu)
+    out, seen = [], [identity]
+    for knob, values in sorted(knobs.items()):
+        for value in sorted(values, key=str):
+            params = dict(identity)
+            for name, menu in space.choices:
+                if name.endswith(f":{knob}") and value in menu and len(menu) > 1:
+                    params[name] = value
+            if params not in seen:
+                seen.append(params)
+                out.append((knob, value, params))
+    return out
+
+
+def _weight(space, name: str) -> float:
+    unit_names = dict(space.ties).get(name, (name,))
+    weights = {u.name: u.in_features * u.out_features for u in space.layout.linears}
+    return float(sum(weights.get(n.rsplit(":", 1)[0], 1) for n in unit_names))
+
+
+def sweep_key(workspace, space, evaluator, spec) -> str:
+    from vitune.search.cache import data_key, target_key
+
+    doc = {
+        "model": workspace.ref.checkpoint_sha256, "choices": [[n, list(m)] for n, m in space.choices],
+        "ties": [list(t) for t in space.ties], "methods": space.methods.to_dict(),
+        "data": data_key(spec.data, evaluator.split), "target": target_key(evaluator.profile, spec.target.tuning),
+        "latency": evaluator.latency_source.name,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=print) -> dict:
+    """The sensitivity sweep of this model and space (computed once, then read from the cache)."""
+    from tqdm.auto import tqdm
+
+    from vitune.data.splits import accuracy
+    from vitune.paths import cache_dir
+
+    key = sweep_key(workspace, space, evaluator, spec)
+    table = JsonTable(cache_dir() / "sweeps" / f"{key}.json")
+    if table.get("complete"):
+        return table.data
+    identity = space.identity_params()
+    items = [(name, v) for name, menu in space.choices if len(menu) > 1 and name != "distill_steps"
+             for v in menu if v != identity.get(name)]
+    uniform = uniform_params(space)
+    bar = tqdm(total=len(items) + len(uniform) + 1, desc="sensitivity sweep", unit="eval", disable=None if progress else True)
+    base = evaluator.evaluate(space.to_config(identity))
+    bar.update(1)
+    if not base.ok:
+        bar.close()
+        raise RuntimeError(f"the uncompressed model could not be evaluated: {base.error or base.pruned}")
+    options = []
+    split = workspace.data.get(evaluator.split)
+    for name, value in items:
+        params = {**identity, name: value}
+        try:
+            acc = accuracy(evaluator.compress(space.to_config(params)), split)
+        except Exception as err:  # an option that cannot be applied is left out of the guidance
+            log(f"sensitivity sweep: {name} = {value!r} failed ({type(err).__name__}: {err}); left out")
+            acc = None
+        options.append({"param": name, "value": value, "accuracy": acc})
+        bar.update(1)
+    uniform_rows = []
+    for knob, value, params in uniform:
+        r = evaluator.evaluate(space.to_config(params))
+        uniform_rows.append({"knob": knob, "value": value, "params": params, "accuracy": r.metrics.get("accuracy"),
+                             "latency_ms": r.metrics.get("latency_ms"), "error": r.error or r.pruned})
+        bar.update(1)
+    bar.close()
+    for k, v in {"identity": {"accuracy": base.metrics["accuracy"], "latency_ms": base.metrics["latency_ms"]},
+                 "options": options, "uniform": uniform_rows, "complete": True}.items():
+        table.put(k, v)
+    table.save()
+    return table.data
+
+
+def guided_params(space, sweep: dict, budgets=DROP_BUDGETS) -> list[dict]:
+    """Sensitivity-guided configurations, one per accuracy-drop budget (distinct ones only)."""
+    base_acc, base_ms = sweep["identity"]["accuracy"], sweep["identity"]["latency_ms"]
+    identity = space.identity_params()
+    saving_of: dict[tuple[str, object], float] = {}
+    for row in sweep["uniform"]:
+        if row["latency_ms"] is None:
+            continue
+        changed = [n for n, v in row["params"].items() if v != identity.get(n)]
+        total = sum(_weight(space, n) for n in changed) or 1.0
+        for n in changed:
+            saving_of[(n, row["value"])] = (base_ms - row["latency_ms"]) * _weight(space, n) / total
+    moves = []
+    for opt in sweep["options"]:
+        saving = saving_of.get((opt["param"], opt["value"]), 0.0)
+        if opt["accuracy"] is None or saving <= 0:
+            continue
+        drop = max(0.0, base_acc - opt["accuracy"])
+        moves.append((saving / (drop + 1e-3), drop, opt["param"], opt["value"]))
+    moves.sort(key=lambda m: (-m[0], m[2], str(m[3])))
+    out: list[dict] = []
+    for budget in budgets:
+        params, spent = dict(identity), 0.0
+        chosen: set[str] = set()
+        for _, drop, name, value in moves:
+            if name not in chosen and spent + drop <= budget:
+                params[name] = value
+                chosen.add(name)
+                spent += drop
+        if params != identity and params not in out:
+            out.append(params)
+    return out
+
+
+def first_trials(space, sweep: dict | None, limit: int) -> list[dict]:
+    """What to enqueue: the uncompressed model, the guided configurations, the uniform ones."""
+    out = [space.identity_params()]
+    guided = guided_params(space, sweep) if sweep else []
+    for params in guided + [p for _, _, p in uniform_params(space)]:
+        if params not in out:
+            out.append(params)
+    return out[: max(1, limit)]
