@@ -8,7 +8,8 @@ stores, as user attributes, its configuration (``config``), its hash (``config_k
 recorded by Optuna as PRUNED), a reused one ``cached_from``.
 
 Objectives: a Pareto study returns (accuracy, latency_ms); a constrained study returns accuracy,
-and its samplers see ``latency_ms - budget_ms`` as a constraint (feasible when ≤ 0).
+and its samplers see the constraint ``latency_ms - budget_ms`` (feasible when ≤ 0), set on each
+trial whose latency is known.
 """
 
 from __future__ import annotations
@@ -28,24 +29,17 @@ def directions(mode: str) -> list[str]:
     return ["maximize", "minimize"] if mode == "pareto" else ["maximize"]
 
 
-def latency_constraint(budget_ms: float):
-    def constraints(trial) -> list[float]:
-        latency = trial.user_attrs.get("metrics", {}).get("latency_ms")
-        return [0.0 if latency is None else float(latency) - budget_ms]  # unknown (stopped before timing): no violation
-
-    return constraints
-
-
-def make_sampler(name: str, seed: int, n_trials: int, constraints=None):
+def make_sampler(name: str, seed: int, n_trials: int):
+    """Samplers read a constrained study's constraint from each trial (``Trial.set_constraint``)."""
     import optuna
 
-    with warnings.catch_warnings():  # constraints_func, multivariate, group, constant_liar are "experimental"
+    with warnings.catch_warnings():  # multivariate, group, constant_liar are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "nsga2":
             population = max(8, min(50, n_trials // 4))
-            return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints)
+            return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, constraints_func=constraints)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}")
@@ -56,6 +50,10 @@ class Objective:
         self.space, self.evaluator, self.study = space, evaluator, study
         self.mode, self.budget_ms = mode, budget_ms
         self.log = log or (lambda msg: None)
+
+    def _constrain(self, trial, metrics: dict) -> None:
+        if self.mode == "constrained" and metrics.get("latency_ms") is not None:
+            trial.set_constraint("latency_ms", float(metrics["latency_ms"]) - self.budget_ms)
 
     def _values(self, metrics: dict):
         if self.mode == "pareto":
@@ -91,11 +89,13 @@ class Objective:
                     raise CandidateFailed(previous.user_attrs["error"])
                 metrics = previous.user_attrs["metrics"]
                 trial.set_user_attr("metrics", metrics)
+                self._constrain(trial, metrics)
                 return self._values(metrics)
             result = self.evaluator.evaluate(config, self._front_points())
             trial.set_user_attr("timings", {k: round(v, 4) for k, v in result.timings.items()})
             if result.metrics:
                 trial.set_user_attr("metrics" if result.ok else "partial_metrics", result.metrics)
+                self._constrain(trial, result.metrics)
             if result.error:
                 trial.set_user_attr("error", result.error)
                 raise CandidateFailed(result.error)

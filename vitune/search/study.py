@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from vitune.compression.config import CompressionConfig
 from vitune.errors import ConfigError
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
-from vitune.search.objective import CandidateFailed, Objective, directions, latency_constraint, make_sampler
+from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
 
 OBJECTIVES = ("accuracy", "latency_ms")
 
@@ -218,7 +218,6 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                           target_key(profile, spec.target.tuning) if spec.target.latency == "measured" else None),
         host_lock=HostLock() if measured_here else None,
     )
-    constrained = spec.search.mode == "constrained"
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
     goal = spec.n_trials if n_trials is None else done + max(0, n_trials)
@@ -230,8 +229,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         for params in first_trials(space, sweep, limit):
             study.enqueue_trial(params, skip_if_exists=True)
     seed = spec.seed + len(study.trials) + (os.getpid() if worker else 0)
-    constraint = latency_constraint(spec.target.budget_ms) if constrained else None
-    study.sampler = make_sampler(spec.sampler, seed % 2**31, spec.n_trials, constraint)
+    study.sampler = make_sampler(spec.sampler, seed % 2**31, spec.n_trials)
     log(
         f"study {spec.name}: {done} trials done, running {remaining} more on {profile.name} "
         f"({len(space.choices)} knobs, {space.size:.3g} configurations, {spec.search.mode}), storage {spec.storage}"

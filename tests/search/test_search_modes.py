@@ -1,0 +1,197 @@
+"""Constrained mode, early stopping with every sampler, warm start, tied knobs, result cache.
+
+Latency here is a deterministic stand-in (proportional to the candidate's parameters), so these
+tests check the search logic itself; real TVM measurement is covered by the study tests."""
+
+import json
+
+import optuna
+import pytest
+
+from vitune.compression.stats import model_stats
+from vitune.costmodels import latency_sources, register_latency_source
+from vitune.errors import ConfigError
+from vitune.search.evaluate import EarlyStop, Evaluator, dominated
+from vitune.search.export import export
+from vitune.search.front import front, latency_of
+from vitune.search.study import open_study, run_study
+from vitune.search.studyfile import load_study_file
+from vitune.targets.measure import Measurement
+
+STUDY = """
+[study]
+name = "{name}"
+n_trials = {n}
+sampler = "{sampler}"
+seed = 2
+[target]
+name = "{target}"
+latency = "test-params-latency"
+{budget}
+[search]
+{search}
+[space]
+precision = ["fp32", "int8"]
+rank_fraction = [1.0, 0.5, 0.125]
+prune_heads = [0.0, 0.5]
+prune_mlp = [0.0, 0.5]
+{extra}
+"""
+
+
+class ParamsLatency:
+    """latency_ms = parameters / 100,000: deterministic and instant."""
+
+    name = "test-params-latency"
+
+    def __init__(self, profile):
+        self.profile = profile
+
+    def latency(self, model, config, example):
+        params, _ = model_stats(model)
+        return Measurement(target=self.profile.name, latency_ms=params / 1e5, samples_ms=(params / 1e5,), spread_ms=0.0, source="test")
+
+
+if ParamsLatency.name not in latency_sources():
+    register_latency_source(ParamsLatency.name, ParamsLatency)
+
+
+def write(tmp_path, target, name, n=6, sampler="random", budget="", search="", extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, n=n, sampler=sampler, target=target, budget=budget, search=search, extra=extra))
+    return load_study_file(path)
+
+
+def test_constrained_mode_never_exports_a_configuration_over_the_budget(tmp_path, fast_target_file, default_workspace):
+    ident_ms = model_stats(default_workspace.model)[0] / 1e5
+    budget = round(0.75 * ident_ms, 4)
+    spec = write(tmp_path, fast_target_file, "constrained", n=12, sampler="tpe", budget=f"budget_ms = {budget}",
+                 search='mode = "constrained"\nmin_fidelity = 0.0')
+    run_study(spec, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    assert [d.name for d in study.directions] == ["MAXIMIZE"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert any(latency_of(t) > budget for t in complete), "some candidate broke the budget (the uncompressed one does)"
+    members = front(study)
+    assert members and all(latency_of(t) <= budget for t in members)
+    for pick in ("best", "knee", "pareto"):
+        doc = export(spec, pick, tmp_path / f"{pick}.json")
+        for rec in doc.get("members", [doc]):
+            assert rec["metrics"]["latency_ms"] <= budget
+    feasible = [t.values[0] for t in complete if latency_of(t) <= budget]
+    assert json.loads((tmp_path / "best.json").read_text())["metrics"]["accuracy"] == max(feasible)
+    # the samplers saw the constraint
+    assert all(t.constraints == {"latency_ms": pytest.approx(latency_of(t) - budget)} for t in complete)
+
+
+def test_a_constrained_study_needs_a_budget(tmp_path, fast_target_file):
+    with pytest.raises(ConfigError, match=r"\[target\].budget_ms: mode = \"constrained\" needs a latency budget"):
+        write(tmp_path, fast_target_file, "nobudget", search='mode = "constrained"')
+
+
+def test_a_pareto_study_cannot_resume_as_constrained(tmp_path, fast_target_file, default_workspace):
+    spec = write(tmp_path, fast_target_file, "switch", n=1, search="min_fidelity = 0.0")
+    run_study(spec, progress=False, log=lambda *_: None)
+    again = write(tmp_path, fast_target_file, "switch", n=1, budget="budget_ms = 1.0", search='mode = "constrained"')
+    with pytest.raises(ConfigError, match="was created with \\[search\\] mode = 'pareto'"):
+        run_study(again, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+@pytest.mark.parametrize("mode", ["pareto", "constrained"])
+def test_stopped_candidates_are_recorded_as_pruned_with_every_sampler(sampler, mode, tmp_path, fast_target_file, default_workspace):
+    budget = "budget_ms = 1.5" if mode == "constrained" else ""
+    spec = write(tmp_path, fast_target_file, f"prune-{sampler}-{mode}", n=10, sampler=sampler, budget=budget,
+                 search=f'mode = "{mode}"\nmin_fidelity = 0.97\naccuracy_shards = 4\nwarm_start = false')
+    summary = run_study(spec, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert pruned and summary.new_pruned == len(pruned)
+    assert all(t.user_attrs["pruned"] for t in pruned)
+    assert not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert summary.new_complete + summary.new_pruned == 10
+
+
+def test_sharded_accuracy_stops_a_dominated_candidate_early(default_workspace, fast_target):
+    ev = Evaluator(default_workspace, fast_target, ParamsLatency(fast_target), early=EarlyStop(accuracy_shards=4))
+    from vitune.compression.config import CompressionConfig
+
+    config = CompressionConfig.identity()
+    result = ev.evaluate(config, front=[(0.999, 0.0)])  # a perfect, free model is on the front: nothing can escape
+    assert result.pruned and "hopeless after" in result.pruned
+    total = len(default_workspace.data.val)
+    assert result.metrics["accuracy_seen"] == round(total / 4)
+    assert result.metrics["accuracy_bound"] < 0.999
+    assert ev.evaluate(config, front=[]).ok
+
+
+def test_dominance():
+    assert dominated(0.9, 2.0, [(0.95, 1.0)])
+    assert not dominated(0.9, 0.5, [(0.95, 1.0)])
+    assert not dominated(0.9, 1.0, [(0.9, 1.0)])  # equal is not dominated
+
+
+def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_sweep(tmp_path, fast_target_file, default_workspace):
+    from vitune.models.layers import discover
+    from vitune.search import warmstart
+    from vitune.search.space import SearchSpace
+
+    spec = write(tmp_path, fast_target_file, "warm", n=12, search="min_fidelity = 0.0")
+    run_study(spec, n_trials=4, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    first = [t.params for t in study.trials[:4]]
+    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
+    assert first[0] == space.identity_params()
+    target = load_fast(fast_target_file)
+    ev = Evaluator(default_workspace, target, ParamsLatency(target))
+    ev.compress = lambda config: (_ for _ in ()).throw(AssertionError("the saved sweep was recomputed"))
+    sweep = warmstart.run_sweep(default_workspace, space, ev, spec, progress=False)  # read back, not recomputed
+    free = [(n, m) for n, m in space.choices if len(m) > 1 and n != "distill_steps"]
+    assert sweep["complete"] and len(sweep["options"]) == sum(len(m) - 1 for _, m in free)
+    assert len(sweep["uniform"]) == len(warmstart.uniform_params(space))
+    guided = warmstart.guided_params(space, sweep)
+    assert guided and all(g != space.identity_params() for g in guided)
+    assert first[1] == guided[0]  # the guided configurations come right after the uncompressed model
+    uniform = [p for _, _, p in warmstart.uniform_params(space)]
+    assert any(t.params in uniform for t in study.trials[:4]) or len(guided) >= 3
+
+
+def load_fast(path):
+    from vitune.targets import load_target
+
+    return load_target(str(path))
+
+
+def test_tied_layers_share_one_parameter(tmp_path, fast_target_file, default_workspace):
+    from vitune.models.layers import discover
+    from vitune.search.space import SearchSpace
+
+    spec = write(tmp_path, fast_target_file, "tied", extra='[[space.tie]]\nlayers = "blocks.*.mlp.fc1"\nknobs = ["rank_fraction", "precision"]')
+    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
+    names = [n for n, _ in space.choices]
+    assert "blocks.*.mlp.fc1:rank_fraction" in names and not any(n.startswith("blocks.1.mlp.fc1:") for n in names)
+    params = {**space.identity_params(), "blocks.*.mlp.fc1:rank_fraction": 0.5, "blocks.*.mlp.fc1:precision": "int8"}
+    config = space.to_config(params)
+    fc1 = [spec_ for name, spec_ in config.linear_items if name.endswith("mlp.fc1")]
+    assert len(fc1) == 4 and len({(s.rank, s.precision) for s in fc1}) == 1 and fc1[0].precision == "int8"
+    bad = write(tmp_path, fast_target_file, "badtie", extra='[[space.tie]]\nlayers = "decoder.*"\nknobs = ["precision"]')
+    with pytest.raises(ConfigError, match="matches no layer"):
+        SearchSpace.build(bad.space, discover(default_workspace.model), bad.methods)
+
+
+def test_a_duplicate_configuration_is_served_from_the_study(tmp_path, fast_target_file, default_workspace):
+    spec = write(tmp_path, fast_target_file, "dup", n=3, search="min_fidelity = 0.0\nwarm_start = false")
+    run_study(spec, n_trials=0, progress=False, log=lambda *_: None)  # creates the study, runs nothing
+    study = open_study(spec)
+    from vitune.models.layers import discover
+    from vitune.search.space import SearchSpace
+
+    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
+    params = {**space.identity_params(), "blocks.1.mlp.fc2:rank_fraction": 0.5}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params, skip_if_exists=False)
+    run_study(spec, n_trials=2, progress=False, log=lambda *_: None)
+    a, b = open_study(spec, create=False).trials[:2]
+    assert a.user_attrs["config_key"] == b.user_attrs["config_key"]
+    assert b.user_attrs["cached_from"] == a.number and "timings" not in b.user_attrs
+    assert b.values == a.values
