@@ -95,20 +95,12 @@ def _evaluate_all(evaluator, configs, label):
 
 def uniform_configs(space, trials: int, seed: int = 0):
     """Every combination of one level per knob, applied to every layer that allows it."""
-    identity = space.identity_params()
-    knobs: dict[str, list] = {}
-    for name, menu in space.choices:
-        if len(menu) > 1 and name != "distill_steps":
-            for v in menu:
-                if v not in knobs.setdefault(name.rsplit(":", 1)[-1], []):
-                    knobs[name.rsplit(":", 1)[-1]].append(v)
+    from vitune.search.warmstart import knob_levels, uniform_assignment
+
+    levels = knob_levels(space)
     grid = []
-    for combo in itertools.product(*knobs.values()):
-        params = dict(identity)
-        for knob, value in zip(knobs, combo):
-            for name, menu in space.choices:
-                if name.endswith(f":{knob}") and value in menu and len(menu) > 1:
-                    params[name] = value
+    for combo in itertools.product(*levels.values()):
+        params = uniform_assignment(space, dict(zip(levels, combo)))
         if params not in grid:
             grid.append(params)
     if len(grid) > trials:

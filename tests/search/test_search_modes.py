@@ -11,9 +11,9 @@ import pytest
 from vitune.compression.stats import model_stats
 from vitune.costmodels import latency_sources, register_latency_source
 from vitune.errors import ConfigError
-from vitune.search.evaluate import EarlyStop, Evaluator, dominated
+from vitune.search.evaluate import EarlyStop, Evaluator
 from vitune.search.export import export
-from vitune.search.front import front, latency_of
+from vitune.search.front import dominated, front, latency_of
 from vitune.search.study import open_study, run_study
 from vitune.search.studyfile import load_study_file
 from vitune.targets.measure import Measurement

@@ -21,7 +21,6 @@ import json
 from vitune.jsontable import JsonTable
 
 ACCURACY_FIELDS = ("accuracy", "params", "size_bytes")
-LATENCY_FIELDS = ("latency_ms", "spread_ms", "samples_ms")
 
 
 def _hash(obj) -> str:
@@ -44,19 +43,16 @@ class ResultCache:
         self.table = JsonTable(cache_dir() / "results" / f"{model_sha256[:16]}.json")
         self.data, self.target = data, target
 
-    def accuracy(self, config_key: str) -> dict | None:
+    def lookup(self, config_key: str) -> tuple[dict | None, dict | None]:
+        """The cached (accuracy, measurement) of a configuration, each None when unknown; one read
+        of what other processes saved since."""
         self.table.refresh()
-        return self.table.get(f"acc:{self.data}:{config_key}")
+        latency = self.table.get(f"lat:{self.target}:{config_key}") if self.target is not None else None
+        return self.table.get(f"acc:{self.data}:{config_key}"), latency
 
     def put_accuracy(self, config_key: str, metrics: dict) -> None:
         self.table.put(f"acc:{self.data}:{config_key}", {k: metrics[k] for k in ACCURACY_FIELDS})
         self.table.save()
-
-    def latency(self, config_key: str) -> dict | None:
-        if self.target is None:
-            return None
-        self.table.refresh()
-        return self.table.get(f"lat:{self.target}:{config_key}")
 
     def put_latency(self, config_key: str, measurement) -> None:
         if self.target is None:

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 
 from vitune.compression.config import CompressionConfig
-from vitune.errors import VituneError
+from vitune.errors import VituneError, short_reason
+from vitune.search.front import dominated
 
 
 @dataclass
@@ -44,16 +45,6 @@ class EarlyStop:
     min_fidelity: float = 0.0  # 0 = no screen
     fidelity_images: int = 256
     accuracy_shards: int = 1  # 1 = read the split in one go
-
-
-def dominated(accuracy: float, latency_ms: float, front) -> bool:
-    """Whether some point of ``front`` is at least as fast and as accurate, and better in one."""
-    return any(a >= accuracy and lat <= latency_ms and (a > accuracy or lat < latency_ms) for a, lat in front)
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 class Evaluator:
@@ -102,11 +93,12 @@ class Evaluator:
 
     def evaluate(self, config: CompressionConfig, front=()) -> CandidateResult:
         result = CandidateResult()
-        cached_acc = self.cache.accuracy(config.key) if self.cache else None
-        cached_lat = self.cache.latency(config.key) if self.cache and self.latency_source.name == "measured" else None
+        cached_acc, cached_lat = self.cache.lookup(config.key) if self.cache else (None, None)
+        if self.latency_source.name != "measured":
+            cached_lat = None  # predicted latencies change with every refit: never cached
         if cached_acc and cached_lat:
-            result.metrics.update(cached_acc, latency_ms=cached_lat["latency_ms"], latency_spread_ms=cached_lat["spread_ms"],
-                                  latency_samples_ms=cached_lat["samples_ms"], latency_source="measured", cached=True)
+            self._latency(None, config, cached_lat, result)  # no model needed: both results are known
+            result.metrics.update(cached_acc, cached=True)
             return result
         stage = "compress"
         try:
@@ -127,7 +119,7 @@ class Evaluator:
             result.error = f"{stage} failed: {err}"
             return result
         except Exception as err:  # any other failure of a candidate is recorded, not raised
-            result.error = f"{stage} failed: {_short(err)}"
+            result.error = f"{stage} failed: {short_reason(err)}"
             return result
         if not self._latency(model, config, cached_lat, result):
             return result
@@ -137,7 +129,7 @@ class Evaluator:
         try:
             self._accuracy(model, config, front, result)
         except Exception as err:
-            result.error = f"accuracy failed: {_short(err)}"
+            result.error = f"accuracy failed: {short_reason(err)}"
         return result
 
     def _latency(self, model, config, cached, result: CandidateResult) -> bool:

@@ -25,6 +25,11 @@ def latency_of(trial) -> float:
     return trial.values[1] if trial.values and len(trial.values) > 1 else float("nan")
 
 
+def dominated(accuracy: float, latency_ms: float, points) -> bool:
+    """Whether some (accuracy, latency_ms) of ``points`` is at least as accurate and as fast, and better in one."""
+    return any(a >= accuracy and lat <= latency_ms and (a > accuracy or lat < latency_ms) for a, lat in points)
+
+
 def budget_ms(study) -> float | None:
     """The latency budget of a constrained study (None for a Pareto study)."""
     meta = study.user_attrs.get("vitune", {})
@@ -43,10 +48,7 @@ def front(study) -> list:
     budget = budget_ms(study)
     trials = [t for t in complete_trials(study) if budget is None or latency_of(t) <= budget]
     points = [(accuracy_of(t), latency_of(t)) for t in trials]
-    members = []
-    for t, (a, lat) in zip(trials, points):
-        if not any(a2 >= a and l2 <= lat and (a2 > a or l2 < lat) for a2, l2 in points):
-            members.append(t)
+    members = [t for t, (a, lat) in zip(trials, points) if not dominated(a, lat, points)]
     seen, out = set(), []
     for t in sorted(members, key=lambda t: (latency_of(t), -accuracy_of(t), t.number)):
         key = t.user_attrs.get("config_key", t.number)

@@ -69,9 +69,23 @@ class Objective:
         feasible = [accuracy_of(t) for t in trials if latency_of(t) <= self.budget_ms]
         return [(max(feasible), 0.0)] if feasible else []
 
-    def __call__(self, trial):
+    def _finish(self, trial, metrics: dict | None, error: str | None = None, pruned: str | None = None):
+        """Record a trial's outcome: return its objective values, or raise so Optuna records it as
+        failed (``error``) or pruned (``pruned``, stopped early); partial metrics are kept apart."""
         import optuna
 
+        if metrics:
+            trial.set_user_attr("partial_metrics" if error or pruned else "metrics", metrics)
+            self._constrain(trial, metrics)
+        if error:
+            trial.set_user_attr("error", error)
+            raise CandidateFailed(error)
+        if pruned:
+            trial.set_user_attr("pruned", pruned)
+            raise optuna.TrialPruned(pruned)
+        return self._values(metrics)
+
+    def __call__(self, trial):
         beat = Heartbeat(self.study, trial._trial_id)
         try:
             config = self.space.suggest(trial)
@@ -81,27 +95,11 @@ class Objective:
             previous = wait_for_turn(self.study, trial.number, config.key, self.log)
             if previous is not None:
                 trial.set_user_attr("cached_from", previous.number)
-                if previous.state.name == "PRUNED":
-                    trial.set_user_attr("pruned", previous.user_attrs["pruned"])
-                    raise optuna.TrialPruned(previous.user_attrs["pruned"])
-                if previous.state.name == "FAIL":
-                    trial.set_user_attr("error", previous.user_attrs["error"])
-                    raise CandidateFailed(previous.user_attrs["error"])
-                metrics = previous.user_attrs["metrics"]
-                trial.set_user_attr("metrics", metrics)
-                self._constrain(trial, metrics)
-                return self._values(metrics)
+                state, attrs = previous.state.name, previous.user_attrs
+                return self._finish(trial, attrs["metrics"] if state == "COMPLETE" else None,
+                                    attrs["error"] if state == "FAIL" else None, attrs["pruned"] if state == "PRUNED" else None)
             result = self.evaluator.evaluate(config, self._front_points())
             trial.set_user_attr("timings", {k: round(v, 4) for k, v in result.timings.items()})
-            if result.metrics:
-                trial.set_user_attr("metrics" if result.ok else "partial_metrics", result.metrics)
-                self._constrain(trial, result.metrics)
-            if result.error:
-                trial.set_user_attr("error", result.error)
-                raise CandidateFailed(result.error)
-            if result.pruned:
-                trial.set_user_attr("pruned", result.pruned)
-                raise optuna.TrialPruned(result.pruned)
-            return self._values(result.metrics)
+            return self._finish(trial, result.metrics, result.error, result.pruned)
         finally:
             beat.stop()

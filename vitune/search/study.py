@@ -126,7 +126,7 @@ def baseline_params(space) -> list[dict]:
     return [space.identity_params()] + [p for _, _, p in uniform_params(space)]
 
 
-def _check_target(spec, profile, source) -> None:
+def _check_target(spec, profile) -> None:
     if spec.target.latency == "measured":
         from vitune.targets.runner import runner_for
 
@@ -194,7 +194,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
     profile = load_target(spec.target.name)
     source = get_latency_source(spec.target.latency, profile)
-    _check_target(spec, profile, source)
+    _check_target(spec, profile)
     tuner = None
     if spec.target.tuning != "off" and hasattr(source, "tuner"):
         from vitune.targets.tuning import Tuner

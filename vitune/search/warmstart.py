@@ -26,20 +26,33 @@ from vitune.jsontable import JsonTable
 DROP_BUDGETS = (0.005, 0.01, 0.02, 0.04, 0.08)
 
 
-def uniform_params(space) -> list[tuple[str, object, dict]]:
-    """(knob, value, params) for each single knob value applied to every layer that allows it."""
-    identity = space.identity_params()
-    knobs: dict[str, set] = {}
+def knob_levels(space) -> dict[str, list]:
+    """Each free knob (precision, rank_fraction, ...) → every value some layer's menu offers."""
+    levels: dict[str, list] = {}
     for name, menu in space.choices:
         if len(menu) > 1 and name != "distill_steps":
-            knobs.setdefault(name.rsplit(":", 1)[-1], set()).update(menu)
-    out, seen = [], [identity]
-    for knob, values in sorted(knobs.items()):
+            values = levels.setdefault(name.rsplit(":", 1)[-1], [])
+            values.extend(v for v in menu if v not in values)
+    return levels
+
+
+def uniform_assignment(space, assignment: dict) -> dict:
+    """Parameters with each knob of ``assignment`` set to its value on every layer whose menu has
+    it (the rest uncompressed)."""
+    params = space.identity_params()
+    for name, menu in space.choices:
+        knob = name.rsplit(":", 1)[-1]
+        if knob in assignment and assignment[knob] in menu and len(menu) > 1:
+            params[name] = assignment[knob]
+    return params
+
+
+def uniform_params(space) -> list[tuple[str, object, dict]]:
+    """(knob, value, params) for each single knob value applied to every layer that allows it."""
+    out, seen = [], [space.identity_params()]
+    for knob, values in sorted(knob_levels(space).items()):
         for value in sorted(values, key=str):
-            params = dict(identity)
-            for name, menu in space.choices:
-                if name.endswith(f":{knob}") and value in menu and len(menu) > 1:
-                    params[name] = value
+            params = uniform_assignment(space, {knob: value})
             if params not in seen:
                 seen.append(params)
                 out.append((knob, value, params))

@@ -15,7 +15,7 @@ def check_shareable(storage: str) -> None:
 
 
 def spawn_workers(spec, count: int, timeout_s: float | None = None) -> list[subprocess.Popen]:
-    check_shareable(spec.storage)
+    """Start ``count`` workers on ``spec``'s study (its storage passed :func:`check_shareable`)."""
     cmd = [sys.executable, "-m", "vitune.cli", "study", "worker", str(spec.path), "--quiet"]
     if timeout_s is not None:
         cmd += ["--timeout", str(timeout_s)]

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from vitune.errors import short_reason
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -43,12 +45,6 @@ def _iqr(samples: list[float]) -> float:
     return q[2] - q[0]
 
 
-def _short(err: BaseException) -> str:
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else ""
-    return f"{type(err).__name__}: {text}"[:500]
-
-
 def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None, tuner=None) -> Measurement:
     """Compile ``model`` for ``profile`` and time it there. Never raises (except KeyboardInterrupt).
 
@@ -59,7 +55,7 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
     try:
         compiled = compile_model(model, example, profile, tuner)
     except Exception as err:  # a measurement is a record, never an exception into the search
-        return Measurement(target=profile.name, error=f"compile failed on {profile.name}: {_short(err)}")
+        return Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
     if compiled_out is not None:
         compiled_out.append(compiled)
     return time_compiled(compiled, example, profile)
@@ -90,7 +86,7 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
             timings=timings,
         )
     except Exception as err:  # a measurement is a record, never an exception into the search
-        return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {_short(err)}", timings=timings)
+        return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {short_reason(err)}", timings=timings)
 
 
 def agreement(model: torch.nn.Module, compiled, profile, dataset) -> tuple[float, float, int]:
