@@ -42,17 +42,6 @@ def pareto(points):
     return out
 
 
-def hypervolume(points, ref_acc: float, ref_ms: float) -> float:
-    """Area dominated by the front within the box (accuracy ≥ ref_acc, latency ≤ ref_ms), in accuracy·ms."""
-    hv, best = 0.0, ref_acc
-    front = [(a, lat) for a, lat in pareto(points) if a > ref_acc and lat < ref_ms]
-    for i, (a, lat) in enumerate(front):  # fastest first: each point adds a slab up to the next faster-but-worse one
-        nxt = front[i + 1][1] if i + 1 < len(front) else ref_ms
-        best = max(best, a)
-        hv += (best - ref_acc) * (nxt - lat)
-    return hv
-
-
 def best_at(points, max_ms: float):
     ok = [a for a, lat in points if lat <= max_ms]
     return max(ok) if ok else None
@@ -161,6 +150,8 @@ def main() -> None:
             results[method] = _evaluate_all(evaluator, greedy_configs(ws, layout, base.methods, args.greedy_levels), "greedy")
         else:
             raise SystemExit(f"unknown method {method!r}")
+
+    from vitune.search.front import hypervolume
 
     ref_acc, ref_ms = 0.9 * acc0, ms0
     rows = {}

@@ -58,6 +58,27 @@ def _study_status(args) -> int:
     return 0
 
 
+def _study_show(args) -> int:
+    from vitune.reports import show_text
+    from vitune.search.studyfile import load_study_file
+
+    print(show_text(load_study_file(args.study), args.trial))
+    return 0
+
+
+def _report(args) -> int:
+    from vitune.reports import build_report
+    from vitune.search.studyfile import load_study_file
+
+    report = build_report(load_study_file(args.study), Path(args.out))
+    for fig in report.figures:
+        print(f"  {fig.name:<20} {fig.width}x{fig.height} px  {fig.title}")
+    for name, why in report.notes.items():
+        print(f"  (no {name}.png: {why})")
+    print(f"wrote {report.html} (self-contained: open it in any browser, no network needed)")
+    return 0
+
+
 def _study_export(args) -> int:
     from vitune.search.export import export
     from vitune.search.studyfile import load_study_file
@@ -217,12 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = study.add_parser("status", help="trials done/failed/running and the current front")
     status.add_argument("study")
     status.set_defaults(func=_study_status)
+    show = study.add_parser("show", help="the front, the uncompressed reference and one trial's per-layer recipe")
+    show.add_argument("study")
+    show.add_argument("--trial", type=int, default=None, help="whose recipe to print (default: the knee of the front)")
+    show.set_defaults(func=_study_show)
     exp = study.add_parser("export", help="write chosen configuration(s) as JSON")
     exp.add_argument("study")
     exp.add_argument("--pick", choices=("best", "knee", "pareto"), default="best")
     exp.add_argument("--max-latency-ms", type=float, default=None)
     exp.add_argument("--out", required=True)
     exp.set_defaults(func=_study_export)
+
+    rp = sub.add_parser("report", help="write an HTML report with figures (front, recipes, history, importance)")
+    rp.add_argument("study", help="study file (TOML)")
+    rp.add_argument("--out", required=True, help="output folder (index.html and the PNG figures)")
+    rp.set_defaults(func=_report)
 
     ap = sub.add_parser("apply", help="rebuild an exported configuration, write model, metrics and TVM library")
     ap.add_argument("export", help="JSON written by 'vitune study export'")

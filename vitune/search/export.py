@@ -40,23 +40,25 @@ def pick_knee(front: list, max_latency_ms: float | None = None):
     members = [t for t in front if max_latency_ms is None or latency_of(t) <= max_latency_ms]
     if not members:
         return pick_best(front, max_latency_ms)  # raises with the message
-    if len(members) <= 2:
-        return max(members, key=lambda t: (accuracy_of(t), -latency_of(t)))
-    accs = [accuracy_of(t) for t in members]
-    lats = [latency_of(t) for t in members]
-    a_lo, a_hi = min(accs), max(accs)
-    l_lo, l_hi = min(lats), max(lats)
-    span_a, span_l = (a_hi - a_lo) or 1.0, (l_hi - l_lo) or 1.0
-    # points: x = normalised latency (0 fastest), y = normalised accuracy (1 best)
-    pts = [((latency_of(t) - l_lo) / span_l, (accuracy_of(t) - a_lo) / span_a) for t in members]
+    return members[knee_index([(accuracy_of(t), latency_of(t)) for t in members])]
+
+
+def knee_index(points: list[tuple[float, float]]) -> int:
+    """Index of the knee of (accuracy, latency_ms) front points: the one farthest above the chord
+    joining the two extremes, both axes scaled to [0, 1] (two points or fewer: the most accurate)."""
+    if len(points) <= 2:
+        return max(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    accs, lats = [a for a, _ in points], [lat for _, lat in points]
+    a_lo, l_lo = min(accs), min(lats)
+    span_a, span_l = (max(accs) - a_lo) or 1.0, (max(lats) - l_lo) or 1.0
+    pts = [((lat - l_lo) / span_l, (a - a_lo) / span_a) for a, lat in points]  # x: 0 fastest, y: 1 best
     (x0, y0), (x1, y1) = min(pts), max(pts)
     norm = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 or 1.0
 
     def distance(p):  # above the chord (better than linear trade-off) counts positive
         return ((x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0)) / norm
 
-    best = max(range(len(members)), key=lambda i: (distance(pts[i]), accuracy_of(members[i])))
-    return members[best]
+    return max(range(len(points)), key=lambda i: (distance(pts[i]), points[i][0]))
 
 
 def trial_record(trial, spec, study_meta: dict) -> dict:

@@ -30,6 +30,17 @@ def dominated(accuracy: float, latency_ms: float, points) -> bool:
     return any(a >= accuracy and lat <= latency_ms and (a > accuracy or lat < latency_ms) for a, lat in points)
 
 
+def hypervolume(points, ref_accuracy: float, ref_latency_ms: float) -> float:
+    """Area (accuracy x ms) dominated by (accuracy, latency_ms) ``points`` within the box
+    accuracy > ``ref_accuracy``, latency < ``ref_latency_ms``: larger is a better front."""
+    area, best = 0.0, ref_accuracy
+    for lat, acc in sorted((lat, acc) for acc, lat in points if lat < ref_latency_ms and acc > ref_accuracy):
+        if acc > best:  # fastest first: each more accurate point adds a slab out to the reference latency
+            area += (ref_latency_ms - lat) * (acc - best)
+            best = acc
+    return area
+
+
 def budget_ms(study) -> float | None:
     """The latency budget of a constrained study (None for a Pareto study)."""
     meta = study.user_attrs.get("vitune", {})

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig
@@ -60,7 +61,11 @@ def open_study(spec, create: bool = True, sampler=None):
                    if mode else f"was not created by vitune (its objectives are {got})")
             )
         return study
-    return optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
+    with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard shows these names
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(OBJECTIVES[: len(wanted)]))
+    return study
 
 
 def check_metadata(study, spec, ref, profile) -> None:
@@ -207,6 +212,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile)
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods)
+    if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
+        study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
     predicted = hasattr(source, "bind")
     if predicted:
         source.bind(workspace, space, spec.target.tuning)  # fails fast when no fitted cost model exists
@@ -226,8 +233,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     if not study.trials and remaining:
         limit = spec.n_trials // 3  # at most a third of the budget goes to warm-start trials
         sweep = run_sweep(workspace, space, evaluator, spec, progress=progress, log=log) if spec.search.warm_start and limit > 1 else None
-        for params in first_trials(space, sweep, limit):
-            study.enqueue_trial(params, skip_if_exists=True)
+        for params, origin in first_trials(space, sweep, limit):
+            study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
     seed = spec.seed + len(study.trials) + (os.getpid() if worker else 0)
     study.sampler = make_sampler(spec.sampler, seed % 2**31, spec.n_trials)
     log(

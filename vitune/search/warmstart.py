@@ -19,6 +19,7 @@ target and latency source, and reused by every later study with the same key.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 from vitune.jsontable import JsonTable
@@ -125,6 +126,11 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
 
 def guided_params(space, sweep: dict, budgets=DROP_BUDGETS) -> list[dict]:
     """Sensitivity-guided configurations, one per accuracy-drop budget (distinct ones only)."""
+    return [params for params, _ in guided_by_budget(space, sweep, budgets)]
+
+
+def guided_by_budget(space, sweep: dict, budgets=DROP_BUDGETS) -> list[tuple[dict, float]]:
+    """(configuration, accuracy-drop budget) for each distinct sensitivity-guided configuration."""
     base_acc, base_ms = sweep["identity"]["accuracy"], sweep["identity"]["latency_ms"]
     identity = space.identity_params()
     saving_of: dict[tuple[str, object], float] = {}
@@ -143,7 +149,7 @@ def guided_params(space, sweep: dict, budgets=DROP_BUDGETS) -> list[dict]:
         drop = max(0.0, base_acc - opt["accuracy"])
         moves.append((saving / (drop + 1e-3), drop, opt["param"], opt["value"]))
     moves.sort(key=lambda m: (-m[0], m[2], str(m[3])))
-    out: list[dict] = []
+    out: list[tuple[dict, float]] = []
     for budget in budgets:
         params, spent = dict(identity), 0.0
         chosen: set[str] = set()
@@ -152,16 +158,19 @@ def guided_params(space, sweep: dict, budgets=DROP_BUDGETS) -> list[dict]:
                 params[name] = value
                 chosen.add(name)
                 spent += drop
-        if params != identity and params not in out:
-            out.append(params)
+        if params != identity and all(params != p for p, _ in out):
+            out.append((params, budget))
     return out
 
 
-def first_trials(space, sweep: dict | None, limit: int) -> list[dict]:
-    """What to enqueue: the uncompressed model, the guided configurations, the uniform ones."""
-    out = [space.identity_params()]
-    guided = guided_params(space, sweep) if sweep else []
-    for params in guided + [p for _, _, p in uniform_params(space)]:
-        if params not in out:
-            out.append(params)
+def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]]:
+    """What to enqueue, each with its origin (shown in reports): the uncompressed model, then the
+    sensitivity-guided configurations and the uniform ones (the same option on every layer) in
+    turn, so a small budget still gets both kinds."""
+    guided = [(p, f"guided (accuracy drop <= {b:g})") for p, b in guided_by_budget(space, sweep)] if sweep else []
+    uniform = [(p, f"uniform {k} = {v}") for k, v, p in uniform_params(space)]
+    out = [(space.identity_params(), "uncompressed")]
+    for pair in itertools.chain.from_iterable(itertools.zip_longest(guided, uniform)):
+        if pair is not None and all(pair[0] != seen for seen, _ in out):
+            out.append(pair)
     return out[: max(1, limit)]
