@@ -88,6 +88,19 @@ MODES = ("pareto", "constrained")
 MODEL_SOURCES = ("default", "timm")
 DATA_SOURCES = ("digits", "imagefolder")
 MENU_KEYS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
+# Every key a study file may hold, per table ([compression] keys: CompressionMethods' fields).
+SECTION_KEYS = {
+    "": ("study", "model", "data", "target", "space", "compression", "search"),
+    "study": ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"),
+    "model": ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"),
+    "data": ("source", "root", "fractions", "seed"),
+    "data.fractions": ("train", "calib", "val", "test"),
+    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms"),
+    "search": ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
+    "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
+    "space.override": ("layers", *MENU_KEYS),
+    "space.tie": ("layers", "knobs"),
+}
 
 
 @dataclass(frozen=True)
@@ -269,17 +282,17 @@ def resolve_storage(url: str, base: Path) -> str:
 
 def parse_study(data: dict, path: Path) -> StudySpec:
     where = str(path)
-    top = _Table(data, where, ("study", "model", "data", "target", "space", "compression", "search"))
+    top = _Table(data, where, SECTION_KEYS[""])
     if "study" not in data:
         raise ConfigError(f"{where}: missing table [study] (it needs at least name = \"...\")")
-    st = _Table(data["study"], f"{where} [study]", ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"))
+    st = _Table(data["study"], f"{where} [study]", SECTION_KEYS["study"])
     name = st.str("name", "")
     if not name or any(c in name for c in "/\\ "):
         raise ConfigError(f"{where} [study].name: expected a non-empty name without spaces or slashes, got {name!r}")
     storage = st.str("storage", "") or default_storage(path, name)
     storage = resolve_storage(storage, path.parent)
 
-    md = _Table(top.data.get("model", {}), f"{where} [model]", ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"))
+    md = _Table(top.data.get("model", {}), f"{where} [model]", SECTION_KEYS["model"])
     model = ModelSpec(
         source=md.str("source", "default", MODEL_SOURCES),
         name=md.str("name", "digits_vit"),
@@ -293,10 +306,10 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if model.checkpoint and not Path(model.checkpoint).is_file():
         raise ConfigError(f"{where} [model].checkpoint: file {model.checkpoint!r} does not exist")
 
-    dt = _Table(top.data.get("data", {}), f"{where} [data]", ("source", "root", "fractions", "seed"))
+    dt = _Table(top.data.get("data", {}), f"{where} [data]", SECTION_KEYS["data"])
     fractions = DataSpec.fractions
     if "fractions" in dt.data:
-        fr = _Table(dt.data["fractions"], f"{where} [data].fractions", ("train", "calib", "val", "test"))
+        fr = _Table(dt.data["fractions"], f"{where} [data].fractions", SECTION_KEYS["data.fractions"])
         fractions = tuple((k, fr.float(k, 0.0)) for k in ("train", "calib", "val", "test"))
         if abs(sum(v for _, v in fractions) - 1.0) > 1e-6 or dict(fractions)["val"] <= 0 or dict(fractions)["test"] <= 0:
             raise ConfigError(f"{where} [data].fractions: train/calib/val/test must sum to 1 with val and test > 0")
@@ -314,7 +327,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if model.source == "default" and data_spec.source != "digits":
         raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
-    tg = _Table(top.data.get("target", {}), f"{where} [target]", ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms"))
+    tg = _Table(top.data.get("target", {}), f"{where} [target]", SECTION_KEYS["target"])
     from vitune.costmodels import latency_sources
 
     target = TargetSpec(
@@ -329,7 +342,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if target.name.endswith(".toml") or "/" in target.name:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
 
-    sp = _Table(top.data.get("space", {}), f"{where} [space]", (*MENU_KEYS, "distill_steps", "override", "tie"))
+    sp = _Table(top.data.get("space", {}), f"{where} [space]", SECTION_KEYS["space"])
     defaults = SpaceSpec()
     menus = {k: _menu(k, sp.data[k], sp.where) if k in sp.data else getattr(defaults, k) for k in (*MENU_KEYS, "distill_steps")}
     overrides = []
@@ -337,7 +350,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     if not isinstance(raw_over, list):
         raise ConfigError(f"{where} [space].override: expected [[space.override]] tables")
     for i, item in enumerate(raw_over):
-        ov = _Table(item, f"{where} [[space.override]] #{i + 1}", ("layers", *MENU_KEYS))
+        ov = _Table(item, f"{where} [[space.override]] #{i + 1}", SECTION_KEYS["space.override"])
         glob = ov.str("layers", "")
         if not glob:
             raise ConfigError(f"{ov.where}.layers: required (a glob such as 'blocks.0.*')")
@@ -345,7 +358,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         overrides.append(Override(glob, menu))
     space = SpaceSpec(**menus, overrides=tuple(overrides), ties=_ties(sp.data.get("tie", []), where))
     methods = CompressionMethods.from_dict(top.data.get("compression", {}), f"{where} [compression]")
-    se = _Table(top.data.get("search", {}), f"{where} [search]", ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"))
+    se = _Table(top.data.get("search", {}), f"{where} [search]", SECTION_KEYS["search"])
     search = SearchSpec(
         mode=se.str("mode", "pareto", MODES),
         warm_start=se.bool("warm_start", True),
@@ -380,7 +393,7 @@ def _ties(raw, where: str) -> tuple[Tie, ...]:
         raise ConfigError(f"{where} [space].tie: expected [[space.tie]] tables")
     ties = []
     for i, item in enumerate(raw):
-        tt = _Table(item, f"{where} [[space.tie]] #{i + 1}", ("layers", "knobs"))
+        tt = _Table(item, f"{where} [[space.tie]] #{i + 1}", SECTION_KEYS["space.tie"])
         glob = tt.str("layers", "")
         knobs = tt.data.get("knobs", [])
         if not glob:
