@@ -87,6 +87,19 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         # the whole validation split, batch 1.
         top1, worst, n = agreement(model, compiled, profile, ws.data.val)
 
+    also = {}  # a multi-target study's other targets: an artifact each, timed where the device is reachable
+    for other in record.get("also_targets", []):
+        extra = load_target(other.get("source") or other["name"])
+        try:
+            built = compile_model(model, example, extra, Tuner(extra, "database"))
+        except Exception as err:
+            raise ConfigError(f"the compressed model could not be built for {extra.name}: {str(err).strip().splitlines()[-1]}") from None
+        files = save_artifact(built, out_dir / f"tvm-{extra.name}", extra)
+        why = runner_for(extra).check()
+        timed = time_compiled(built, example, extra) if why is None else None
+        also[extra.name] = {"latency_ms": timed.latency_ms if timed else None, "measurement_error": why or (timed.error if timed else None),
+                            "artifact": files, "target": extra.describe()}
+
     torch.save(model, out_dir / "model.pt")
     torch.export.save(_export_program(model, example), str(out_dir / "model.pt2"))
 
@@ -107,6 +120,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         "exported_metrics": record["metrics"],
         "model": ws.ref.to_dict(),
         "artifact": artifact,
+        "also_targets": also,
         "versions": versions(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -12,7 +12,8 @@ from vitune.errors import VituneError
 
 def _summary_line(summary) -> str:
     return (
-        f"ran {summary.new_complete} trials ({summary.new_failed} failed, {summary.new_pruned} stopped early) in "
+        f"ran {summary.new_complete + summary.new_failed + summary.new_pruned} trials ({summary.new_complete} complete, "
+        f"{summary.new_pruned} stopped early, {summary.new_failed} failed) in "
         f"{summary.seconds:.1f} s; {summary.total_complete} complete in the study" + (" (stopped on request)" if summary.interrupted else "")
     )
 
@@ -110,6 +111,9 @@ def _apply(args) -> int:
     else:
         print(f"TVM vs PyTorch on {agree['images']} validation images: max |logit diff| {agree['max_abs_logit_diff']:.2e}, "
               f"top-1 agreement {agree['top1_agreement']:.4f}")
+    for name, other in metrics.get("also_targets", {}).items():
+        timed = f"{other['latency_ms']:.4f} ms" if other["latency_ms"] is not None else f"not measured ({other['measurement_error']})"
+        print(f"also on {name}: {timed}; wrote {other['artifact']['library']}")
     print(f"wrote {args.out}/model.pt, {args.out}/model.pt2, {args.out}/metrics.json, {metrics['artifact']['library']}")
     return 0
 

@@ -69,7 +69,7 @@ def build_report(spec, out: str | Path) -> Report:
     page.write_text(render(view, figs, notes, chosen, scores, folder, str(spec.path)), encoding="utf-8")
     made = tuple(f for f in figs.values() if f is not None)
     doc = {
-        "study": view.name, "storage": view.storage, "targets": list(view.targets), "mode": view.mode, "budget_ms": view.budget_ms,
+        "study": view.name, "storage": view.storage, "targets": list(view.targets), "mode": view.mode, "budgets_ms": list(view.budgets_ms),
         "counts": view.counts(), "figures": [asdict(f) for f in made],
         "missing": {k: notes[k] for k, f in figs.items() if f is None},
         "front": [_row_doc(view, t) for t in view.front],
@@ -91,12 +91,11 @@ def show_text(spec, trial: int | None = None) -> str:
     from vitune.search.study import open_study
 
     view = load_view(spec)
-    counts = view.counts()
     lines = [f"study {view.name} ({view.storage}) on {', '.join(view.targets)}: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+             + view.counts_text()]
     if not view.front:
         return "\n".join(lines + ["no complete trial yet"])
-    lines += ["best within the budget:" if view.budget_ms is not None else "Pareto front (validated accuracy vs latency):",
+    lines += [f"best within the budget ({view.budgets_text()}):" if view.mode == "constrained" else "Pareto front (validated accuracy vs latency):",
               format_front(open_study(spec, create=False))]
     if trial is not None:
         row, why = view.trial(trial), "chosen with --trial"

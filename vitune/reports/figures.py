@@ -58,34 +58,40 @@ def pareto(view: StudyView, out: Path) -> Figure:
     baselines and the uncompressed model."""
     n = len(view.targets)
     fig, axes = _new(max(900, 600 * n), 600, 1, n)
+    budgets = dict(zip(view.targets, view.budgets_ms))
     for ax, target in zip(axes[0], view.targets):
-        done = view.complete
-        ax.scatter([t.latency_ms for t in done], [t.accuracy for t in done], s=14, c="#9aa5b1", label=f"trials ({len(done)})", zorder=1)
-        front = sorted(view.front, key=lambda t: t.latency_ms)
+        def lat(t):
+            return t.latencies.get(target)
+
+        done = [t for t in view.complete if lat(t) is not None]
+        ax.scatter([lat(t) for t in done], [t.accuracy for t in done], s=14, c="#9aa5b1", label=f"trials ({len(done)})", zorder=1)
+        front = sorted((t for t in view.front if lat(t) is not None), key=lat)
         if front:
             xs, ys = [], []
-            for t in front:  # a staircase: what the best configuration at each latency reaches
+            best = -1.0
+            for t in front:  # a staircase: the best accuracy the front reaches at each latency on this target
+                best = max(best, t.accuracy)
                 if xs:
-                    xs.append(t.latency_ms)
+                    xs.append(lat(t))
                     ys.append(ys[-1])
-                xs.append(t.latency_ms)
-                ys.append(t.accuracy)
+                xs.append(lat(t))
+                ys.append(best)
             ax.plot(xs, ys, color=FRONT, lw=1.5, zorder=2)
-            ax.scatter([t.latency_ms for t in front], [t.accuracy for t in front], s=36, c=FRONT, label=f"front ({len(front)})", zorder=3)
-        base = view.baselines
+            ax.scatter([lat(t) for t in front], [t.accuracy for t in front], s=36, c=FRONT, label=f"front ({len(front)})", zorder=3)
+        base = [t for t in view.baselines if lat(t) is not None]
         if base:
-            ax.scatter([t.latency_ms for t in base], [t.accuracy for t in base], marker="^", s=44, facecolors="none",
+            ax.scatter([lat(t) for t in base], [t.accuracy for t in base], marker="^", s=44, facecolors="none",
                        edgecolors="#2c3e50", label=f"uniform baselines ({len(base)})", zorder=4)
         ref = view.reference
-        if ref:
-            ax.scatter([ref.latency_ms], [ref.accuracy], marker="*", s=220, c="#f1c40f", edgecolors="black",
-                       label=f"uncompressed ({ref.latency_ms:.3f} ms, {ref.accuracy:.3f})", zorder=5)
+        if ref and lat(ref) is not None:
+            ax.scatter([lat(ref)], [ref.accuracy], marker="*", s=220, c="#f1c40f", edgecolors="black",
+                       label=f"uncompressed ({lat(ref):.3f} ms, {ref.accuracy:.3f})", zorder=5)
             for factor in (2, 3):
-                ax.axvline(ref.latency_ms / factor, color="#7f8c8d", ls=":", lw=1)
-                ax.annotate(f"{factor}x", (ref.latency_ms / factor, 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="#7f8c8d")
-        if view.budget_ms is not None:
-            ax.axvline(view.budget_ms, color=FRONT, ls="--", lw=1, label=f"budget {view.budget_ms:g} ms")
-        ax.set_xlabel(f"latency on {target} (ms, {'measured' if view.meta.get('latency', 'measured') == 'measured' else 'predicted'})")
+                ax.axvline(lat(ref) / factor, color="#7f8c8d", ls=":", lw=1)
+                ax.annotate(f"{factor}x", (lat(ref) / factor, 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="#7f8c8d")
+        if budgets.get(target) is not None:
+            ax.axvline(budgets[target], color=FRONT, ls="--", lw=1, label=f"budget {budgets[target]:g} ms")
+        ax.set_xlabel(f"latency on {target} (ms, {view.source_of(target)})")
         ax.set_ylabel("validated top-1 accuracy")
         ax.set_title(f"{view.name} on {target}")
         ax.grid(alpha=0.3)
@@ -159,7 +165,7 @@ def history(view: StudyView, out: Path) -> Figure:
     ax = axes[0, 2]
     xs, ys = progress_curve(view)
     ax.step(xs, ys, where="post", color=FRONT)
-    ax.set(xlabel="trial", title="best accuracy within the budget" if view.budget_ms is not None else "hypervolume of the front so far")
+    ax.set(xlabel="trial", title="best accuracy within the budget" if view.mode == "constrained" else "hypervolume of the front so far")
     for a in axes[0]:
         a.grid(alpha=0.3)
     caption = "Each complete trial's accuracy and latency in the order they ran, and how the front improved."
@@ -171,15 +177,15 @@ def progress_curve(view: StudyView) -> tuple[list[int], list[float]]:
     if not done:
         return [], []
     xs, ys = [], []
-    if view.budget_ms is not None:
+    if view.mode == "constrained":
         best = float("nan")
         for t in done:
-            if t.latency_ms <= view.budget_ms and not best >= t.accuracy:
+            if view.feasible(t) and not best >= t.accuracy:
                 best = t.accuracy
             xs.append(t.number)
             ys.append(best)
         return xs, ys
-    ref_acc = min(t.accuracy for t in done)
+    ref_acc = min(t.accuracy for t in done)  # on the primary target (the hypervolume is two-dimensional)
     ref_lat = 1.1 * max(t.latency_ms for t in done)
     for i, t in enumerate(done):
         xs.append(t.number)

@@ -48,12 +48,15 @@ def front_rows(view: StudyView, rows: list[TrialRow]) -> list[list[str]]:
     out = []
     for t in rows:
         speed = view.speedup(t)
-        out.append([t.number, _num(t.accuracy, ".4f"), _num(t.latency_ms, ".4f"), f"{speed:.2f}x" if speed else "-",
+        more = [_num(t.latencies.get(n), ".4f") for n in view.targets[1:]]
+        out.append([t.number, _num(t.accuracy, ".4f"), _num(t.latency_ms, ".4f"), *more, f"{speed:.2f}x" if speed else "-",
                     _num(t.params, ","), _num(t.size_bytes and t.size_bytes / 1024, ".1f"), t.origin, t.summary])
     return out
 
 
-FRONT_HEADER = ["trial", "accuracy", "latency (ms)", "speed-up", "params", "size (kB)", "origin", "configuration"]
+def front_header(view: StudyView) -> list[str]:
+    more = [f"ms on {n}" for n in view.targets[1:]]
+    return ["trial", "accuracy", f"latency (ms{' on ' + view.targets[0] if more else ''})", *more, "speed-up", "params", "size (kB)", "origin", "configuration"]
 
 
 def _figure(fig: Figure, folder: Path) -> str:
@@ -65,7 +68,7 @@ def _figure(fig: Figure, folder: Path) -> str:
 
 def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, str], picks: dict[str, TrialRow],
            importances: dict[str, dict[str, float]], folder: Path, study_file: str) -> str:
-    meta, counts = view.meta, view.counts()
+    meta = view.meta
     model = meta.get("model", {})
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>vitune report: {_e(view.name)}</title>"
              f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body>",
@@ -73,8 +76,8 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
     facts = [
         ["model", f"{model.get('name', '?')} (checkpoint {str(model.get('checkpoint_sha256', '?'))[:12]})"],
         ["target", ", ".join(view.targets) + f" (latency {meta.get('latency', 'measured')}, tuning {meta.get('tuning', 'off')})"],
-        ["mode", view.mode + (f", latency budget {view.budget_ms:g} ms" if view.budget_ms is not None else "")],
-        ["trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"],
+        ["mode", view.mode + (f", latency budget {view.budgets_text()}" if view.mode == "constrained" else "")],
+        ["trials", view.counts_text()],
         ["storage", view.storage],
         ["study file", study_file],
         ["generated", time.strftime("%Y-%m-%d %H:%M:%S %Z") + f" by vitune {meta.get('version', '')}"],
@@ -86,11 +89,11 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
         rows = front_rows(view, list(view.front))
         classes = [""] * len(rows)
         if view.reference is not None:
-            rows.append(front_rows(view, [view.reference])[0][:6] + ["reference", "uncompressed"])
+            rows.append(front_rows(view, [view.reference])[0][:-2] + ["reference", "uncompressed"])
             classes.append("ref")
-        parts.append(_table(FRONT_HEADER, rows, {0, 1, 2, 3, 4, 5}, classes))
-        if view.budget_ms is not None:
-            parts.append(f"<p class=\"note\">Constrained study: only trials within {view.budget_ms:g} ms are listed.</p>")
+        parts.append(_table(front_header(view), rows, set(range(len(front_header(view)) - 2)), classes))
+        if view.mode == "constrained":
+            parts.append(f"<p class=\"note\">Constrained study: only trials within the budget ({_e(view.budgets_text())}) are listed.</p>")
     else:
         parts.append("<p class=\"note\">No complete trial yet.</p>")
     for key in ("pareto", "recipes"):
@@ -110,7 +113,8 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
 
     if view.baselines:
         parts.append("<h2>Uniform baselines</h2><p>The same option on every layer (warm start).</p>")
-        parts.append(_table(FRONT_HEADER, front_rows(view, sorted(view.baselines, key=lambda t: t.latency_ms)), {0, 1, 2, 3, 4, 5}))
+        parts.append(_table(front_header(view), front_rows(view, sorted(view.baselines, key=lambda t: t.latency_ms)),
+                            set(range(len(front_header(view)) - 2))))
 
     parts.append("<h2>Latency: predicted vs measured</h2>")
     if figures.get("latency_checks"):

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from vitune.search.front import accuracy_of, budget_ms, front, latency_of, uncompressed_trial
+from vitune.search.front import accuracy_of, budget_ms, budgets_ms, front, latency_of, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "w8a8": 8, "int4": 4}
@@ -31,6 +31,7 @@ class TrialRow:
     summary: str
     origin: str  # "uncompressed", "uniform rank_fraction = 0.5", "guided (...)" or "sampled"
     reason: str  # why it failed or stopped early ("" otherwise)
+    latencies: dict = field(default_factory=dict, compare=False)  # target → ms, the primary first
     recipe: dict = field(default_factory=dict, compare=False)
     ranks: dict = field(default_factory=dict, compare=False)  # linear unit → kept rank (None = full)
     duration_s: float | None = None
@@ -43,6 +44,7 @@ class StudyView:
     storage: str
     mode: str
     budget_ms: float | None
+    budgets_ms: tuple  # per target, the primary first (None: no budget); () in a Pareto study
     meta: dict
     targets: tuple[str, ...]
     trials: tuple[TrialRow, ...]
@@ -65,6 +67,22 @@ class StudyView:
             out[t.state] = out.get(t.state, 0) + 1
         return out
 
+    def feasible(self, row: TrialRow) -> bool:
+        """Within every target's budget (always, in a Pareto study)."""
+        return all(b is None or row.latencies.get(n, float("inf")) <= b for n, b in zip(self.targets, self.budgets_ms))
+
+    def budgets_text(self) -> str:
+        return ", ".join(f"{b:g} ms on {n}" for n, b in zip(self.targets, self.budgets_ms) if b is not None)
+
+    def source_of(self, target: str) -> str:
+        """How latency on ``target`` was read: measured, or the cost model's name."""
+        also = {t["name"]: t.get("latency", "measured") for t in self.meta.get("also", [])}
+        return also.get(target, self.meta.get("latency", "measured"))
+
+    def counts_text(self) -> str:
+        words = {"pruned": "stopped early", "fail": "failed"}
+        return ", ".join(f"{n} {words.get(s, s)}" for s, n in sorted(self.counts().items())) or "no trials"
+
     def trial(self, number: int) -> TrialRow:
         for t in self.trials:
             if t.number == number:
@@ -73,8 +91,12 @@ class StudyView:
 
         raise ConfigError(f"study {self.name!r} has no trial {number} (trials 0..{len(self.trials) - 1})")
 
-    def speedup(self, row: TrialRow) -> float | None:
+    def speedup(self, row: TrialRow, target: str | None = None) -> float | None:
+        """How many times faster than the uncompressed model (on the primary target, or ``target``)."""
         ref = self.reference
+        if target is not None:
+            mine, base = row.latencies.get(target), ref.latencies.get(target) if ref else None
+            return base / mine if base and mine else None
         return ref.latency_ms / row.latency_ms if ref and row.latency_ms else None
 
 
@@ -100,7 +122,7 @@ def recipe_of(trial, choices: list, ties: dict) -> dict:
     return out
 
 
-def _row(trial, origin_of_number: dict, choices, ties) -> TrialRow:
+def _row(trial, origin_of_number: dict, choices, ties, primary: str) -> TrialRow:
     attrs = trial.user_attrs
     metrics = attrs.get("metrics") or attrs.get("partial_metrics") or {}
     state = trial.state.name.lower()
@@ -110,11 +132,13 @@ def _row(trial, origin_of_number: dict, choices, ties) -> TrialRow:
     except json.JSONDecodeError:
         config = {}
     duration = trial.duration.total_seconds() if trial.duration is not None else None
+    latency = latency_of(trial) if complete else metrics.get("latency_ms")
     return TrialRow(
         number=trial.number,
         state=state,
         accuracy=accuracy_of(trial) if complete else metrics.get("accuracy"),
-        latency_ms=latency_of(trial) if complete else metrics.get("latency_ms"),
+        latency_ms=latency,
+        latencies=dict(metrics.get("latencies_ms") or ({primary: latency} if latency is not None else {})),
         params=metrics.get("params"),
         size_bytes=metrics.get("size_bytes"),
         summary=attrs.get("summary", ""),
@@ -135,9 +159,10 @@ def load_view(spec) -> StudyView:
     trials = study.get_trials(deepcopy=False)
     origins = {t.number: t.user_attrs["origin"] for t in trials if t.user_attrs.get("origin")}
     choices, ties = _space_of(study, trials[0]) if trials else ([], {})
-    rows = {t.number: _row(t, origins, choices, ties) for t in trials}
-    ref = uncompressed_trial(study)
     meta = study.user_attrs.get("vitune", {})
+    names = target_names(study) if meta else (spec.target.name,)
+    rows = {t.number: _row(t, origins, choices, ties, names[0]) for t in trials}
+    ref = uncompressed_trial(study)
     units: dict[str, list[str]] = {k: [] for k in KNOBS}
     for name, _ in choices:
         for unit in ties.get(name, [name]):
@@ -147,8 +172,8 @@ def load_view(spec) -> StudyView:
                     units[knob].append(u)
     checks = [{"trial": int(n), **c} for n, c in sorted(study.user_attrs.get("latency_checks", {}).items(), key=lambda kv: int(kv[0]))]
     return StudyView(
-        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budget_ms=budget_ms(study), meta=meta,
-        targets=(meta.get("target", spec.target.name),), trials=tuple(rows[t.number] for t in trials),
+        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budget_ms=budget_ms(study),
+        budgets_ms=budgets_ms(study), meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
         front=tuple(rows[t.number] for t in front(study)), reference=rows[ref.number] if ref else None,
         checks=tuple(checks), units={k: v for k, v in units.items() if v},
     )

@@ -41,6 +41,16 @@ class CandidateResult:
 
 
 @dataclass(frozen=True)
+class MoreTarget:
+    """One more target of a multi-target study: its latency is read after the primary's."""
+
+    name: str
+    source: object  # a vitune.costmodels LatencySource for this target
+    cache: object = None  # a ResultCache keyed by this target (measured latency), or None
+    local: bool = False  # measured on this machine: timing takes the host lock exclusively
+
+
+@dataclass(frozen=True)
 class EarlyStop:
     min_fidelity: float = 0.0  # 0 = no screen
     fidelity_images: int = 256
@@ -51,7 +61,8 @@ class Evaluator:
     """Holds what every trial needs: the original model, the splits, the latency source."""
 
     def __init__(self, workspace, profile, latency_source, split: str = "val", early: EarlyStop = EarlyStop(),
-                 cache=None, host_lock=None):
+                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = ()):
+        self.more = tuple(more)  # the other targets of a multi-target study
         self.workspace = workspace
         self.profile = profile
         self.latency_source = latency_source
@@ -98,7 +109,8 @@ class Evaluator:
             cached_lat = None  # predicted latencies change with every refit: never cached
         if cached_acc and cached_lat:
             self._latency(None, config, cached_lat, result)  # no model needed: both results are known
-            result.metrics.update(cached_acc, cached=True)
+            if self._more_latencies(None, config, result):
+                result.metrics.update(cached_acc, cached=True)
             return result
         stage = "compress"
         try:
@@ -121,7 +133,7 @@ class Evaluator:
         except Exception as err:  # any other failure of a candidate is recorded, not raised
             result.error = f"{stage} failed: {short_reason(err)}"
             return result
-        if not self._latency(model, config, cached_lat, result):
+        if not self._latency(model, config, cached_lat, result) or not self._more_latencies(model, config, result):
             return result
         if cached_acc:
             result.metrics.update(cached_acc)
@@ -150,17 +162,44 @@ class Evaluator:
                               latency_source=m.source)
         return True
 
+    def _more_latencies(self, model, config, result: CandidateResult) -> bool:
+        """Latency on every other target (``latencies_ms``: target → ms, the primary first)."""
+        if not self.more:
+            return True
+        latencies = {self.profile.name: result.metrics["latency_ms"]}
+        for target in self.more:
+            cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.name == "measured" else None
+            if cached:
+                latencies[target.name] = cached["latency_ms"]
+                continue
+            if model is None:  # every result so far came from the cache
+                with self._lock(exclusive=False):
+                    model = self.compress(config)
+            t0 = time.perf_counter()
+            with self._lock(exclusive=target.local):
+                m = target.source.latency(model, config, self.example)
+            result.timings[f"latency_s@{target.name}"] = time.perf_counter() - t0
+            if not m.ok:
+                result.error = f"latency on {target.name} failed: {m.error}"
+                return False
+            if target.cache is not None and m.source == "measured":
+                target.cache.put_latency(config.key, m)
+            latencies[target.name] = m.latency_ms
+        result.metrics["latencies_ms"] = latencies
+        return True
+
     def _accuracy(self, model, config, front, result: CandidateResult) -> None:
         from vitune.compression.stats import model_stats
         from vitune.data.splits import accuracy_in_shards
 
         latency = result.metrics["latency_ms"]
+        mine = tuple(result.metrics["latencies_ms"].values()) if "latencies_ms" in result.metrics else latency
         front = list(front)
         t0 = time.perf_counter()
         with self._lock(exclusive=False):
             acc, seen, best = accuracy_in_shards(
                 model, self.workspace.data.get(self.split), self.early.accuracy_shards,
-                hopeless=(lambda best_possible: dominated(best_possible, latency, front)) if front else None,
+                hopeless=(lambda best_possible: dominated(best_possible, mine, front)) if front else None,
             )
         params, size = model_stats(model)
         result.timings["accuracy_s"] = time.perf_counter() - t0

@@ -71,6 +71,7 @@ def trial_record(trial, spec, study_meta: dict) -> dict:
         "model": study_meta.get("model", {}),
         "data": {"source": spec.data.source, "root": spec.data.root, "fractions": dict(spec.data.fractions), "seed": spec.data.seed},
         "target": {**profile.describe(), "latency_source": spec.target.latency},
+        "also_targets": [{**load_target(t.name).describe(), "latency_source": t.latency} for t in spec.also],
         "config": json.loads(trial.user_attrs["config"]),
         "summary": trial.user_attrs.get("summary", ""),
         "metrics": {

@@ -25,9 +25,27 @@ def latency_of(trial) -> float:
     return trial.values[1] if trial.values and len(trial.values) > 1 else float("nan")
 
 
-def dominated(accuracy: float, latency_ms: float, points) -> bool:
-    """Whether some (accuracy, latency_ms) of ``points`` is at least as accurate and as fast, and better in one."""
-    return any(a >= accuracy and lat <= latency_ms and (a > accuracy or lat < latency_ms) for a, lat in points)
+def latencies_of(trial) -> tuple[float, ...]:
+    """Latency on each of the study's targets, the primary first (one value for a one-target study)."""
+    m = trial.user_attrs.get("metrics", {})
+    if "latencies_ms" in m:
+        return tuple(m["latencies_ms"].values())
+    return (latency_of(trial),)
+
+
+def _vec(latency) -> tuple[float, ...]:
+    return tuple(latency) if isinstance(latency, (tuple, list)) else (latency,)
+
+
+def dominated(accuracy: float, latency_ms, points) -> bool:
+    """Whether some (accuracy, latency_ms) of ``points`` is at least as accurate and as fast, and
+    better in one. ``latency_ms`` is one latency, or a tuple of one per target (then so are the points')."""
+    mine = _vec(latency_ms)
+    for a, lat in points:
+        other = _vec(lat)
+        if a >= accuracy and all(o <= x for o, x in zip(other, mine)) and (a > accuracy or any(o < x for o, x in zip(other, mine))):
+            return True
+    return False
 
 
 def hypervolume(points, ref_accuracy: float, ref_latency_ms: float) -> float:
@@ -42,9 +60,27 @@ def hypervolume(points, ref_accuracy: float, ref_latency_ms: float) -> float:
 
 
 def budget_ms(study) -> float | None:
-    """The latency budget of a constrained study (None for a Pareto study)."""
+    """The primary target's latency budget in a constrained study (None for a Pareto study or no budget)."""
     meta = study.user_attrs.get("vitune", {})
     return meta.get("budget_ms") if meta.get("mode") == "constrained" else None
+
+
+def budgets_ms(study) -> tuple[float | None, ...]:
+    """The budget on each target, the primary first (None: that target does not constrain), in a
+    constrained study; () in a Pareto study."""
+    meta = study.user_attrs.get("vitune", {})
+    if meta.get("mode") != "constrained":
+        return ()
+    return (meta.get("budget_ms"), *(t.get("budget_ms") for t in meta.get("also", [])))
+
+
+def within_budget(trial, budgets) -> bool:
+    return all(b is None or lat <= b for lat, b in zip(latencies_of(trial), budgets))
+
+
+def target_names(study) -> tuple[str, ...]:
+    meta = study.user_attrs.get("vitune", {})
+    return (meta.get("target", "?"), *(t["name"] for t in meta.get("also", [])))
 
 
 def complete_trials(study) -> list:
@@ -56,9 +92,9 @@ def complete_trials(study) -> list:
 def front(study) -> list:
     """Non-dominated complete trials (within the budget of a constrained study), fastest first;
     duplicates of one configuration appear once."""
-    budget = budget_ms(study)
-    trials = [t for t in complete_trials(study) if budget is None or latency_of(t) <= budget]
-    points = [(accuracy_of(t), latency_of(t)) for t in trials]
+    budgets = budgets_ms(study)
+    trials = [t for t in complete_trials(study) if within_budget(t, budgets)]
+    points = [(accuracy_of(t), latencies_of(t)) for t in trials]
     members = [t for t, (a, lat) in zip(trials, points) if not dominated(a, lat, points)]
     seen, out = set(), []
     for t in sorted(members, key=lambda t: (latency_of(t), -accuracy_of(t), t.number)):
@@ -84,7 +120,15 @@ def format_front(study) -> str:
     lines = [f"{'trial':>5}  {'accuracy':>8}  {'latency_ms':>10}  {'speed-up':>8}  {'params':>8}  {'size_kB':>8}  config"]
     if checks:
         lines[0] = lines[0].replace("  config", f"  {'measured_ms':>11}  config")
+    more = target_names(study)[1:]  # one more latency column per extra target
+    width = [max(10, len(n) + 3) for n in more]
+    lines[0] = lines[0].replace("  speed-up", "".join(f"  {'ms@' + n:>{w}}" for n, w in zip(more, width)) + "  speed-up")
     ref_ms = latency_of(ref) if ref else None
+
+    def extra(t) -> str:
+        lats = latencies_of(t)[1:]
+        return "".join(f"  {lat:>{w}.4f}" for lat, w in zip(lats, width)) + "".join(f"  {'-':>{w}}" for w in width[len(lats):])
+
     for t in rows:
         m = t.user_attrs.get("metrics", {})
         speed = f"{ref_ms / latency_of(t):.2f}x" if ref_ms else "-"
@@ -93,21 +137,21 @@ def format_front(study) -> str:
             c = checks.get(str(t.number), {})
             check = f"  {c['measured_ms']:>11.4f}" if c.get("measured_ms") is not None else f"  {'-':>11}"
         lines.append(
-            f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}  {speed:>8}  {m.get('params', 0):>8}  "
+            f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}{extra(t)}  {speed:>8}  {m.get('params', 0):>8}  "
             f"{m.get('size_bytes', 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
         )
     if ref is not None:
         m = ref.user_attrs.get("metrics", {})
         lines.append(
-            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {ref_ms:>10.4f}  {'1.00x':>8}  {m.get('params', 0):>8}  "
+            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {ref_ms:>10.4f}{extra(ref)}  {'1.00x':>8}  {m.get('params', 0):>8}  "
             f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
         )
     sources = {t.user_attrs.get("metrics", {}).get("latency_source", "measured") for t in rows}
     if sources - {"measured"}:
         lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
-    budget = budget_ms(study)
-    if budget is not None:
-        lines.append(f"constrained study: only trials within the budget of {budget} ms are shown")
+    budgets = [(n, b) for n, b in zip(target_names(study), budgets_ms(study)) if b is not None]
+    if budgets:
+        lines.append("constrained study: only trials within the budget are shown (" + ", ".join(f"{b} ms on {n}" for n, b in budgets) + ")")
     return "\n".join(lines)
 
 
@@ -132,7 +176,7 @@ def status_text(spec) -> str:
         return head + "\nno complete trial yet"
     failures = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"][-3:]
     tail = "".join(f"\n  failed trial {t.number}: {t.user_attrs.get('error', '?')}" for t in failures)
-    title = "best within the budget" if budget_ms(study) is not None else "Pareto front (validated accuracy vs latency)"
+    title = "best within the budget" if budgets_ms(study) else "Pareto front (validated accuracy vs latency)"
     return f"{head}{tail}\n{title}:\n{format_front(study)}"
 
 

@@ -18,15 +18,16 @@ import warnings
 
 from vitune.errors import ConfigError
 from vitune.search.coordination import Heartbeat, wait_for_turn
-from vitune.search.front import accuracy_of, complete_trials, latency_of
+from vitune.search.front import accuracy_of, complete_trials, latencies_of
 
 
 class CandidateFailed(Exception):
     """Raised inside the objective so Optuna records the trial as FAIL; the study goes on."""
 
 
-def directions(mode: str) -> list[str]:
-    return ["maximize", "minimize"] if mode == "pareto" else ["maximize"]
+def directions(mode: str, n_targets: int = 1) -> list[str]:
+    """Accuracy up, and in a Pareto study each target's latency down."""
+    return ["maximize", *["minimize"] * n_targets] if mode == "pareto" else ["maximize"]
 
 
 def make_sampler(name: str, seed: int, n_trials: int):
@@ -45,29 +46,47 @@ def make_sampler(name: str, seed: int, n_trials: int):
     raise ConfigError(f"unknown sampler {name!r}")
 
 
+def constraint_name(i: int, target: str) -> str:
+    """``latency_ms`` for the primary target, ``latency_ms@<target>`` for the others."""
+    return "latency_ms" if i == 0 else f"latency_ms@{target}"
+
+
 class Objective:
-    def __init__(self, space, evaluator, study, mode: str = "pareto", budget_ms: float | None = None, log=None):
+    """``budgets_ms``: one per target, the primary first (None: no constraint on that target)."""
+
+    def __init__(self, space, evaluator, study, mode: str = "pareto", budgets_ms: tuple = (None,), log=None):
         self.space, self.evaluator, self.study = space, evaluator, study
-        self.mode, self.budget_ms = mode, budget_ms
+        self.mode, self.budgets_ms = mode, tuple(budgets_ms)
         self.log = log or (lambda msg: None)
 
+    @staticmethod
+    def _latencies(metrics: dict) -> tuple[float, ...]:
+        if "latencies_ms" in metrics:
+            return tuple(metrics["latencies_ms"].values())
+        return (metrics["latency_ms"],) if metrics.get("latency_ms") is not None else ()
+
     def _constrain(self, trial, metrics: dict) -> None:
-        if self.mode == "constrained" and metrics.get("latency_ms") is not None:
-            trial.set_constraint("latency_ms", float(metrics["latency_ms"]) - self.budget_ms)
+        if self.mode != "constrained":
+            return
+        names = list(metrics.get("latencies_ms", {})) or [None]
+        for i, (lat, budget) in enumerate(zip(self._latencies(metrics), self.budgets_ms)):
+            if budget is not None:
+                trial.set_constraint(constraint_name(i, names[i] if i < len(names) else "?"), float(lat) - budget)
 
     def _values(self, metrics: dict):
         if self.mode == "pareto":
-            return metrics["accuracy"], metrics["latency_ms"]
+            return (metrics["accuracy"], *self._latencies(metrics))
         return metrics["accuracy"]
 
-    def _front_points(self) -> list[tuple[float, float]]:
-        """What a new candidate must escape: the complete trials (a constrained study: the best
-        accuracy within budget, at any latency)."""
+    def _front_points(self) -> list:
+        """What a new candidate must escape: the complete trials' (accuracy, latencies) (a
+        constrained study: the best accuracy within every budget, at any latency)."""
         trials = complete_trials(self.study)
         if self.mode == "pareto":
-            return [(accuracy_of(t), latency_of(t)) for t in trials]
-        feasible = [accuracy_of(t) for t in trials if latency_of(t) <= self.budget_ms]
-        return [(max(feasible), 0.0)] if feasible else []
+            return [(accuracy_of(t), latencies_of(t)) for t in trials]
+        feasible = [accuracy_of(t) for t in trials
+                    if all(b is None or lat <= b for lat, b in zip(latencies_of(t), self.budgets_ms))]
+        return [(max(feasible), (0.0,) * len(self.budgets_ms))] if feasible else []
 
     def _finish(self, trial, metrics: dict | None, error: str | None = None, pruned: str | None = None):
         """Record a trial's outcome: return its objective values, or raise so Optuna records it as

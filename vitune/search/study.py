@@ -49,31 +49,31 @@ def open_study(spec, create: bool = True, sampler=None):
         raise ConfigError(f"storage {spec.storage} cannot be read as an Optuna storage: {str(err).splitlines()[0]}") from None
     if spec.name not in names and not create:
         raise ConfigError(f"no study {spec.name!r} in {spec.storage} (run 'vitune study run {spec.path}' first)")
-    wanted = directions(spec.search.mode)
+    wanted = directions(spec.search.mode, len(spec.targets))
     if spec.name in names:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
         got = [d.name.lower() for d in study.directions]
         if got != wanted:
-            mode = {"maximize,minimize": "pareto", "maximize": "constrained"}.get(",".join(got))
-            raise ConfigError(
-                f"study {spec.name!r} in {spec.storage} "
-                + (f"was created with [search] mode = {mode!r}, the study file says {spec.search.mode!r}: give the study a new name or storage"
-                   if mode else f"was not created by vitune (its objectives are {got})")
-            )
+            if not (got and got[0] == "maximize" and all(d == "minimize" for d in got[1:])):
+                raise ConfigError(f"study {spec.name!r} in {spec.storage} was not created by vitune (its objectives are {got})")
+            mode = "constrained" if len(got) == 1 else "pareto"
+            if mode != spec.search.mode:
+                raise ConfigError(f"study {spec.name!r} in {spec.storage} was created with [search] mode = {mode!r}, the study file "
+                                  f"says {spec.search.mode!r}: give the study a new name or storage")
+            raise ConfigError(f"study {spec.name!r} in {spec.storage} has latency objectives for {len(got) - 1} target(s), the study "
+                              f"file names {len(spec.targets)}: give the study a new name or storage")
         return study
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
-    with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard shows these names
-        warnings.simplefilter("ignore")
-        study.set_metric_names(list(OBJECTIVES[: len(wanted)]))
-    return study
+    return optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
 
 
-def check_metadata(study, spec, ref, profile) -> None:
+def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None:
     meta = study.user_attrs.get("vitune")
+    also = [{"name": p.name, "latency": t.latency, "tuning": t.tuning, "budget_ms": t.budget_ms or None}
+            for p, t in zip(more_profiles, spec.also)]
     expected = {
         "model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES),
         "methods": spec.methods.to_dict(), "tuning": spec.target.tuning, "latency": spec.target.latency,
-        "mode": spec.search.mode, "budget_ms": spec.target.budget_ms or None,
+        "mode": spec.search.mode, "budget_ms": spec.target.budget_ms or None, "also": also,
     }
     if meta is None:
         if study.trials:
@@ -81,7 +81,18 @@ def check_metadata(study, spec, ref, profile) -> None:
         from vitune import __version__
 
         study.set_user_attr("vitune", {**expected, "version": __version__, "study_file": str(spec.path)})
+        names = ["accuracy", "latency_ms", *(f"latency_ms@{t['name']}" for t in also)]
+        with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard shows these names
+            warnings.simplefilter("ignore")
+            study.set_metric_names(names[: len(study.directions)])
         return
+    recorded = [{k: v for k, v in t.items() if k != "budget_ms"} for t in meta.get("also", [])]
+    if recorded != [{k: v for k, v in t.items() if k != "budget_ms"} for t in also]:
+        raise ConfigError(
+            f"study {spec.name!r} in {spec.storage} was run on the extra targets "
+            f"{[t['name'] + ' (' + t['latency'] + ')' for t in meta.get('also', [])]}, the study file's [[target.also]] lists "
+            f"{[t['name'] + ' (' + t['latency'] + ')' for t in also]}: give the study a new name or storage"
+        )
     if meta.get("model", {}).get("checkpoint_sha256") != ref.checkpoint_sha256:
         raise ConfigError(
             f"study {spec.name!r} in {spec.storage} was run on model {meta.get('model', {}).get('name')} "
@@ -105,9 +116,9 @@ def check_metadata(study, spec, ref, profile) -> None:
             f"[target] latency = {spec.target.latency!r}: predicted and measured latencies are not comparable; "
             "give the study a new name or storage"
         )
-    if meta.get("budget_ms") != expected["budget_ms"] and spec.search.mode == "constrained":
+    if spec.search.mode == "constrained" and (meta.get("budget_ms"), meta.get("also", [])) != (expected["budget_ms"], also):
         # a different budget changes which trials count; the trials themselves stay valid
-        study.set_user_attr("vitune", {**meta, "budget_ms": expected["budget_ms"]})
+        study.set_user_attr("vitune", {**meta, "budget_ms": expected["budget_ms"], "also": also})
     recorded = meta.get("methods")
     if recorded is not None and recorded != spec.methods.to_dict():
         changed = sorted(k for k in spec.methods.to_dict() if recorded.get(k) != getattr(spec.methods, k))
@@ -131,22 +142,38 @@ def baseline_params(space) -> list[dict]:
     return [space.identity_params()] + [p for _, _, p in uniform_params(space)]
 
 
-def _check_target(spec, profile) -> None:
-    if spec.target.latency == "measured":
+def _check_target(spec, target, profile, where: str = "[target]") -> None:
+    if target.latency == "measured":
         from vitune.targets.runner import runner_for
 
         problem = runner_for(profile).check()  # bounded by the profile's timeout
         if problem:
             raise ConfigError(
-                f"{spec.path} [target] latency = \"measured\": target {profile.name} cannot be measured from here "
+                f"{spec.path} {where} latency = \"measured\": target {profile.name} cannot be measured from here "
                 f"({problem}); use latency = \"analytical\" (a roofline estimate from the profile's hardware facts, "
                 "labelled as such) or \"lut\" / \"learned\" (vitune costmodel fit where the device is reachable)"
             )
-    if spec.target.tuning == "tune" and (profile.runner != "local" or not profile.is_native):
+    if target.tuning == "tune" and (profile.runner != "local" or not profile.is_native):
         raise ConfigError(
-            f"{spec.path} [target] tuning = \"tune\": target {profile.name} runs on another device and vitune tunes "
+            f"{spec.path} {where} tuning = \"tune\": target {profile.name} runs on another device and vitune tunes "
             "in-process only; tune where it runs (vitune tune there) and use tuning = \"database\""
         )
+
+
+def _latency_source(spec, target, where: str):
+    """(profile, latency source, tuner or None) of one target of the study, checked."""
+    from vitune.costmodels import get_latency_source
+    from vitune.targets import load_target
+
+    profile = load_target(target.name)
+    source = get_latency_source(target.latency, profile)
+    _check_target(spec, target, profile, where)
+    tuner = None
+    if target.tuning != "off" and hasattr(source, "tuner"):
+        from vitune.targets.tuning import Tuner
+
+        tuner = source.tuner = Tuner(profile, target.tuning, target.tuning_trials, target.tuning_budget_s)
+    return profile, source, tuner
 
 
 class _StopOnSignal:
@@ -187,43 +214,46 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     import optuna
     from tqdm.auto import tqdm
 
-    from vitune.costmodels import get_latency_source
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
     from vitune.search.cache import ResultCache, data_key, target_key
     from vitune.search.coordination import HostLock, reap_stale
-    from vitune.search.evaluate import EarlyStop, Evaluator
+    from vitune.search.evaluate import EarlyStop, Evaluator, MoreTarget
     from vitune.search.space import SearchSpace
     from vitune.search.warmstart import first_trials, run_sweep
-    from vitune.targets import load_target
 
-    profile = load_target(spec.target.name)
-    source = get_latency_source(spec.target.latency, profile)
-    _check_target(spec, profile)
-    tuner = None
-    if spec.target.tuning != "off" and hasattr(source, "tuner"):
-        from vitune.targets.tuning import Tuner
-
-        tuner = source.tuner = Tuner(profile, spec.target.tuning, spec.target.tuning_trials, spec.target.tuning_budget_s)
+    profile, source, tuner = _latency_source(spec, spec.target, "[target]")
+    others = [_latency_source(spec, t, f"[[target.also]] #{i + 1}") for i, t in enumerate(spec.also)]
+    names = [profile.name] + [p.name for p, _, _ in others]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{spec.path}: the study names target {next(n for n in names if names.count(n) > 1)!r} twice")
     study = open_study(spec)  # fail fast on a bad storage before any heavy work
     reaped = reap_stale(study)
     if reaped:
         log(f"marked {len(reaped)} trial(s) left running by a stopped worker as failed: {', '.join(map(str, reaped))}")
     workspace = load_workspace(spec.model, spec.data, progress=progress)
-    check_metadata(study, spec, workspace.ref, profile)
+    check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others))
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods)
     if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
         study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
     predicted = hasattr(source, "bind")
-    if predicted:
-        source.bind(workspace, space, spec.target.tuning)  # fails fast when no fitted cost model exists
-    measured_here = spec.target.latency == "measured" and profile.runner == "local"
+    every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
+    for _, src, t in every:
+        if hasattr(src, "bind"):
+            src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
+
+    def cache(p, t):
+        return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning) if t.latency == "measured" else None)
+
+    def local(p, t) -> bool:
+        return t.latency == "measured" and p.runner == "local"
+
     evaluator = Evaluator(
         workspace, profile, source,
         early=EarlyStop(spec.search.min_fidelity, spec.search.fidelity_images, spec.search.accuracy_shards),
-        cache=ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"),
-                          target_key(profile, spec.target.tuning) if spec.target.latency == "measured" else None),
-        host_lock=HostLock() if measured_here else None,
+        cache=cache(profile, spec.target),
+        host_lock=HostLock() if any(local(p, t) for p, _, t in every) else None,
+        more=tuple(MoreTarget(p.name, src, cache(p, t), local(p, t)) for p, src, t in every[1:]),
     )
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
@@ -238,14 +268,14 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     seed = spec.seed + len(study.trials) + (os.getpid() if worker else 0)
     study.sampler = make_sampler(spec.sampler, seed % 2**31, spec.n_trials)
     log(
-        f"study {spec.name}: {done} trials done, running {remaining} more on {profile.name} "
+        f"study {spec.name}: {done} trials done, running {remaining} more on {', '.join(names)} "
         f"({len(space.choices)} knobs, {space.size:.3g} configurations, {spec.search.mode}), storage {spec.storage}"
     )
     if remaining == 0:
         return RunSummary(0, 0, 0.0, done)
     if on_ready is not None:
         on_ready()
-    objective = Objective(space, evaluator, study, spec.search.mode, spec.target.budget_ms, log=log)
+    objective = Objective(space, evaluator, study, spec.search.mode, tuple(t.budget_ms or None for t in spec.targets), log=log)
     mine: dict[str, int] = {}  # this process's trials by state (other workers' are not counted)
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)
     say = bar.write if not bar.disable else log
@@ -291,8 +321,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                 recheck(final=True)
         finally:
             bar.close()
-            if tuner is not None:
-                log(f"tuning ({tuner.mode}, database {tuner.database_path}): {tuner.report.line()}")
+            for t in [tuner, *(tu for _, _, tu in others)]:
+                if t is not None:
+                    log(f"tuning ({t.mode}, database {t.database_path}): {t.report.line()}")
     return RunSummary(
         new_complete=mine.get("complete", 0),
         new_failed=mine.get("fail", 0),

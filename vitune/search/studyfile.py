@@ -95,7 +95,8 @@ SECTION_KEYS = {
     "model": ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"),
     "data": ("source", "root", "fractions", "seed"),
     "data.fractions": ("train", "calib", "val", "test"),
-    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms"),
+    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "also"),
+    "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms"),
     "search": ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
@@ -183,11 +184,16 @@ class StudySpec:
     seed: int
     model: ModelSpec
     data: DataSpec
-    target: TargetSpec
+    target: TargetSpec  # the primary target: latency_ms, export's --max-latency-ms, apply's artifact
     space: SpaceSpec
     methods: CompressionMethods = CompressionMethods()
     search: SearchSpec = SearchSpec()
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+    also: tuple[TargetSpec, ...] = ()  # [[target.also]]: more targets, one more objective (or constraint) each
+
+    @property
+    def targets(self) -> tuple[TargetSpec, ...]:
+        return (self.target, *self.also)
 
 
 # -- parsing helpers ------------------------------------------------------------------------
@@ -328,19 +334,18 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
     tg = _Table(top.data.get("target", {}), f"{where} [target]", SECTION_KEYS["target"])
-    from vitune.costmodels import latency_sources
-
-    target = TargetSpec(
-        name=tg.str("name", "local-cpu"),
-        latency=tg.str("latency", "measured", tuple(latency_sources())),
-        remeasure_every=tg.int("remeasure_every", 0),
-        tuning=tg.str("tuning", "off", ("off", "database", "tune")),
-        tuning_trials=tg.int("tuning_trials", 64, minimum=1),
-        tuning_budget_s=tg.float("tuning_budget_s", 0.0),
-        budget_ms=tg.float("budget_ms", 0.0),
-    )
-    if target.name.endswith(".toml") or "/" in target.name:
-        target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
+    target = _target(tg, path, "local-cpu")
+    raw_also = tg.data.get("also", [])
+    if not isinstance(raw_also, list):
+        raise ConfigError(f"{where} [target].also: expected [[target.also]] tables (one per extra target)")
+    also = tuple(_target(_Table(item, f"{where} [[target.also]] #{i + 1}", SECTION_KEYS["target.also"]), path, "")
+                 for i, item in enumerate(raw_also))
+    names = [t.name for t in (target, *also)]
+    for i, t in enumerate(also):
+        if not t.name:
+            raise ConfigError(f"{where} [[target.also]] #{i + 1}.name: required (a target name or a .toml profile)")
+        if t.name in names[: i + 1]:  # the primary and the earlier extra targets
+            raise ConfigError(f"{where} [[target.also]] #{i + 1}.name: target {t.name!r} is listed twice")
 
     sp = _Table(top.data.get("space", {}), f"{where} [space]", SECTION_KEYS["space"])
     defaults = SpaceSpec()
@@ -368,7 +373,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     )
     if search.min_fidelity > 1.0:
         raise ConfigError(f"{where} [search].min_fidelity: expected a share in [0, 1], got {search.min_fidelity!r}")
-    if search.mode == "constrained" and target.budget_ms <= 0:
+    if search.mode == "constrained" and not any(t.budget_ms > 0 for t in (target, *also)):
         raise ConfigError(f"{where} [target].budget_ms: mode = \"constrained\" needs a latency budget in ms (e.g. budget_ms = 1.0)")
 
     return StudySpec(
@@ -385,7 +390,25 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         space=space,
         methods=methods,
         search=search,
+        also=also,
     )
+
+
+def _target(tg: "_Table", path: Path, default_name: str) -> TargetSpec:
+    from vitune.costmodels import latency_sources
+
+    target = TargetSpec(
+        name=tg.str("name", default_name),
+        latency=tg.str("latency", "measured", tuple(latency_sources())),
+        remeasure_every=tg.int("remeasure_every", 0),
+        tuning=tg.str("tuning", "off", ("off", "database", "tune")),
+        tuning_trials=tg.int("tuning_trials", 64, minimum=1),
+        tuning_budget_s=tg.float("tuning_budget_s", 0.0),
+        budget_ms=tg.float("budget_ms", 0.0),
+    )
+    if target.name.endswith(".toml") or "/" in target.name:
+        target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
+    return target
 
 
 def _ties(raw, where: str) -> tuple[Tie, ...]:
