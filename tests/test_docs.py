@@ -110,7 +110,7 @@ def _section(text: str, heading: str) -> str:
 def test_the_study_file_reference_names_every_key():
     text = (ROOT / "docs/studyfile.md").read_text()
     headings = {"study": "## `[study]`", "model": "## `[model]`", "data": "## `[data]`", "data.fractions": "## `[data]`",
-                "target": "## `[target]`", "search": "## `[search]`", "space": "## `[space]`",
+                "target": "## `[target]`", "target.also": "### `[[target.also]]`", "search": "## `[search]`", "space": "## `[space]`",
                 "space.override": "### `[[space.override]]`", "space.tie": "### `[[space.tie]]`"}
     for section, keys in SECTION_KEYS.items():
         if section == "":

@@ -173,8 +173,12 @@ class Evaluator:
                 latencies[target.name] = cached["latency_ms"]
                 continue
             if model is None:  # every result so far came from the cache
-                with self._lock(exclusive=False):
-                    model = self.compress(config)
+                try:
+                    with self._lock(exclusive=False):
+                        model = self.compress(config)
+                except Exception as err:
+                    result.error = f"compress failed: {short_reason(err)}"
+                    return False
             t0 = time.perf_counter()
             with self._lock(exclusive=target.local):
                 m = target.source.latency(model, config, self.example)

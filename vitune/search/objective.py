@@ -7,9 +7,10 @@ stores, as user attributes, its configuration (``config``), its hash (``config_k
 ``heartbeat``; a failed trial stores ``error``, a trial stopped early ``pruned`` (the reason,
 recorded by Optuna as PRUNED), a reused one ``cached_from``.
 
-Objectives: a Pareto study returns (accuracy, latency_ms); a constrained study returns accuracy,
-and its samplers see the constraint ``latency_ms - budget_ms`` (feasible when ≤ 0), set on each
-trial whose latency is known.
+Objectives: a Pareto study returns (accuracy, latency_ms on each target, the primary first); a
+constrained study returns accuracy, and its samplers see a constraint ``latency - budget_ms`` per
+target with a budget (``latency_ms``, ``latency_ms@<target>``; feasible when all are ≤ 0), set
+on each trial whose latency is known.
 """
 
 from __future__ import annotations
