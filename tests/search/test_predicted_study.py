@@ -30,6 +30,15 @@ def test_predicted_study_remeasures_its_front_and_refits(tmp_path, fast_target_f
     assert any("re-measured" in line for line in lines)
     table = format_front(study)
     assert "measured_ms" in table and "predicted:analytical" in table
+    # the report plots predicted against measured latency for the re-measured front
+    from vitune.reports import build_report
+    from vitune.reports.figures import png_size
+
+    report = build_report(spec, tmp_path / "report")
+    check = next(f for f in report.figures if f.name == "latency_checks.png")
+    assert png_size(report.folder / check.name) == (check.width, check.height) == (600, 600)
+    page = report.html.read_text()
+    assert "Predicted vs measured latency" in page and all(f"<td class=\"num\">{n}</td>" in page for n in checks)
     # the measurements calibrated the analytical model, saved where the next study finds it
     from vitune.costmodels.predicted import PredictedLatency
     from vitune.models.layers import discover
