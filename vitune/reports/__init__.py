@@ -46,10 +46,7 @@ def picks(view: StudyView) -> dict[str, TrialRow]:
 
 
 def build_report(spec, out: str | Path) -> Report:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from vitune.reports import figures as F
+    from vitune.reports import figures as F  # matplotlib's object API on the Agg canvas: no backend is switched
     from vitune.reports.html import render
     from vitune.reports.view import param_importances
 
@@ -81,7 +78,7 @@ def build_report(spec, out: str | Path) -> Report:
 
 
 def _row_doc(view: StudyView, t: TrialRow) -> dict:
-    return {"trial": t.number, "accuracy": t.accuracy, "latency_ms": t.latency_ms, "speedup": view.speedup(t), "params": t.params,
+    return {"trial": t.number, "accuracy": t.accuracy, "latency_ms": t.latency_ms, "latencies_ms": t.latencies, "speedup": view.speedup(t), "params": t.params,
             "size_bytes": t.size_bytes, "origin": t.origin, "summary": t.summary, "recipe": t.recipe}
 
 
