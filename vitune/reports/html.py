@@ -84,6 +84,8 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
     ]
     parts.append(_table(["", ""], facts))
 
+    header = front_header(view)
+    numeric = set(range(len(header) - 2))  # every column but origin and configuration
     parts.append("<h2>Front</h2>")
     if view.front:
         rows = front_rows(view, list(view.front))
@@ -91,7 +93,7 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
         if view.reference is not None:
             rows.append(front_rows(view, [view.reference])[0][:-2] + ["reference", "uncompressed"])
             classes.append("ref")
-        parts.append(_table(front_header(view), rows, set(range(len(front_header(view)) - 2)), classes))
+        parts.append(_table(header, rows, numeric, classes))
         if view.mode == "constrained":
             parts.append(f"<p class=\"note\">Constrained study: only trials within the budget ({_e(view.budgets_text())}) are listed.</p>")
     else:
@@ -102,10 +104,10 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
 
     parts.append("<h2>Recipes</h2>")
     for label, row in picks.items():
-        header, table = recipe_table(row)
+        recipe_header, table = recipe_table(row)
         parts.append(f"<h3>{_e(label)}: trial {row.number}</h3><p>accuracy {_num(row.accuracy, '.4f')}, latency {_num(row.latency_ms, '.4f')} ms"
                      + (f", {view.speedup(row):.2f}x the uncompressed speed" if view.speedup(row) else "") + f"; {_e(row.summary)}</p>")
-        parts.append(_table(header, table))
+        parts.append(_table(recipe_header, table))
         parts.append(f"<p class=\"note\">Ship it: <code>vitune study export {_e(study_file)} --pick {'knee' if 'knee' in label else 'best'} --out best.json</code> "
                      "then <code>vitune apply best.json --out DIR</code>.</p>")
     if not picks:
@@ -113,8 +115,7 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
 
     if view.baselines:
         parts.append("<h2>Uniform baselines</h2><p>The same option on every layer (warm start).</p>")
-        parts.append(_table(front_header(view), front_rows(view, sorted(view.baselines, key=lambda t: t.latency_ms)),
-                            set(range(len(front_header(view)) - 2))))
+        parts.append(_table(header, front_rows(view, sorted(view.baselines, key=lambda t: t.latency_ms)), numeric))
 
     parts.append("<h2>Latency: predicted vs measured</h2>")
     if figures.get("latency_checks"):

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from vitune.search.front import accuracy_of, budget_ms, budgets_ms, front, latency_of, target_names, uncompressed_trial
+from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "w8a8": 8, "int4": 4}
@@ -43,7 +43,6 @@ class StudyView:
     name: str
     storage: str
     mode: str
-    budget_ms: float | None
     budgets_ms: tuple  # per target, the primary first (None: no budget); () in a Pareto study
     meta: dict
     targets: tuple[str, ...]
@@ -52,6 +51,11 @@ class StudyView:
     reference: TrialRow | None
     checks: tuple[dict, ...]  # predicted vs measured latency of front members (predicted studies)
     units: dict  # knob → unit names carrying it, in model order
+
+    @property
+    def budget_ms(self) -> float | None:
+        """The primary target's budget (None: a Pareto study, or no budget on it)."""
+        return self.budgets_ms[0] if self.budgets_ms else None
 
     @property
     def complete(self) -> list[TrialRow]:
@@ -172,8 +176,7 @@ def load_view(spec) -> StudyView:
                     units[knob].append(u)
     checks = [{"trial": int(n), **c} for n, c in sorted(study.user_attrs.get("latency_checks", {}).items(), key=lambda kv: int(kv[0]))]
     return StudyView(
-        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budget_ms=budget_ms(study),
-        budgets_ms=budgets_ms(study), meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
+        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budgets_ms=budgets_ms(study), meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
         front=tuple(rows[t.number] for t in front(study)), reference=rows[ref.number] if ref else None,
         checks=tuple(checks), units={k: v for k, v in units.items() if v},
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from vitune.compression.config import CompressionConfig
 from vitune.errors import VituneError, short_reason
-from vitune.search.front import dominated
+from vitune.search.front import dominated, latencies_in
 
 
 @dataclass
@@ -197,7 +197,7 @@ class Evaluator:
         from vitune.data.splits import accuracy_in_shards
 
         latency = result.metrics["latency_ms"]
-        mine = tuple(result.metrics["latencies_ms"].values()) if "latencies_ms" in result.metrics else latency
+        mine = latencies_in(result.metrics)
         front = list(front)
         t0 = time.perf_counter()
         with self._lock(exclusive=False):

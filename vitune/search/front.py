@@ -25,12 +25,16 @@ def latency_of(trial) -> float:
     return trial.values[1] if trial.values and len(trial.values) > 1 else float("nan")
 
 
+def latencies_in(metrics: dict) -> tuple[float, ...]:
+    """Latency on each target recorded in ``metrics``, the primary first (() when none is known)."""
+    if "latencies_ms" in metrics:
+        return tuple(metrics["latencies_ms"].values())
+    return (metrics["latency_ms"],) if metrics.get("latency_ms") is not None else ()
+
+
 def latencies_of(trial) -> tuple[float, ...]:
     """Latency on each of the study's targets, the primary first (one value for a one-target study)."""
-    m = trial.user_attrs.get("metrics", {})
-    if "latencies_ms" in m:
-        return tuple(m["latencies_ms"].values())
-    return (latency_of(trial),)
+    return latencies_in(trial.user_attrs.get("metrics", {})) or (latency_of(trial),)
 
 
 def _vec(latency) -> tuple[float, ...]:
@@ -57,12 +61,6 @@ def hypervolume(points, ref_accuracy: float, ref_latency_ms: float) -> float:
             area += (ref_latency_ms - lat) * (acc - best)
             best = acc
     return area
-
-
-def budget_ms(study) -> float | None:
-    """The primary target's latency budget in a constrained study (None for a Pareto study or no budget)."""
-    meta = study.user_attrs.get("vitune", {})
-    return meta.get("budget_ms") if meta.get("mode") == "constrained" else None
 
 
 def budgets_ms(study) -> tuple[float | None, ...]:

@@ -19,7 +19,7 @@ import warnings
 
 from vitune.errors import ConfigError
 from vitune.search.coordination import Heartbeat, wait_for_turn
-from vitune.search.front import accuracy_of, complete_trials, latencies_of
+from vitune.search.front import accuracy_of, complete_trials, latencies_in, latencies_of, within_budget
 
 
 class CandidateFailed(Exception):
@@ -60,23 +60,17 @@ class Objective:
         self.mode, self.budgets_ms = mode, tuple(budgets_ms)
         self.log = log or (lambda msg: None)
 
-    @staticmethod
-    def _latencies(metrics: dict) -> tuple[float, ...]:
-        if "latencies_ms" in metrics:
-            return tuple(metrics["latencies_ms"].values())
-        return (metrics["latency_ms"],) if metrics.get("latency_ms") is not None else ()
-
     def _constrain(self, trial, metrics: dict) -> None:
         if self.mode != "constrained":
             return
         names = list(metrics.get("latencies_ms", {})) or [None]
-        for i, (lat, budget) in enumerate(zip(self._latencies(metrics), self.budgets_ms)):
+        for i, (lat, budget) in enumerate(zip(latencies_in(metrics), self.budgets_ms)):
             if budget is not None:
                 trial.set_constraint(constraint_name(i, names[i] if i < len(names) else "?"), float(lat) - budget)
 
     def _values(self, metrics: dict):
         if self.mode == "pareto":
-            return (metrics["accuracy"], *self._latencies(metrics))
+            return (metrics["accuracy"], *latencies_in(metrics))
         return metrics["accuracy"]
 
     def _front_points(self) -> list:
@@ -85,8 +79,7 @@ class Objective:
         trials = complete_trials(self.study)
         if self.mode == "pareto":
             return [(accuracy_of(t), latencies_of(t)) for t in trials]
-        feasible = [accuracy_of(t) for t in trials
-                    if all(b is None or lat <= b for lat, b in zip(latencies_of(t), self.budgets_ms))]
+        feasible = [accuracy_of(t) for t in trials if within_budget(t, self.budgets_ms)]
         return [(max(feasible), (0.0,) * len(self.budgets_ms))] if feasible else []
 
     def _finish(self, trial, metrics: dict | None, error: str | None = None, pruned: str | None = None):
