@@ -112,3 +112,48 @@ def test_a_server_that_never_answers_times_out(tmp_path):
         assert time.perf_counter() - t0 < 20
     finally:
         silent.close()
+
+
+def test_tuning_over_rpc_fills_the_database_then_reuses_it(rpc_env, tmp_path, monkeypatch):
+    """Candidates are built here and timed on the RPC server; the records serve later builds."""
+    import torch
+    from torch import nn
+
+    from vitune.targets.compile import compile_model
+    from vitune.targets.tuning import Tuner, database_dir
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "cache"))
+    profile = _profile(tmp_path, "tuned-remote", f'tracker = "127.0.0.1:{rpc_env["tracker"]}"\nkey = "vitune-test"')
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 8)).eval(), torch.randn(1, 5, 16)
+    m = measure(model, x, profile, tuner=Tuner(profile, "tune", trials_per_task=4))
+    assert m.ok, m.error
+    assert m.timings["tuned_workloads"] >= 2 and m.timings["untuned_workloads"] == 0
+    assert (database_dir(profile) / "records.json").stat().st_size > 0
+    again = compile_model(model, x, profile, Tuner(profile, "tune", trials_per_task=4))
+    assert again.tuning.from_database == again.tuning.workloads >= 2 and again.tuning.trials == 0
+    got = runner_for(profile).run(again, x.numpy())
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_remote_tuning_candidates_are_cross_compiled_and_failures_are_results(tmp_path):
+    """The builder links aarch64 candidates with the profile's cross compiler; a dead device is
+    each candidate's error, not an exception in MetaSchedule's loop."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from vitune.targets.compile import library_arch
+    from vitune.targets.msremote import RemoteBuilder, RemoteRunner
+
+    a = te.placeholder((64,), name="a")
+    add = te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])
+
+    board = load_target("arm-a72")
+    (built,) = RemoteBuilder(board, str(tmp_path)).build([BuilderInput(tvm.IRModule({"main": add}), board.tvm())])
+    assert built.error_msg is None and library_arch(built.artifact_path) == "aarch64"
+
+    dead = _profile(tmp_path, "dead-remote", f'host = "127.0.0.1"\nport = {_free_port()}', timeout=5)
+    (future,) = RemoteRunner(dead).run([RunnerInput(built.artifact_path, "cpu", [])])
+    assert future.done() and "is unreachable" in future.result().error_msg

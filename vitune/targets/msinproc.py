@@ -5,7 +5,7 @@ library: about 6 s per candidate on a 2-core machine, and candidates time out at
 workers. Building the same scheduled TIR in-process takes about 0.06 s. ``InProcessBuilder``
 compiles each candidate with the TVM driver and keeps the runtime module in memory (no export,
 no linker); ``InProcessRunner`` times it on the local device with ``time_evaluator`` on random
-inputs. Only for the local CPU (or a local GPU): remote devices keep MetaSchedule's RPC runner.
+inputs. Only for the local CPU (or a local GPU): devices reached over RPC use :mod:`vitune.targets.msremote`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResul
 _MODULES: dict[str, object] = {}  # artifact key → runtime module built in this process
 _LOCK = threading.Lock()
 _COUNTER = itertools.count()
+
+
+def _last_line(err: BaseException) -> str:
+    """``Type: last line of the message`` (TVM errors carry a long native traceback first)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 @derived_object
@@ -42,7 +48,7 @@ class InProcessBuilder(PyBuilder):
                 results.append(BuilderResult(key, None))
                 self.built += 1
             except Exception as err:  # a candidate that does not build is a result, not a crash
-                results.append(BuilderResult(None, f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"))
+                results.append(BuilderResult(None, _last_line(err)))
         return results
 
 
@@ -85,5 +91,5 @@ class InProcessRunner(PyRunner):
                 futures.append(_Done(RunnerResult(costs, None)))
                 self.measured += 1
             except Exception as err:
-                futures.append(_Done(RunnerResult(None, f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")))
+                futures.append(_Done(RunnerResult(None, _last_line(err))))
         return futures

@@ -8,7 +8,8 @@ contains it — on the same target — reuses the record. Compressed candidates 
 
 The database lives in ``<cache>/tuning/<target name>-<hash of the TVM target>/`` as
 MetaSchedule's JSON files (``workloads.json``, ``records.json``). Local targets are tuned with
-:mod:`vitune.targets.msinproc` (no process pools).
+:mod:`vitune.targets.msinproc` (no process pools); targets with an ``rpc`` runner with
+:mod:`vitune.targets.msremote` (built here, timed on the device).
 
 Modes (``[target] tuning`` in a study file):
 
@@ -175,9 +176,9 @@ class Tuner:
         return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
 
     def _tune(self, tasks, target, db) -> int:
-        from tvm.s_tir import meta_schedule as ms
+        import os
 
-        from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
+        from tvm.s_tir import meta_schedule as ms
 
         with tempfile.TemporaryDirectory(prefix="vitune-tune-") as work:
             # the evolutionary search's population scaled to the trial budget (its defaults are
@@ -186,32 +187,47 @@ class Tuner:
             strategy = ms.search_strategy.EvolutionarySearch(
                 population_size=min(512, max(64, 8 * t)), init_min_unmeasured=min(50, max(8, 2 * t)), genetic_num_iters=3
             )
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                tasks, work, strategy=strategy, num_threads=max(1, self.profile.threads)
-            )
-            builder, runner = self._builder_runner(InProcessBuilder, InProcessRunner)
+            # the search runs on this machine, whatever the device's core count
+            threads = max(1, min(self.profile.threads, os.cpu_count() or 1))
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy, num_threads=threads)
+            builder, runner = self._builder_runner(work)
             _quiet()  # the console handler MetaSchedule installs takes the package logger's level
-            ms.tune.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=work,
-                max_trials_global=self.trials_per_task * len(tasks),
-                max_trials_per_task=self.trials_per_task,
-                num_trials_per_iter=min(16, self.trials_per_task),
-                builder=builder,
-                runner=runner,
-                database=db,
-                cost_model="xgb",
-                # no RemoveBuildArtifact: in-process artifacts are not files
-                measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()],
-                task_scheduler="gradient",
-            )
+            try:
+                ms.tune.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=work,
+                    max_trials_global=self.trials_per_task * len(tasks),
+                    max_trials_per_task=self.trials_per_task,
+                    num_trials_per_iter=min(16, self.trials_per_task),
+                    builder=builder,
+                    runner=runner,
+                    database=db,
+                    cost_model="xgb",
+                    # no RemoveBuildArtifact: in-process artifacts are not files; the remote
+                    # runner removes its libraries itself
+                    measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()],
+                    task_scheduler="gradient",
+                )
+            finally:
+                getattr(runner, "close", lambda: None)()  # give a tracker's device back
             return getattr(runner, "measured", 0)
 
-    def _builder_runner(self, builder_cls, runner_cls):
-        if self.profile.runner != "local" or not self.profile.is_native:
-            raise NotImplementedError(
-                f"tuning target {self.profile.name} needs its device; tune it where it runs "
-                "(MetaSchedule's RPC runner is not wired in yet)"
+    def _builder_runner(self, work: str):
+        """In-process for a device of this machine; in-process build + RPC timing for a device
+        reached over RPC (cross-compiled with the profile's compiler)."""
+        kind = self.profile.runner
+        if kind == "rpc":
+            from vitune.targets.msremote import RemoteBuilder, RemoteRunner
+
+            return RemoteBuilder(self.profile, work), RemoteRunner(self.profile)
+        if kind == "local" and self.profile.is_native:
+            from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
+
+            return InProcessBuilder(), InProcessRunner()
+        if kind == "local":
+            raise RuntimeError(
+                f"tuning target {self.profile.name} needs its device: this machine cannot run "
+                f"{self.profile.tvm_target.get('mtriple')} code; give the target an rpc runner"
             )
-        return builder_cls(), runner_cls()
+        raise RuntimeError(f"tuning target {self.profile.name}: runner kind {kind!r} cannot tune (local and rpc runners can)")
