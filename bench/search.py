@@ -17,7 +17,7 @@ every method. Printed per method: the front's hypervolume against a common refer
 random's, and the best validated accuracy at ``2×`` and ``3×`` the uncompressed model's
 measured speed. ``--json`` writes every figure printed; ``--plot`` saves the four fronts.
 
-    python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--json out.json] [--plot fronts.png]
+    python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--sampler tpe] [--json out.json] [--plot fronts.png]
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the four fronts (needs matplotlib)")
     ap.add_argument("--methods", default="vitune,random,uniform,greedy")
+    ap.add_argument("--sampler", default=None, help="vitune's sampler (default: the study file's)")
     args = ap.parse_args()
 
     from vitune.costmodels import get_latency_source
@@ -127,6 +128,8 @@ def main() -> None:
     from vitune.targets import load_target
 
     base = load_study_file(args.study)
+    if args.sampler:
+        base = dataclasses.replace(base, sampler=args.sampler)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ws = load_workspace(base.model, base.data)
@@ -165,7 +168,7 @@ def main() -> None:
         }
     hv_random = rows.get("random", {}).get("hypervolume")
     print(f"model {base.model.name} on {profile.name}: uncompressed accuracy {acc0:.4f}, latency {ms0:.4f} ms; "
-          f"{args.trials} trials per search; hypervolume reference (accuracy {ref_acc:.4f}, latency {ref_ms:.4f} ms)")
+          f"{args.trials} trials per search, vitune's sampler {base.sampler}; hypervolume reference (accuracy {ref_acc:.4f}, latency {ref_ms:.4f} ms)")
     print(f"{'method':<8} {'evaluated':>9} {'stopped':>7} {'failed':>6} {'seconds':>8} {'hypervolume':>11} {'vs random':>9} {'acc@2x':>7} {'acc@3x':>7}")
     fmt = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
     for method, row in rows.items():
@@ -189,7 +192,7 @@ def main() -> None:
             line = ax.scatter(xs, ys, s=10, alpha=0.35, label=None)
             front = rows[method]["front"]
             ax.step([lat for _, lat in front], [a for a, _ in front], where="post", color=line.get_facecolor()[0], alpha=1.0,
-                    label=f"{method} (HV {rows[method]['hypervolume']:.4f})")
+                    label=f"{method}{f' ({base.sampler})' if method == 'vitune' else ''}: HV {rows[method]['hypervolume']:.4f}")
         ax.scatter([ms0], [acc0], marker="*", s=150, color="black", label="uncompressed")
         for k in (2, 3):
             ax.axvline(ms0 / k, color="grey", linestyle=":", linewidth=1)
@@ -203,7 +206,7 @@ def main() -> None:
         fig.savefig(args.plot)
         print(f"wrote {args.plot}")
     if args.json:
-        doc = {"model": base.model.name, "target": profile.name, "trials": args.trials, "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
+        doc = {"model": base.model.name, "target": profile.name, "trials": args.trials, "sampler": base.sampler, "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
                "reference_point": {"accuracy": ref_acc, "latency_ms": ref_ms}, "methods": rows,
                "points": {m: r["points"] for m, r in results.items()}}
         Path(args.json).write_text(json.dumps(doc, indent=1))

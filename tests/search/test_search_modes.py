@@ -97,7 +97,7 @@ def test_a_pareto_study_cannot_resume_as_constrained(tmp_path, fast_target_file,
         run_study(again, progress=False, log=lambda *_: None)
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+@pytest.mark.parametrize("sampler", ["evolution", "nsga2", "tpe", "random"])
 @pytest.mark.parametrize("mode", ["pareto", "constrained"])
 def test_stopped_candidates_are_recorded_as_pruned_with_every_sampler(sampler, mode, tmp_path, fast_target_file, default_workspace):
     budget = "budget_ms = 1.5" if mode == "constrained" else ""

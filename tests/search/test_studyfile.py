@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quickstart_parses_with_defaults():
     spec = load_study_file(ROOT / "studies" / "quickstart.toml")
-    assert spec.name == "quickstart" and spec.sampler == "nsga2"
+    assert spec.name == "quickstart" and spec.sampler == "tpe"
     assert spec.storage == f"sqlite:///{ROOT / 'studies' / 'runs' / 'quickstart.db'}"
     assert spec.model.source == "default" and spec.data.source == "digits"
     assert spec.target.name == "local-cpu" and spec.target.latency == "measured"
@@ -67,7 +67,7 @@ def test_compression_methods_table(tmp_path):
     [
         ("[study]\nname='x'\ntrials=3\n", r"s\.toml \[study\]: unknown key 'trials'"),
         ("[study]\nname='x'\nn_trials='many'\n", r"\[study\]\.n_trials: expected an integer >= 1, got 'many'"),
-        ("[study]\nname='x'\nsampler='cmaes'\n", r"\[study\]\.sampler: expected one of nsga2, tpe, random"),
+        ("[study]\nname='x'\nsampler='cmaes'\n", r"\[study\]\.sampler: expected one of tpe, evolution, nsga2, random"),
         ("[model]\nsource='default'\n", r"missing table \[study\]"),
         ("[study]\nname='x'\n[space]\nprecision=['int3']\n", r"\[space\]\.precision: unsupported precision 'int3'"),
         ("[study]\nname='x'\n[space]\nrank_fraction=[0.0]\n", r"rank fraction 0\.0 must be in \(0, 1\]"),

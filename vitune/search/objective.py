@@ -44,6 +44,10 @@ def make_sampler(name: str, seed: int, n_trials: int):
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        if name == "evolution":
+            from vitune.search.evolution import EvolutionSampler
+
+            return EvolutionSampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}")
 
 

@@ -9,7 +9,7 @@ Reference (every key optional unless marked)::
                                    # "journal:///path.log" selects Optuna's journal file storage
     n_trials = 40                  # total trials the study should reach (resuming runs the rest)
     timeout_s = 0                  # 0 = none; wall-clock bound of one run
-    sampler = "nsga2"              # nsga2 | tpe | random
+    sampler = "tpe"                # tpe | evolution | nsga2 | random
     seed = 0
 
     [model]
@@ -83,7 +83,7 @@ from vitune.compression.config import PRECISIONS
 from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "evolution", "nsga2", "random")
 MODES = ("pareto", "constrained")
 MODEL_SOURCES = ("default", "timm")
 DATA_SOURCES = ("digits", "imagefolder")
@@ -382,7 +382,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         storage=storage,
         n_trials=st.int("n_trials", 40, minimum=1),
         timeout_s=st.float("timeout_s", 0.0),
-        sampler=st.str("sampler", "nsga2", SAMPLERS),
+        sampler=st.str("sampler", "tpe", SAMPLERS),
         seed=st.int("seed", 0),
         model=model,
         data=data_spec,

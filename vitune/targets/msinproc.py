@@ -28,28 +28,38 @@ def _last_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
+def build_each(build_inputs, keep) -> list:
+    """Build each scheduled candidate in this process (what MetaSchedule's default_build does,
+    minus the deprecated driver entry point); ``keep(runtime_module)`` stores it and returns its
+    artifact path. A candidate that does not build is a result with its error, not a crash."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    results = []
+    for item in build_inputs:
+        try:
+            rt_mod = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod), target=item.target)
+            results.append(BuilderResult(keep(rt_mod), None))
+        except Exception as err:
+            results.append(BuilderResult(None, _last_line(err)))
+    return results
+
+
 @derived_object
 class InProcessBuilder(PyBuilder):
     def __init__(self):
         super().__init__()
         self.built = 0
 
-    def build(self, build_inputs):
-        import tvm
-        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    def _keep(self, rt_mod) -> str:
+        key = f"inprocess:{next(_COUNTER)}"
+        with _LOCK:
+            _MODULES[key] = rt_mod
+        self.built += 1
+        return key
 
-        results = []
-        for item in build_inputs:
-            try:  # what MetaSchedule's default_build does, minus the deprecated driver entry point
-                rt_mod = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod), target=item.target)
-                key = f"inprocess:{next(_COUNTER)}"
-                with _LOCK:
-                    _MODULES[key] = rt_mod
-                results.append(BuilderResult(key, None))
-                self.built += 1
-            except Exception as err:  # a candidate that does not build is a result, not a crash
-                results.append(BuilderResult(None, _last_line(err)))
-        return results
+    def build(self, build_inputs):
+        return build_each(build_inputs, self._keep)
 
 
 @derived_object

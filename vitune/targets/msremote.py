@@ -15,10 +15,10 @@ import itertools
 from pathlib import Path
 
 from tvm.ir.utils import derived_object
-from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.builder import PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
-from vitune.targets.msinproc import _Done, _last_line
+from vitune.targets.msinproc import _Done, _last_line, build_each
 
 
 @derived_object
@@ -30,29 +30,19 @@ class RemoteBuilder(PyBuilder):
         self.built = 0
         self._counter = itertools.count()
 
-    def _fcompile(self):
-        if not self.profile.cross_compiler:
-            return None
-        from tvm.support.cc import cross_compiler
+    def _export(self, rt_mod) -> str:
+        path = self.work_dir / f"candidate-{next(self._counter)}.so"
+        if self.profile.cross_compiler:
+            from tvm.support.cc import cross_compiler
 
-        return cross_compiler(self.profile.cross_compiler)
+            rt_mod.export_library(str(path), fcompile=cross_compiler(self.profile.cross_compiler))
+        else:
+            rt_mod.export_library(str(path))
+        self.built += 1
+        return str(path)
 
     def build(self, build_inputs):
-        import tvm
-        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-        results = []
-        fcompile = self._fcompile()
-        for item in build_inputs:
-            try:
-                rt_mod = tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod), target=item.target)
-                path = self.work_dir / f"candidate-{next(self._counter)}.so"
-                rt_mod.export_library(str(path), **({"fcompile": fcompile} if fcompile else {}))
-                results.append(BuilderResult(str(path), None))
-                self.built += 1
-            except Exception as err:  # a candidate that does not build is a result, not a crash
-                results.append(BuilderResult(None, _last_line(err)))
-        return results
+        return build_each(build_inputs, self._export)
 
 
 @derived_object
