@@ -87,6 +87,8 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
         )
     except Exception as err:  # a measurement is a record, never an exception into the search
         return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {short_reason(err)}", timings=timings)
+    finally:
+        compiled.prepared = None  # give the device back now (a tracker lends it to one session at a time)
 
 
 def agreement(model: torch.nn.Module, compiled, profile, dataset) -> tuple[float, float, int]:

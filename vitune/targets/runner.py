@@ -243,9 +243,12 @@ class RpcRunner:
             out = vm.get_outputs("main")
             return (out[0] if isinstance(out, (list, tuple)) else vm.get_outputs("main", 0)).numpy()
 
-        for inputs in batches:
-            x = _input(inputs, dev)
-            yield self._bounded(lambda: once(x), "running the model on the device")
+        try:
+            for inputs in batches:
+                x = _input(inputs, dev)
+                yield self._bounded(lambda: once(x), "running the model on the device")
+        finally:
+            compiled.prepared = None  # the session goes with it: the device is free for others
 
     def time(self, compiled: CompiledModel, inputs: np.ndarray, protocol: Protocol) -> list[float]:
         vm, dev = self._loaded(compiled)
