@@ -75,6 +75,16 @@ def _quiet() -> None:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
 
 
+def _drop_unnamed_handlers() -> None:
+    """MetaSchedule rebuilds its logger with ``dictConfig``, listing the handlers it has by name;
+    an unnamed one (pytest's capture handlers end up there) makes that crash with "'NoneType'
+    object has no attribute 'format'". ``dictConfig`` replaces the logger's handlers anyway."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def import_tensor_intrinsics() -> None:
     """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule needs it) in seconds, not minutes.
 
@@ -189,6 +199,7 @@ class Tuner:
             )
             # the search runs on this machine, whatever the device's core count
             threads = max(1, min(self.profile.threads, os.cpu_count() or 1))
+            _drop_unnamed_handlers()
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy, num_threads=threads)
             builder, runner = self._builder_runner(work)
             _quiet()  # the console handler MetaSchedule installs takes the package logger's level
