@@ -54,12 +54,17 @@ def run(sampler, n=120, **kw):
 
 
 def test_children_come_from_the_front_and_no_configuration_is_tried_twice():
-    study = run(EvolutionSampler(seed=0), n=80)
+    study, objective = study_with(EvolutionSampler(seed=0))
+    study.optimize(objective, n_trials=20)
+    study.enqueue_trial({f"l{i}": 0.5 for i in range(LAYERS)})  # enqueued once there is a front to breed from
+    study.optimize(objective, n_trials=60)
     trials = study.get_trials(deepcopy=False)
     keys = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(keys)) == len(keys)
     children = [t for t in trials if PARENT_KEY in t.system_attrs]
     assert len(children) > 40  # most trials are bred once the front has two members
+    enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
+    assert enqueued and not any(PARENT_KEY in t.system_attrs for t in enqueued)
     by_number = {t.number: t for t in trials}
     for child in children:
         parent = by_number[child.system_attrs[PARENT_KEY]]

@@ -55,8 +55,8 @@ class EvolutionSampler(BaseSampler):
         return {n: d for n, d in self._space.calculate(study).items() if isinstance(d, CategoricalDistribution) and len(d.choices) > 1}
 
     def sample_relative(self, study, trial, search_space) -> dict:
-        if not search_space or self._rng.random() < self.explore:
-            return {}
+        if not search_space or trial.system_attrs.get("fixed_params") or self._rng.random() < self.explore:
+            return {}  # nothing to breed, an enqueued trial (warm start), or an exploring one
         parents = self._parents(study)
         if len(parents) < self.min_parents:
             return {}
