@@ -156,23 +156,29 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     return compiled
 
 
-def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
-    """Link the build into a shared library for the target (cross-compiled where the profile
-    names a ``cross_compiler``; GPU code is embedded in a host library)."""
+def link_options(profile) -> dict:
+    """Keyword arguments of ``export_library`` for ``profile``: its ``cross_compiler``, if it
+    names one (checked on PATH: a missing one is a one-line error naming it)."""
     import shutil
 
     from vitune.errors import ConfigError
 
-    kwargs = {}
-    if profile.cross_compiler:
-        if shutil.which(profile.cross_compiler) is None:
-            raise ConfigError(
-                f"cross compiler {profile.cross_compiler!r} of target {profile.name} was not found on PATH "
-                "(Debian: apt-get install gcc-aarch64-linux-gnu)"
-            )
-        from tvm.support.cc import cross_compiler
+    if not profile.cross_compiler:
+        return {}
+    if shutil.which(profile.cross_compiler) is None:
+        raise ConfigError(
+            f"cross compiler {profile.cross_compiler!r} of target {profile.name} was not found on PATH "
+            "(Debian: apt-get install gcc-aarch64-linux-gnu)"
+        )
+    from tvm.support.cc import cross_compiler
 
-        kwargs["fcompile"] = cross_compiler(profile.cross_compiler)
+    return {"fcompile": cross_compiler(profile.cross_compiler)}
+
+
+def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
+    """Link the build into a shared library for the target (cross-compiled where the profile
+    names a ``cross_compiler``; GPU code is embedded in a host library)."""
+    kwargs = link_options(profile)
     with filtered_native_stderr():
         compiled.executable.export_library(str(path), **kwargs)
     return Path(path)

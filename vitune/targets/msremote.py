@@ -24,20 +24,18 @@ from vitune.targets.msinproc import _Done, _last_line, build_each
 @derived_object
 class RemoteBuilder(PyBuilder):
     def __init__(self, profile, work_dir: str):
+        from vitune.targets.compile import link_options
+
         super().__init__()
         self.profile = profile
+        self._link = link_options(profile)  # a missing cross compiler fails here, once
         self.work_dir = Path(work_dir)
         self.built = 0
         self._counter = itertools.count()
 
     def _export(self, rt_mod) -> str:
         path = self.work_dir / f"candidate-{next(self._counter)}.so"
-        if self.profile.cross_compiler:
-            from tvm.support.cc import cross_compiler
-
-            rt_mod.export_library(str(path), fcompile=cross_compiler(self.profile.cross_compiler))
-        else:
-            rt_mod.export_library(str(path))
+        rt_mod.export_library(str(path), **self._link)
         self.built += 1
         return str(path)
 
@@ -59,7 +57,7 @@ class RemoteRunner(PyRunner):
     def _time(self, item) -> list[float]:
         from tvm.s_tir.meta_schedule.runner.rpc_runner import default_alloc_argument
 
-        bounded = self.rpc._bounded
+        bounded = self.rpc.bounded
         if self._session is None:
             self._session = self.rpc.session()
         sess = self._session

@@ -152,7 +152,7 @@ class RpcRunner:
         except OSError as err:
             raise RuntimeError(f"{what} {host}:{port} is unreachable ({err.strerror or err})") from None
 
-    def _bounded(self, fn, what: str):
+    def bounded(self, fn, what: str):
         """Run ``fn`` in a thread; give up after ``timeout_s`` (the thread is left to die)."""
         box: dict = {}
 
@@ -186,17 +186,17 @@ class RpcRunner:
         if s.tracker:
             host, _, port = s.tracker.rpartition(":")
             self._reachable(host, int(port), "RPC tracker")
-            tracker = self._bounded(lambda: rpc.connect_tracker(host, int(port)), f"connecting to tracker {s.tracker}")
-            keys = self._bounded(lambda: self._tracker_keys(tracker), f"asking tracker {s.tracker} for its devices")
+            tracker = self.bounded(lambda: rpc.connect_tracker(host, int(port)), f"connecting to tracker {s.tracker}")
+            keys = self.bounded(lambda: self._tracker_keys(tracker), f"asking tracker {s.tracker} for its devices")
             if s.key not in keys:
                 known = ", ".join(sorted(k for k in keys if k)) or "none"
                 raise RuntimeError(f"tracker {s.tracker} has no device with key {s.key!r} (keys there: {known})")
-            return self._bounded(
+            return self.bounded(
                 lambda: tracker.request(s.key, session_timeout=max(s.timeout_s * 4, 60), max_retry=1),
                 f"waiting for a free {s.key!r} device at tracker {s.tracker}",
             )
         self._reachable(s.host, s.port, "RPC server")
-        return self._bounded(lambda: rpc.connect(s.host, s.port, s.key), f"connecting to RPC server {s.host}:{s.port}")
+        return self.bounded(lambda: rpc.connect(s.host, s.port, s.key), f"connecting to RPC server {s.host}:{s.port}")
 
     def check(self) -> str | None:
         try:
@@ -216,8 +216,8 @@ class RpcRunner:
         lib = Path(tmp.name) / "model.so"
         export_library(compiled, lib, self.profile)
         sess = self.session()
-        self._bounded(lambda: sess.upload(str(lib)), "uploading the library")
-        rlib = self._bounded(lambda: sess.load_module("model.so"), "loading the library on the device")
+        self.bounded(lambda: sess.upload(str(lib)), "uploading the library")
+        rlib = self.bounded(lambda: sess.load_module("model.so"), "loading the library on the device")
         compiled.prepared = (sess, rlib, tmp)
 
     def _loaded(self, compiled: CompiledModel):
@@ -227,7 +227,7 @@ class RpcRunner:
             self.prepare(compiled)
         sess, rlib, _tmp = compiled.prepared
         dev = sess.device(self.profile.device_kind, 0)
-        vm = self._bounded(lambda: relax.VirtualMachine(rlib, dev), "creating the VM on the device")
+        vm = self.bounded(lambda: relax.VirtualMachine(rlib, dev), "creating the VM on the device")
         return vm, dev
 
     def run(self, compiled: CompiledModel, inputs: np.ndarray) -> np.ndarray:
@@ -235,7 +235,7 @@ class RpcRunner:
 
     def run_many(self, compiled: CompiledModel, batches):
         vm, dev = self._loaded(compiled)
-        weights = self._bounded(lambda: _weights(compiled, dev), "uploading the weights")
+        weights = self.bounded(lambda: _weights(compiled, dev), "uploading the weights")
         def once(x):
             # results stay on the device as remote objects: the stateful API fetches them
             vm.set_input("main", x, *weights)
@@ -246,14 +246,14 @@ class RpcRunner:
         try:
             for inputs in batches:
                 x = _input(inputs, dev)
-                yield self._bounded(lambda: once(x), "running the model on the device")
+                yield self.bounded(lambda: once(x), "running the model on the device")
         finally:
             compiled.prepared = None  # the session goes with it: the device is free for others
 
     def time(self, compiled: CompiledModel, inputs: np.ndarray, protocol: Protocol) -> list[float]:
         vm, dev = self._loaded(compiled)
-        args = self._bounded(lambda: [_input(inputs, dev), *_weights(compiled, dev)], "uploading the weights")
-        return self._bounded(lambda: _timed_loop(vm, dev, args, protocol), "timing the model on the device")
+        args = self.bounded(lambda: [_input(inputs, dev), *_weights(compiled, dev)], "uploading the weights")
+        return self.bounded(lambda: _timed_loop(vm, dev, args, protocol), "timing the model on the device")
 
 
 _BUILTIN = {"local": LocalRunner, "rpc": RpcRunner}
