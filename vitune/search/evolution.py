@@ -87,7 +87,7 @@ class EvolutionSampler(BaseSampler):
 
     # -- breeding ------------------------------------------------------------------------------
     def _parents(self, study) -> list:
-        from vitune.search.front import accuracy_of, budgets_ms, complete_trials, front, latencies_of
+        from vitune.search.front import accuracy_of, budgets_ms, complete_trials, front, latencies_of, within_budget
 
         budgets = budgets_ms(study)
         if not budgets:
@@ -99,8 +99,8 @@ class EvolutionSampler(BaseSampler):
         # constrained: the most accurate within the budget, and the ones just over it (a step
         # from a feasible configuration that keeps more accuracy)
         trials = complete_trials(study)
-        feasible = sorted((t for t in trials if excess(t) == 0), key=lambda t: -accuracy_of(t))[:5]
-        over = sorted((t for t in trials if excess(t) > 0), key=excess)[:2]
+        feasible = sorted((t for t in trials if within_budget(t, budgets)), key=lambda t: -accuracy_of(t))[:5]
+        over = sorted((t for t in trials if not within_budget(t, budgets)), key=excess)[:2]
         return feasible + over
 
     @staticmethod
