@@ -5,7 +5,7 @@ from vitune.compression.config import CompressionConfig, LinearConfig
 from vitune.compression.pipeline import compress
 from vitune.models.layers import discover
 from vitune.targets.compile import compile_model, load_artifact, save_artifact
-from vitune.targets.measure import measure
+from vitune.targets.measure import measure, measure_many
 from vitune.targets.runner import runner_for
 
 
@@ -48,3 +48,15 @@ def test_failures_come_back_as_errors_not_exceptions(fast_target):
     m = measure(Unexportable(), torch.randn(1, 4), fast_target)
     assert not m.ok and m.latency_ms is None
     assert m.error.startswith("compile failed on test-cpu:")
+
+
+def test_measure_many_times_models_in_interleaved_rounds(tiny_vit, fast_target):
+    x = torch.randn(1, 1, 8, 8)
+    ok, bad, wider = measure_many([tiny_vit, Unexportable(), torch.nn.Linear(8, 64)], [x, torch.randn(1, 4), torch.randn(1, 8)], fast_target, rounds=2)
+    per_round = fast_target.protocol.repeat
+    for m in (ok, wider):
+        assert m.ok, m.error
+        assert len(m.samples_ms) == 2 * per_round  # every round's repeats
+        assert m.latency_ms == fast_target.protocol.latency_ms(list(m.samples_ms))
+        assert m.timings["run_s"] > 0 and "build_s" in m.timings
+    assert not bad.ok and bad.error.startswith("compile failed on test-cpu:")  # the others still measured

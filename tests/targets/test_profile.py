@@ -55,6 +55,7 @@ BASE = 'name = "x"\n[tvm]\ntarget = { kind = "llvm" }\n[runner]\nkind = "local"\
     [
         (BASE + "[protocol]\nrepeats = 3\n", r"t\.toml \[protocol\]: unknown key 'repeats'"),
         (BASE + "[protocol]\nrepeat = 0\n", r"\[protocol\] repeat: expected an integer >= 1"),
+        (BASE + "[protocol]\nstatistic = \"mean\"\n", r"t\.toml \[protocol\] statistic: expected one of median, min, got 'mean'"),
         ('name = "x"\n[tvm]\ntarget = { kind = "llvm" }\n', r"missing table \[runner\]"),
         (BASE.replace('kind = "local"', 'kind = "ssh"'), r"\[runner\] kind: expected one of local, rpc, got 'ssh'"),
         (BASE.replace('kind = "local"', 'kind = "rpc"'), r"\[runner\]: an rpc runner needs tracker = \"host:port\" and key, or host and port"),
@@ -85,3 +86,12 @@ def test_unknown_target_lists_known_ones():
         load_target("nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_target("/no/such/file.toml")
+
+
+def test_protocol_statistic(tmp_path):
+    assert load_target(_write(tmp_path, BASE)).protocol.statistic == "median"
+    fastest = load_target(_write(tmp_path, BASE + '[protocol]\nstatistic = "min"\n')).protocol
+    assert fastest.statistic == "min"
+    assert fastest.latency_ms([3.0, 1.0, 2.0, 9.0]) == 1.0
+    assert load_target(_write(tmp_path, BASE)).protocol.latency_ms([3.0, 1.0, 2.0, 9.0]) == 2.5
+    assert load_target("local-cpu").protocol.statistic == "min"

@@ -66,20 +66,28 @@ class BlockTable(JsonTable):
         super().__init__(context.directory / f"blocks-{context.tuning}.json")  # (see LutModel.table)
         self.measured = 0  # entries this process measured
 
-    def latency(self, part: Part, context) -> float:
-        """The part's latency, measured on ``context``'s target now if the table has no entry (raises on failure)."""
-        from vitune.targets.measure import measure
+    def fill(self, wanted: list[Part], context) -> None:
+        """Measure the parts of ``wanted`` the table lacks, together (interleaved timing rounds,
+        so one burst of load cannot skew one block against the others); raises on a failure."""
+        from vitune.targets.measure import measure_many
 
-        entry = self.data.get(part.key)
-        if entry is None:
-            m = measure(part.module, part.example, context.profile, tuner=context.tuner)
+        missing = list({p.key: p for p in wanted if p.key not in self.data}.values())
+        if not missing:
+            return
+        measured = measure_many([p.module for p in missing], [p.example for p in missing], context.profile, context.tuner, context.rounds)
+        for part, m in zip(missing, measured):
+            if m.ok:
+                self.put(part.key, {"latency_ms": m.latency_ms, "spread_ms": m.spread_ms, "name": part.name, "measured_at": time.time()})
+                self.measured += 1
+        self.save()
+        for part, m in zip(missing, measured):
             if not m.ok:
                 raise RuntimeError(f"{part.name} is not in the block table and measuring it failed: {m.error}")
-            entry = {"latency_ms": m.latency_ms, "spread_ms": m.spread_ms, "name": part.name, "measured_at": time.time()}
-            self.put(part.key, entry)
-            self.measured += 1
-            self.save()
-        return float(entry["latency_ms"])
+
+    def latency(self, part: Part, context) -> float:
+        """The part's latency, measured on ``context``'s target now if the table has no entry (raises on failure)."""
+        self.fill([part], context)
+        return float(self.data[part.key]["latency_ms"])
 
 
 @register_cost_model("lut")
@@ -101,14 +109,14 @@ class LutModel(CostModel):
     def fit(self, samples, context):
         """Fit scale and overhead on the newest :attr:`fit_samples` samples (their parts are measured
         into the table first where missing: bounding the samples bounds that work)."""
-        table = self.table(context)
-        sums, ys = [], []
-        for s in samples[-self.fit_samples:]:
-            if not all(k in table.data for k in s.blocks):  # entries are added on first sight
-                from vitune.compression.config import CompressionConfig
+        from vitune.compression.config import CompressionConfig
 
-                for part in parts(context.build(CompressionConfig.from_json(s.config)), context.example):
-                    table.latency(part, context)
+        table = self.table(context)
+        used = samples[-self.fit_samples:]
+        lacking = [s for s in used if not all(k in table.data for k in s.blocks)]  # entries are added on first sight
+        self.warm([context.build(CompressionConfig.from_json(s.config)) for s in lacking], context)
+        sums, ys = [], []
+        for s in used:
             sums.append(sum(table.data[k]["latency_ms"] for k in s.blocks))
             ys.append(s.latency_ms)
         x, y = np.asarray(sums), np.asarray(ys)
@@ -121,9 +129,17 @@ class LutModel(CostModel):
         self.fitted_samples = len(x)
         return self
 
-    def _predict(self, candidate, context):
+    def warm(self, candidates, context, chunk: int = 24) -> None:
+        """Measure the table's missing parts of ``candidates``, ``chunk`` parts timed together."""
         table = self.table(context)
-        total = sum(table.latency(p, context) for p in parts(candidate, context.example))
+        missing = list({p.key: p for c in candidates for p in parts(c, context.example) if p.key not in table.data}.values())
+        for start in range(0, len(missing), chunk):
+            table.fill(missing[start:start + chunk], context)
+
+    def _predict(self, candidate, context):
+        table, pieces = self.table(context), parts(candidate, context.example)
+        table.fill(pieces, context)
+        total = sum(table.latency(p, context) for p in pieces)
         return self.scale * total + self.overhead_ms, self.sigma_ms, "lut"
 
     def state(self) -> dict:

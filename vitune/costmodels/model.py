@@ -95,7 +95,8 @@ class CostModel:
         if self.target_key != context.directory.name:
             raise ConfigError(
                 f"this {self.kind} cost model was fitted on target {self.target!r} ({self.target_key}), "
-                f"not {context.profile.name!r} ({context.directory.name}); fit one for that target "
+                f"not {context.profile.name!r} ({context.directory.name}: its TVM target, host or timing "
+                "protocol differ); fit one for that target "
                 "(vitune costmodel fit) or pass allow_other_target=True to use it anyway"
             )
         if self.tuning != context.tuning:
@@ -112,6 +113,10 @@ class CostModel:
 
     def label(self) -> str:
         return self.kind
+
+    def warm(self, candidates, context) -> None:
+        """Do the first-sight work of predicting ``candidates`` in one go (optional: a table
+        measures its missing entries together). :meth:`predict` does it anyway when needed."""
 
     def predict(self, candidate, context, allow_other_target: bool = False) -> Prediction:
         self.check_target(context, allow_other_target)

@@ -70,9 +70,9 @@ def remeasure_front(study, evaluator, source: PredictedLatency, log=print) -> in
     if not todo:
         return 0
     store, added = context.store(), 0
-    for trial in todo:
-        config = trial_config(trial)
-        sample, m = context.measure_candidate(evaluator.compress(config), config)
+    configs = [trial_config(t) for t in todo]
+    measured = context.measure_candidates([evaluator.compress(c) for c in configs], configs)
+    for trial, (sample, m) in zip(todo, measured):
         predicted = trial.user_attrs.get("metrics", {}).get("latency_ms")
         checks[str(trial.number)] = {"predicted_ms": predicted, "measured_ms": m.latency_ms, "error": m.error, "label": source.model.label()}
         if not m.ok:

@@ -34,11 +34,15 @@ def model_key(model: nn.Module, example: torch.Tensor) -> str:
 
 
 def target_dir(profile) -> Path:
-    """Where a target's cost-model files live (the same key as its tuning database)."""
+    """Where a target's cost-model files live: its tuning database's key plus its timing
+    protocol's (latencies timed another way are other numbers: they are never mixed)."""
+    import hashlib
+
     from vitune.paths import cache_dir
     from vitune.targets.tuning import database_dir
 
-    return cache_dir() / "costmodels" / database_dir(profile).name
+    protocol = hashlib.sha256(json.dumps(dataclasses.asdict(profile.protocol), sort_keys=True).encode()).hexdigest()[:8]
+    return cache_dir() / "costmodels" / f"{database_dir(profile).name}-{protocol}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class CostContext:
     tuning: str = "off"  # off | database | tune
     calibration: object = None  # a Calibration (random images when the model has no data)
     kernels: KernelCache = field(default_factory=KernelCache)
+    rounds: int = 3  # interleaved timing rounds when several candidates are measured together
+    batch: int = 8  # configurations built, then timed together, when samples are collected
     _tuner: object = None
 
     @property
@@ -150,22 +156,29 @@ class CostContext:
 
     def measure(self, config, seed: int = -1) -> tuple[Sample | None, str | None]:
         """Build, lower (features) and measure one configuration: ``(sample, None)`` or ``(None, error)``."""
-        sample, m = self.measure_candidate(self.build(config), config, seed)
-        return sample, m.error
+        return self.measure_configs([config], seed)[0]
 
-    def measure_candidate(self, candidate: nn.Module, config, seed: int = -1):
-        """Lower and measure ``candidate`` (built from ``config``): ``(sample or None, Measurement)``."""
+    def measure_configs(self, configs, seed: int = -1) -> list[tuple[Sample | None, str | None]]:
+        """:meth:`measure` for several configurations, timed together (interleaved rounds)."""
+        return [(s, m.error) for s, m in self.measure_candidates([self.build(c) for c in configs], configs, seed)]
+
+    def measure_candidates(self, candidates: list[nn.Module], configs, seed: int = -1) -> list:
+        """Lower and measure ``candidates`` (built from ``configs``) together, in :attr:`rounds`
+        interleaved timing rounds: ``[(sample or None, Measurement)]`` in order."""
         from vitune.costmodels.lut import parts
-        from vitune.targets.measure import measure
+        from vitune.targets.measure import measure_many
 
-        workloads = self.workload_keys(candidate)
-        t0 = time.perf_counter()
-        m = measure(candidate, self.example, self.profile, tuner=self.tuner)
-        spent = time.perf_counter() - t0
-        if not m.ok:
-            return None, m
-        blocks = tuple(p.key for p in parts(candidate, self.example))
-        return Sample(config.to_json(), config.key, workloads, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed), m
+        workloads = [self.workload_keys(c) for c in candidates]
+        measured = measure_many(candidates, [self.example] * len(candidates), self.profile, tuner=self.tuner, rounds=self.rounds)
+        out = []
+        for candidate, config, keys, m in zip(candidates, configs, workloads, measured):
+            if not m.ok:
+                out.append((None, m))
+                continue
+            blocks = tuple(p.key for p in parts(candidate, self.example))
+            spent = sum(v for k, v in m.timings.items() if k.endswith("_s"))  # export, build, tune, codegen, run
+            out.append((Sample(config.to_json(), config.key, keys, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed), m))
+        return out
 
 
 def random_calibration(example: torch.Tensor, images: int = 8, seed: int = 0):

@@ -70,14 +70,17 @@ def collect(context: CostContext, store: SampleStore, n: int, seed: int, exclude
     known = set(exclude) | {s.config_key for s in have}
     configs = context.random_configs(n - len(have), seed + len(have), exclude=known)
     failed = 0
-    for config in tqdm(configs, desc=f"measuring on {context.profile.name}", unit="config", disable=None if progress else True):
-        sample, error = context.measure(config, seed)
-        if sample is None:
-            failed += 1
-            log(f"config {config.key} failed: {error}")
-            continue
-        store.append(sample)
-        have.append(sample)
+    with tqdm(total=len(configs), desc=f"measuring on {context.profile.name}", unit="config", disable=None if progress else True) as bar:
+        for start in range(0, len(configs), context.batch):  # built, then timed together in interleaved rounds
+            batch = configs[start:start + context.batch]
+            for config, (sample, error) in zip(batch, context.measure_configs(batch, seed)):
+                if sample is None:
+                    failed += 1
+                    log(f"config {config.key} failed: {error}")
+                    continue
+                store.append(sample)
+                have.append(sample)
+            bar.update(len(batch))
     context.kernels.save()
     if failed:
         log(f"{failed} configuration(s) failed to measure; they are left out")
@@ -147,6 +150,7 @@ def evaluate(context: CostContext, models: dict, held_out: list, log=print) -> l
     rows = []
     for kind, model in models.items():
         t0 = time.perf_counter()
+        model.warm(candidates, context)
         for c in candidates:  # first sight: fills the block table / kernel cache
             model.predict(c, context)
         warm = time.perf_counter() - t0
@@ -188,8 +192,8 @@ def noise_floor(context: CostContext, held_out: list, k: int) -> EvalRow:
     from vitune.compression.config import CompressionConfig
 
     first, again, spent = [], [], []
-    for s in held_out[:k]:
-        sample, error = context.measure(CompressionConfig.from_json(s.config))
+    checked = held_out[:k]
+    for s, (sample, _) in zip(checked, context.measure_configs([CompressionConfig.from_json(s.config) for s in checked])):
         if sample is None:
             continue
         first.append(s.latency_ms)

@@ -65,6 +65,6 @@ def check_target(profile) -> CheckReport:
     if not report.add("device", problem is None, problem or f"device reachable ({profile.runner_spec.describe()})"):
         return report
     m = time_compiled(compiled, example, profile)
-    if report.add("run", m.ok, m.error or f"probe latency {m.latency_ms:.4f} ms (median of {len(m.samples_ms)})"):
+    if report.add("run", m.ok, m.error or f"probe latency {m.latency_ms:.4f} ms ({profile.protocol.statistic} of {len(m.samples_ms)})"):
         report.latency_ms = m.latency_ms
     return report

@@ -21,7 +21,7 @@ class Measurement:
     """Result of timing one model on one target."""
 
     target: str
-    latency_ms: float | None = None  # median over repeats
+    latency_ms: float | None = None  # the protocol's statistic (median or min) over repeats
     samples_ms: tuple[float, ...] = ()  # one mean per repeat
     spread_ms: float | None = None  # interquartile range of the samples
     error: str | None = None  # what failed, with the stage named; None when ok
@@ -61,6 +61,51 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
     return time_compiled(compiled, example, profile)
 
 
+def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list[Measurement]:
+    """Measure several models together: build each once, then time them in ``rounds``
+    interleaved rounds (A B C, A B C, ...). Never raises (except KeyboardInterrupt).
+
+    A burst of load on a shared machine lasts seconds: timed back to back, one model can spend
+    its whole timing inside one and come out 30 % slow. Interleaved, the burst costs each model
+    one round at most, and the latency — the protocol's statistic over every round's repeats —
+    is taken across a window of ``rounds`` x (models x one timing). Use it where several
+    latencies are compared with each other (cost-model samples, block tables).
+    """
+    from vitune.targets.compile import compile_model
+
+    out: list[Measurement | None] = [None] * len(models)
+    built = []
+    for i, (model, example) in enumerate(zip(models, examples)):
+        try:
+            built.append(compile_model(model, example, profile, tuner))
+        except Exception as err:  # a measurement is a record, never an exception into the search
+            out[i] = Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
+            built.append(None)
+    samples: list[list[float]] = [[] for _ in models]
+    timings = [dict(c.timings) if c is not None else {} for c in built]
+    for _ in range(max(1, rounds)):
+        for i, compiled in enumerate(built):
+            if out[i] is not None:
+                continue
+            m = time_compiled(compiled, examples[i], profile)
+            if not m.ok:
+                out[i] = m
+                continue
+            samples[i].extend(m.samples_ms)
+            for k in ("codegen_s", "run_s"):
+                timings[i][k] = timings[i].get(k, 0.0) + m.timings.get(k, 0.0)
+            for k in ("tuned_workloads", "untuned_workloads"):
+                if k in m.timings:
+                    timings[i][k] = m.timings[k]
+    return [
+        out[i] or Measurement(
+            target=profile.name, latency_ms=profile.protocol.latency_ms(samples[i]), samples_ms=tuple(samples[i]),
+            spread_ms=_iqr(samples[i]), timings=timings[i],
+        )
+        for i in range(len(models))
+    ]
+
+
 def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
     """Time an already built :class:`CompiledModel` on ``profile``'s device. Never raises."""
     from vitune.targets.runner import runner_for
@@ -80,7 +125,7 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
             timings.update(tuned_workloads=compiled.tuning.from_database + compiled.tuning.tuned, untuned_workloads=compiled.tuning.untuned)
         return Measurement(
             target=profile.name,
-            latency_ms=statistics.median(samples),
+            latency_ms=profile.protocol.latency_ms(samples),
             samples_ms=tuple(samples),
             spread_ms=_iqr(samples),
             timings=timings,

@@ -19,6 +19,7 @@ A profile is a TOML file (see ``vitune/targets/profiles/*.toml`` for the built-i
     timeout_s = 60                          # connect + upload + one timing; longer is a failure
     [protocol]
     warmup = 3; number = 0; repeat = 7; min_repeat_ms = 40; cooldown_ms = 0; threads = 0
+    statistic = "median"                    # median | min of the repeats
     [hardware]                              # facts analytical cost models use
     cores = 0                               # 0 = detected (local targets)
     clock_ghz = 0.0
@@ -38,6 +39,7 @@ naming the file and the key.
 from __future__ import annotations
 
 import os
+import statistics
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from vitune.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 TARGET_ENTRY_POINTS = "vitune.targets"
+STATISTICS = ("median", "min")
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,16 @@ class Protocol:
 
     warmup: int = 3  # untimed runs first
     number: int = 0  # runs averaged per repeat; 0 = enough to last min_repeat_ms
-    repeat: int = 7  # repeats; latency_ms is the median over repeats
+    repeat: int = 7  # repeats; latency_ms is their `statistic`
     min_repeat_ms: int = 40
     cooldown_ms: int = 0
     threads: int = 0  # runtime threads; 0 = the target's core count
+    statistic: str = "median"  # median | min: how the repeats make one latency
+
+    def latency_ms(self, samples) -> float:
+        """One latency from the repeats' means: their median, or their minimum (on a shared
+        machine, neighbours only ever add time: the fastest repeat is the build's own cost)."""
+        return min(samples) if self.statistic == "min" else statistics.median(samples)
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,13 @@ def _int(table: dict, key: str, default: int, where: str, minimum: int = 0) -> i
     return value
 
 
+def _choice(table: dict, key: str, default: str, allowed: tuple[str, ...], where: str) -> str:
+    value = table.get(key, default)
+    if value not in allowed:
+        raise ConfigError(f"{where} {key}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _table(data: dict, key: str, where: str, required: bool = False) -> dict:
     value = data.get(key)
     if value is None:
@@ -271,6 +287,7 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         min_repeat_ms=_int(proto_t, "min_repeat_ms", 40, where),
         cooldown_ms=_int(proto_t, "cooldown_ms", 0, where),
         threads=_int(proto_t, "threads", 0, where),
+        statistic=_choice(proto_t, "statistic", "median", STATISTICS, where),
     )
     hardware = _hardware(_table(data, "hardware", source), f"{source} [hardware]")
     profile = TargetProfile(
