@@ -84,11 +84,6 @@ class BlockTable(JsonTable):
             if not m.ok:
                 raise RuntimeError(f"{part.name} is not in the block table and measuring it failed: {m.error}")
 
-    def latency(self, part: Part, context) -> float:
-        """The part's latency, measured on ``context``'s target now if the table has no entry (raises on failure)."""
-        self.fill([part], context)
-        return float(self.data[part.key]["latency_ms"])
-
 
 @register_cost_model("lut")
 class LutModel(CostModel):
@@ -138,8 +133,8 @@ class LutModel(CostModel):
 
     def _predict(self, candidate, context):
         table, pieces = self.table(context), parts(candidate, context.example)
-        table.fill(pieces, context)
-        total = sum(table.latency(p, context) for p in pieces)
+        table.fill(pieces, context)  # a part never seen is measured now
+        total = sum(float(table.data[p.key]["latency_ms"]) for p in pieces)
         return self.scale * total + self.overhead_ms, self.sigma_ms, "lut"
 
     def state(self) -> dict:

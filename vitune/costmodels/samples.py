@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
