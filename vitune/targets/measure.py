@@ -50,15 +50,22 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
 
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
     """
-    from vitune.targets.compile import compile_model
-
-    try:
-        compiled = compile_model(model, example, profile, tuner)
-    except Exception as err:  # a measurement is a record, never an exception into the search
-        return Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
+    compiled, failed = _compile(model, example, profile, tuner)
+    if failed is not None:
+        return failed
     if compiled_out is not None:
         compiled_out.append(compiled)
     return time_compiled(compiled, example, profile)
+
+
+def _compile(model: torch.nn.Module, example: torch.Tensor, profile, tuner):
+    """``(CompiledModel, None)``, or ``(None, the failed Measurement)``."""
+    from vitune.targets.compile import compile_model
+
+    try:
+        return compile_model(model, example, profile, tuner), None
+    except Exception as err:  # a measurement is a record, never an exception into the search
+        return None, Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
 
 
 def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list[Measurement]:
@@ -71,18 +78,11 @@ def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list
     is taken across a window of ``rounds`` x (models x one timing). Use it where several
     latencies are compared with each other (cost-model samples, block tables).
     """
-    from vitune.targets.compile import compile_model
-
-    out: list[Measurement | None] = [None] * len(models)
-    built = []
-    for i, (model, example) in enumerate(zip(models, examples)):
-        try:
-            built.append(compile_model(model, example, profile, tuner))
-        except Exception as err:  # a measurement is a record, never an exception into the search
-            out[i] = Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
-            built.append(None)
+    pairs = [_compile(model, example, profile, tuner) for model, example in zip(models, examples)]
+    built = [compiled for compiled, _ in pairs]
+    out: list[Measurement | None] = [failed for _, failed in pairs]
     samples: list[list[float]] = [[] for _ in models]
-    timings = [dict(c.timings) if c is not None else {} for c in built]
+    timings: list[dict] = [{} for _ in models]
     for _ in range(max(1, rounds)):
         for i, compiled in enumerate(built):
             if out[i] is not None:
@@ -92,11 +92,8 @@ def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list
                 out[i] = m
                 continue
             samples[i].extend(m.samples_ms)
-            for k in ("codegen_s", "run_s"):
-                timings[i][k] = timings[i].get(k, 0.0) + m.timings.get(k, 0.0)
-            for k in ("tuned_workloads", "untuned_workloads"):
-                if k in m.timings:
-                    timings[i][k] = m.timings[k]
+            totals = {k: timings[i].get(k, 0.0) + m.timings.get(k, 0.0) for k in ("codegen_s", "run_s")}  # every round's
+            timings[i] = {**m.timings, **totals}  # the build's own timings come with each round's record
     return [
         out[i] or Measurement(
             target=profile.name, latency_ms=profile.protocol.latency_ms(samples[i]), samples_ms=tuple(samples[i]),
