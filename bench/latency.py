@@ -4,7 +4,8 @@ Prints, in one run on the target's CPU at batch 1 (same thread count everywhere)
 
 1. for the uncompressed default digits ViT and a random-init ``deit_tiny_patch16_224``:
    PyTorch eager, ONNX Runtime, TVM untuned and TVM tuned (MetaSchedule, vitune's per-target
-   database) — medians and ratios to ONNX Runtime, with the tuning time it took;
+   database) — each timed by the target's protocol (its statistic: median or min of the
+   repeats) — and ratios to ONNX Runtime, with the tuning time it took;
 2. tuning throughput — candidates built and measured per second — of MetaSchedule's default
    ``LocalBuilder``/``LocalRunner`` (process pools) and of vitune's in-process pair, on the
    same workloads and trial count.
@@ -21,21 +22,21 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 
-def _timed(fn, warmup: int = 3, repeat: int = 7, min_repeat_ms: float = 40.0) -> list[float]:
-    for _ in range(warmup):
+def _timed(fn, protocol) -> list[float]:
+    """Samples (ms per run) of ``fn`` taken the way the target's protocol times TVM builds."""
+    for _ in range(protocol.warmup):
         fn()
     t0 = time.perf_counter()
     fn()
     once = max((time.perf_counter() - t0) * 1e3, 1e-3)
-    number = max(1, int(min_repeat_ms / once) + 1)
+    number = protocol.number or max(1, int(protocol.min_repeat_ms / once) + 1)
     samples = []
-    for _ in range(repeat):
+    for _ in range(protocol.repeat):
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
@@ -43,15 +44,15 @@ def _timed(fn, warmup: int = 3, repeat: int = 7, min_repeat_ms: float = 40.0) ->
     return samples
 
 
-def eager_ms(model, x, threads: int) -> list[float]:
+def eager_ms(model, x, threads: int, protocol) -> list[float]:
     import torch
 
     torch.set_num_threads(threads)
     with torch.inference_mode():
-        return _timed(lambda: model(x))
+        return _timed(lambda: model(x), protocol)
 
 
-def onnxruntime_ms(model, x, threads: int) -> list[float]:
+def onnxruntime_ms(model, x, threads: int, protocol) -> list[float]:
     import warnings
 
     import onnxruntime as ort
@@ -68,7 +69,7 @@ def onnxruntime_ms(model, x, threads: int) -> list[float]:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
-    return _timed(lambda: session.run(None, feed))
+    return _timed(lambda: session.run(None, feed), protocol)
 
 
 def model_rows(label, model, x, profile, trials_per_task: int) -> dict:
@@ -76,9 +77,10 @@ def model_rows(label, model, x, profile, trials_per_task: int) -> dict:
     from vitune.targets.tuning import Tuner
 
     threads = profile.threads
-    row = {"model": label, "threads": threads}
-    row["eager_ms"] = statistics.median(eager_ms(model, x, threads))
-    row["onnxruntime_ms"] = statistics.median(onnxruntime_ms(model, x, threads))
+    stat = profile.protocol.latency_ms  # the statistic TVM latencies are reported in
+    row = {"model": label, "threads": threads, "statistic": profile.protocol.statistic}
+    row["eager_ms"] = stat(eager_ms(model, x, threads, profile.protocol))
+    row["onnxruntime_ms"] = stat(onnxruntime_ms(model, x, threads, profile.protocol))
     untuned = measure(model, x, profile)
     row["tvm_untuned_ms"] = untuned.latency_ms
     tuner = Tuner(profile, "tune", trials_per_task)
@@ -171,7 +173,8 @@ def main() -> None:
         models.append(("deit_tiny_patch16_224 (random init)", timm.create_model("deit_tiny_patch16_224", pretrained=False).eval(), torch.randn(1, 3, 224, 224)))
 
     report = {"target": profile.describe(), "versions": versions(), "models": [], "throughput": []}
-    print(f"1. batch-1 latency on {profile.name} ({profile.tvm_target}), {profile.threads} threads everywhere; medians in ms")
+    print(f"1. batch-1 latency on {profile.name} ({profile.tvm_target}), {profile.threads} threads everywhere; "
+          f"{profile.protocol.statistic} of the repeats in ms, every peer timed by the target's protocol")
     print(f"{'model':<38} {'eager':>8} {'ORT':>8} {'TVM untuned':>11} {'TVM tuned':>9} {'eager/ORT':>9} {'untuned/ORT':>11} {'tuned/ORT':>9}  tuning")
     for label, model, x in models:
         row = model_rows(label, model, x, profile, args.trials_per_task)

@@ -40,7 +40,7 @@ def target_dir(profile) -> Path:
     from vitune.paths import cache_dir
     from vitune.targets.tuning import database_dir
 
-    protocol = hashlib.sha256(json.dumps(dataclasses.asdict(profile.protocol), sort_keys=True).encode()).hexdigest()[:8]
+    protocol = hashlib.sha256(json.dumps(profile.timing_key()["protocol"], sort_keys=True).encode()).hexdigest()[:8]
     return cache_dir() / "costmodels" / f"{database_dir(profile).name}-{protocol}"
 
 

@@ -152,12 +152,13 @@ def lower(workload: Workload) -> list[Kernel]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     from vitune.targets.compile import filtered_native_stderr
+    from vitune.targets.graph import optimize
 
     module = workload.module.eval()
     with torch.no_grad(), filtered_native_stderr():
         program = torch.export.export(_Call(module), workload.example_inputs())
     mod = _from_program(program)
-    mod = relax.transform.FuseTransposeMatmul()(mod)
+    mod = optimize(mod)  # as every build does
     with tvm.target.Target({"kind": "llvm"}):
         mod = relax.get_pipeline("zero")(mod)
     calls: dict[str, int] = {}

@@ -32,8 +32,7 @@ def data_key(data_spec, split: str) -> str:
 
 
 def target_key(profile, tuning: str) -> str:
-    return _hash({"target": profile.tvm_target, "host": profile.tvm_host, "protocol": dataclasses.asdict(profile.protocol),
-                  "runner": profile.runner, "tuning": tuning})
+    return _hash({**profile.timing_key(), "runner": profile.runner, "tuning": tuning})
 
 
 class ResultCache:

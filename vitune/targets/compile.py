@@ -125,13 +125,12 @@ def build(mod, profile, tuner=None):
     target's database (tuning unseen ones if the tuner's mode and budget allow).
     """
     import tvm
-    from tvm import relax
+
+    from vitune.targets.graph import optimize
 
     target = profile.tvm()
     report = None
-    # Linear layers import as matmul(x, permute_dims(W)) with W a graph input, so every call would
-    # transpose every weight: fuse the transpose into the matmul ("NT" matmul) instead.
-    mod = relax.transform.FuseTransposeMatmul()(mod)
+    mod = optimize(mod)  # NT matmuls, fusable activations, fast softmax / GELU
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)

@@ -75,12 +75,20 @@ class _Done(PyRunnerFuture):
         return self._result
 
 
+def _failed(failures: dict[str, int], error: str):
+    """A failed candidate's result, counted by its error (the tuner reports the commonest)."""
+    failures[error] = failures.get(error, 0) + 1
+    return _Done(RunnerResult(None, error))
+
+
 @derived_object
 class InProcessRunner(PyRunner):
-    def __init__(self, number: int = 3, repeat: int = 1, min_repeat_ms: int = 20):
+    def __init__(self, number: int = 3, repeat: int = 1, min_repeat_ms: int = 20, threads: int = 0):
         super().__init__()
         self.number, self.repeat, self.min_repeat_ms = number, repeat, min_repeat_ms
+        self.threads = threads  # CPU kernels run on this many threads (0: as the pool is)
         self.measured = 0
+        self.failures: dict[str, int] = {}  # error line → candidates that failed with it
 
     def run(self, runner_inputs):
         import tvm
@@ -91,15 +99,19 @@ class InProcessRunner(PyRunner):
             with _LOCK:
                 rt_mod = _MODULES.pop(item.artifact_path, None)
             if rt_mod is None:
-                futures.append(_Done(RunnerResult(None, f"no in-process module {item.artifact_path}")))
+                futures.append(_failed(self.failures, f"no in-process module {item.artifact_path}"))
                 continue
             try:
                 dev = tvm.device(str(item.device_type), 0)
+                if self.threads and dev.dlpack_device_type() == 1:  # CPU: time as the target will run
+                    from vitune.targets.runner import use_threads
+
+                    use_threads(self.threads)
                 (args,) = default_alloc_argument(dev, [info.as_json() for info in item.args_info], 1)
                 evaluator = rt_mod.time_evaluator(rt_mod.entry_name, dev, number=self.number, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
                 costs = [float(c) for c in evaluator(*args).results]
                 futures.append(_Done(RunnerResult(costs, None)))
                 self.measured += 1
             except Exception as err:
-                futures.append(_Done(RunnerResult(None, _last_line(err))))
+                futures.append(_failed(self.failures, _last_line(err)))
         return futures

@@ -18,7 +18,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
-from vitune.targets.msinproc import _Done, _last_line, build_each
+from vitune.targets.msinproc import _Done, _failed, _last_line, build_each
 
 
 @derived_object
@@ -52,6 +52,7 @@ class RemoteRunner(PyRunner):
         self.rpc = RpcRunner(profile)
         self.number, self.repeat, self.min_repeat_ms = number, repeat, min_repeat_ms
         self.measured = 0
+        self.failures: dict[str, int] = {}  # error line → candidates that failed with it
         self._session = None
 
     def _time(self, item) -> list[float]:
@@ -90,7 +91,7 @@ class RemoteRunner(PyRunner):
                 self.measured += 1
             except Exception as err:
                 self._session = None  # reconnect for the next candidate
-                futures.append(_Done(RunnerResult(None, _last_line(err))))
+                futures.append(_failed(self.failures, _last_line(err)))
             finally:
                 Path(item.artifact_path).unlink(missing_ok=True)
         return futures

@@ -50,6 +50,11 @@ from vitune.errors import ConfigError
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 TARGET_ENTRY_POINTS = "vitune.targets"
 STATISTICS = ("median", "min")
+# How vitune runs kernels, as far as it changes a latency: 1 = TVM's default CPU thread pool
+# (half the logical CPUs on x86, one core on a 2-core VM); 2 = the profile's thread count. Part
+# of every key under which latencies or tuning records are kept, so none timed before a change
+# is reused after it.
+TIMING_RUNTIME = 2
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,15 @@ class TargetProfile:
     @property
     def threads(self) -> int:
         return self.protocol.threads or int(self.tvm_target.get("num-cores", 0)) or (os.cpu_count() or 1)
+
+    def timing_key(self) -> dict[str, Any]:
+        """What a latency measured on this target depends on besides the model: the TVM target
+        and host, the CPU threads kernels run on, the timing protocol and :data:`TIMING_RUNTIME`.
+        Caches of latencies, tuning records and cost-model samples are keyed by (parts of) it."""
+        from dataclasses import asdict
+
+        return {"target": self.tvm_target, "host": self.tvm_host, "threads": self.threads, "runtime": TIMING_RUNTIME,
+                "protocol": asdict(self.protocol)}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "tvm_target": self.tvm_target, "runner": self.runner_spec.describe(), "source": self.source}

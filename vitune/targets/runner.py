@@ -20,7 +20,6 @@ record. Built-in kinds: ``local`` (this process: the CPU, or a local GPU for GPU
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 import threading
@@ -33,6 +32,17 @@ from vitune.targets.compile import CompiledModel
 from vitune.targets.profile import Protocol
 
 RUNNER_ENTRY_POINTS = "vitune.runners"
+
+
+def use_threads(threads: int) -> int:
+    """Run this OS thread's TVM CPU kernels on ``threads`` workers; returns how many it got (a pool
+    never grows past the size it was created with: ``TVM_NUM_THREADS``, set by ``import vitune``)."""
+    import tvm
+
+    in_use = tvm.get_global_func("runtime.NumThreads")
+    if in_use() != threads:
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: all cores, pinned
+    return int(in_use())
 
 
 def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
@@ -79,8 +89,6 @@ class LocalRunner:
     def __init__(self, profile):
         self.profile = profile
         self.threads = profile.threads
-        # The TVM runtime sizes its CPU thread pool on first use from TVM_NUM_THREADS.
-        os.environ.setdefault("TVM_NUM_THREADS", str(self.threads))
 
     def _device(self):
         import tvm
@@ -117,6 +125,8 @@ class LocalRunner:
         from tvm import relax
 
         dev = self._device()
+        if dev.dlpack_device_type() == 1:  # kDLCPU
+            use_threads(self.threads)
         vm = compiled.prepared if compiled.prepared is not None else relax.VirtualMachine(compiled.runtime_module(), dev)
         compiled.prepared = None  # a VM is used by one caller
         return vm, dev

@@ -42,24 +42,30 @@ class TuneReport:
     tuned: int = 0  # ... tuned now
     untuned: int = 0  # ... left untuned (mode or budget)
     trials: int = 0  # candidates built and measured
+    failed: int = 0  # candidates built but not measured
+    error: str = ""  # the commonest reason they failed
     seconds: float = 0.0
     names: list[str] = field(default_factory=list)  # tuned workloads
 
     def merge(self, other: "TuneReport") -> None:
-        for k in ("workloads", "from_database", "tuned", "untuned", "trials"):
+        for k in ("workloads", "from_database", "tuned", "untuned", "trials", "failed"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.error = other.error or self.error
         self.seconds += other.seconds
         self.names += other.names
 
     def line(self) -> str:
+        failed = f"; {self.failed} candidates failed to run, e.g. {self.error}" if self.failed else ""
         return (
             f"{self.workloads} workloads: {self.from_database} from the tuning database, {self.tuned} tuned now "
-            f"({self.trials} candidates in {self.seconds:.1f} s), {self.untuned} untuned"
+            f"({self.trials} candidates in {self.seconds:.1f} s), {self.untuned} untuned{failed}"
         )
 
 
 def database_dir(profile) -> Path:
-    key = json.dumps({"target": profile.tvm_target, "host": profile.tvm_host}, sort_keys=True)
+    # schedules are chosen by timing them: on another thread count another one wins
+    timing = profile.timing_key()
+    key = json.dumps({k: timing[k] for k in ("target", "host", "threads", "runtime")}, sort_keys=True)
     return cache_dir() / "tuning" / f"{profile.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -168,7 +174,7 @@ class Tuner:
         report.from_database = len(tasks) - len(unseen)
         if unseen and self.mode == "tune" and self._left_s() > 0:
             t0 = time.perf_counter()
-            report.trials = self._tune(unseen, target, db)
+            report.trials, report.failed, report.error = self._tune(unseen, target, db)
             report.seconds = time.perf_counter() - t0
             tuned = [t for t in unseen if self._has_record(db, t, target)]
             report.tuned = len(tuned)
@@ -185,7 +191,7 @@ class Tuner:
         mod = task.dispatched[0]
         return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
 
-    def _tune(self, tasks, target, db) -> int:
+    def _tune(self, tasks, target, db) -> tuple[int, int, str]:
         import os
 
         from tvm.s_tir import meta_schedule as ms
@@ -222,7 +228,11 @@ class Tuner:
                 )
             finally:
                 getattr(runner, "close", lambda: None)()  # give a tracker's device back
-            return getattr(runner, "measured", 0)
+            failures = getattr(runner, "failures", {})
+            if failures and not runner.measured:
+                logging.getLogger(__name__).warning("tuning %s: no candidate ran (%s)", self.profile.name, max(failures, key=failures.get))
+            commonest = max(failures, key=failures.get) if failures else ""
+            return runner.measured, sum(failures.values()), commonest
 
     def _builder_runner(self, work: str):
         """In-process for a device of this machine; in-process build + RPC timing for a device
@@ -235,7 +245,7 @@ class Tuner:
         if kind == "local" and self.profile.is_native:
             from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
 
-            return InProcessBuilder(), InProcessRunner()
+            return InProcessBuilder(), InProcessRunner(threads=self.profile.threads)
         if kind == "local":
             raise RuntimeError(
                 f"tuning target {self.profile.name} needs its device: this machine cannot run "

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from vitune.targets.compile import compile_model, export_relax
+from vitune.targets.graph import optimize
+from vitune.targets.runner import runner_for, use_threads
+
+
+def _ops(mod) -> list[str]:
+    from tvm import relax
+
+    names = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
+            names.append(expr.op.name)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return names
+
+
+def test_vit_blocks_lose_their_guards_and_keep_fusable_activations(tiny_vit):
+    mod, _ = export_relax(tiny_vit, torch.randn(1, 1, 8, 8))
+    before = _ops(mod)
+    assert "relax.where" in before and "relax.nn.gelu" in before  # what torch.export leaves
+    after = _ops(optimize(mod))
+    assert "relax.where" not in after and "relax.nn.softmax" not in after and "relax.nn.gelu" not in after
+    # GELU now sits right after its linear layer's bias (no reshape between): it fuses into it
+    assert after.count("relax.reshape") < before.count("relax.reshape")
+
+
+def test_rewritten_build_computes_what_torch_computes(tiny_vit, fast_target):
+    x = torch.randn(1, 1, 8, 8) * 4
+    compiled = compile_model(tiny_vit, x, fast_target)
+    got = runner_for(fast_target).run(compiled, x.numpy())
+    np.testing.assert_allclose(got, tiny_vit(x).detach().numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.Softmax(dim=-1)], ids=["gelu", "softmax"])
+def test_fast_math_is_within_float32_rounding(act, fast_target):
+    x = torch.linspace(-12, 12, 4096).reshape(8, 512)
+    compiled = compile_model(act, x, fast_target)
+    got = runner_for(fast_target).run(compiled, x.numpy())
+    np.testing.assert_allclose(got, act(x).numpy(), atol=2e-6, rtol=1e-5)
+
+
+class GuardLike(torch.nn.Module):
+    """A where() around a softmax that is not attention's all--inf guard: it must stay."""
+
+    def forward(self, x):
+        return torch.where(x > 0, torch.zeros_like(x), torch.softmax(x, dim=-1))
+
+
+def test_other_wheres_are_kept(fast_target):
+    x = torch.randn(4, 16)
+    mod, _ = export_relax(GuardLike(), x)
+    assert "relax.where" in _ops(optimize(mod))
+    got = runner_for(fast_target).run(compile_model(GuardLike(), x, fast_target), x.numpy())
+    np.testing.assert_allclose(got, GuardLike()(x).numpy(), atol=1e-6)
+
+
+def test_kernels_run_on_the_targets_threads():
+    assert use_threads(1) == 1
+    import os
+
+    if (os.cpu_count() or 1) >= 2:
+        assert use_threads(2) == 2  # `import vitune` let the pool have every CPU
