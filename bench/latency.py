@@ -44,15 +44,19 @@ def _timed(fn, protocol) -> list[float]:
     return samples
 
 
-def eager_ms(model, x, threads: int, protocol) -> list[float]:
+def eager_fn(model, x, threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    with torch.inference_mode():
-        return _timed(lambda: model(x), protocol)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    return run
 
 
-def onnxruntime_ms(model, x, threads: int, protocol) -> list[float]:
+def onnxruntime_fn(model, x, threads: int):
     import warnings
 
     import onnxruntime as ort
@@ -69,30 +73,42 @@ def onnxruntime_ms(model, x, threads: int, protocol) -> list[float]:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
-    return _timed(lambda: session.run(None, feed), protocol)
+    return lambda: session.run(None, feed)
 
 
-def model_rows(label, model, x, profile, trials_per_task: int) -> dict:
-    from vitune.targets.measure import measure
+PEERS = ("eager", "onnxruntime", "tvm_untuned", "tvm_tuned")
+
+
+def model_rows(label, model, x, profile, trials_per_task: int, rounds: int) -> dict:
+    """Tune and build first; then time the four peers in ``rounds`` interleaved rounds (eager,
+    ORT, untuned, tuned, eager, ...), so a burst of load on a shared machine falls on all of them
+    alike; each latency is the protocol's statistic over all its rounds' samples."""
+    from vitune.targets.compile import compile_model
+    from vitune.targets.runner import runner_for
     from vitune.targets.tuning import Tuner
 
     threads = profile.threads
-    stat = profile.protocol.latency_ms  # the statistic TVM latencies are reported in
-    row = {"model": label, "threads": threads, "statistic": profile.protocol.statistic}
-    row["eager_ms"] = stat(eager_ms(model, x, threads, profile.protocol))
-    row["onnxruntime_ms"] = stat(onnxruntime_ms(model, x, threads, profile.protocol))
-    untuned = measure(model, x, profile)
-    row["tvm_untuned_ms"] = untuned.latency_ms
+    row = {"model": label, "threads": threads, "statistic": profile.protocol.statistic, "rounds": rounds}
     tuner = Tuner(profile, "tune", trials_per_task)
-    tuned = measure(model, x, profile, tuner=tuner)
-    row["tvm_tuned_ms"] = tuned.latency_ms
-    row["tvm_error"] = tuned.error or untuned.error
+    builds = {"tvm_untuned": compile_model(model, x, profile), "tvm_tuned": compile_model(model, x, profile, tuner)}
+    runner = runner_for(profile)
+    xs = x.numpy()
+    fns = {"eager": eager_fn(model, x, threads), "onnxruntime": onnxruntime_fn(model, x, threads)}
+    for name, compiled in builds.items():
+        fns[name] = lambda c=compiled: runner.time(c, xs, profile.protocol)
+    samples: dict[str, list[float]] = {k: [] for k in PEERS}
+    for _ in range(rounds):
+        for name in PEERS:
+            fn = fns[name]
+            samples[name] += fn() if name.startswith("tvm") else _timed(fn, profile.protocol)
+    for name in PEERS:
+        row[f"{name}_ms"] = profile.protocol.latency_ms(samples[name])
     rep = tuner.report
     row["tuning"] = {"seconds": rep.seconds, "workloads": rep.workloads, "from_database": rep.from_database, "tuned": rep.tuned,
                      "untuned": rep.untuned, "candidates": rep.trials, "trials_per_task": trials_per_task}
     ort_ms = row["onnxruntime_ms"]
     for k in ("eager_ms", "tvm_untuned_ms", "tvm_tuned_ms"):
-        row[k.replace("_ms", "_vs_ort")] = None if row[k] is None else row[k] / ort_ms
+        row[k.replace("_ms", "_vs_ort")] = row[k] / ort_ms
     return row
 
 
@@ -141,6 +157,7 @@ def main() -> None:
     parser.add_argument("--target", default="local-cpu")
     parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--throughput-trials", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the four peers")
     parser.add_argument("--fresh", action="store_true", help="tune into an empty database")
     parser.add_argument("--no-deit", action="store_true")
     parser.add_argument("--json", default=None, help="write every figure printed to this file")
@@ -174,19 +191,15 @@ def main() -> None:
 
     report = {"target": profile.describe(), "versions": versions(), "models": [], "throughput": []}
     print(f"1. batch-1 latency on {profile.name} ({profile.tvm_target}), {profile.threads} threads everywhere; "
-          f"{profile.protocol.statistic} of the repeats in ms, every peer timed by the target's protocol")
+          f"{profile.protocol.statistic} of the repeats in ms, every peer timed by the target's protocol in {args.rounds} interleaved rounds")
     print(f"{'model':<38} {'eager':>8} {'ORT':>8} {'TVM untuned':>11} {'TVM tuned':>9} {'eager/ORT':>9} {'untuned/ORT':>11} {'tuned/ORT':>9}  tuning")
     for label, model, x in models:
-        row = model_rows(label, model, x, profile, args.trials_per_task)
+        row = model_rows(label, model, x, profile, args.trials_per_task, args.rounds)
         report["models"].append(row)
         t = row["tuning"]
-        tuned = f"{row['tvm_tuned_ms']:>9.4f}" if row["tvm_tuned_ms"] else f"{'failed':>9}"
-        ratio = f"{row['tvm_tuned_vs_ort']:>9.2f}" if row["tvm_tuned_vs_ort"] else f"{'-':>9}"
-        print(f"{label:<38} {row['eager_ms']:>8.4f} {row['onnxruntime_ms']:>8.4f} {row['tvm_untuned_ms']:>11.4f} {tuned} "
-              f"{row['eager_vs_ort']:>9.2f} {row['tvm_untuned_vs_ort']:>11.2f} {ratio}  "
+        print(f"{label:<38} {row['eager_ms']:>8.4f} {row['onnxruntime_ms']:>8.4f} {row['tvm_untuned_ms']:>11.4f} {row['tvm_tuned_ms']:>9.4f} "
+              f"{row['eager_vs_ort']:>9.2f} {row['tvm_untuned_vs_ort']:>11.2f} {row['tvm_tuned_vs_ort']:>9.2f}  "
               f"{t['tuned']} tuned ({t['candidates']} candidates, {t['seconds']:.0f} s), {t['from_database']} from the database, {t['untuned']} untuned")
-        if row["tvm_error"]:
-            print(f"   TVM error: {row['tvm_error']}")
 
     print(f"\n2. tuning throughput: the same 2 matmul workloads, {args.throughput_trials} trials each")
     for r in throughput(profile, args.throughput_trials):

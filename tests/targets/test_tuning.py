@@ -54,3 +54,19 @@ def test_in_process_builder_and_runner_report_failures_as_results():
 
     (future,) = InProcessRunner().run([RunnerInput("inprocess:does-not-exist", "cpu", [])])
     assert future.done() and "no in-process module" in future.result().error_msg
+
+
+def test_a_tuning_run_whose_candidates_all_fail_says_why(tiny_mlp, fast_target, tmp_path, monkeypatch):
+    import vitune.targets.runner as runner_module
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+
+    def broken(threads):
+        raise RuntimeError("the thread pool is gone")
+
+    monkeypatch.setattr(runner_module, "use_threads", broken)  # every candidate's timing fails
+    model, x = tiny_mlp
+    compiled = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    rep = compiled.tuning
+    assert rep.tuned == 0 and rep.untuned == rep.workloads and rep.trials == 0 and rep.failed > 0
+    assert "candidates failed to run, e.g. RuntimeError: the thread pool is gone" in rep.line()
