@@ -61,7 +61,7 @@ def test_a_tuning_run_whose_candidates_all_fail_says_why(tiny_mlp, fast_target, 
 
     monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
 
-    def broken(threads):
+    def broken(threads, dev=None):
         raise RuntimeError("the thread pool is gone")
 
     monkeypatch.setattr(runner_module, "use_threads", broken)  # every candidate's timing fails

@@ -103,10 +103,10 @@ class InProcessRunner(PyRunner):
                 continue
             try:
                 dev = tvm.device(str(item.device_type), 0)
-                if self.threads and dev.dlpack_device_type() == 1:  # CPU: time as the target will run
+                if self.threads:  # time as the target will run
                     from vitune.targets.runner import use_threads
 
-                    use_threads(self.threads)
+                    use_threads(self.threads, dev)
                 (args,) = default_alloc_argument(dev, [info.as_json() for info in item.args_info], 1)
                 evaluator = rt_mod.time_evaluator(rt_mod.entry_name, dev, number=self.number, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
                 costs = [float(c) for c in evaluator(*args).results]

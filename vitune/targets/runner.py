@@ -34,12 +34,15 @@ from vitune.targets.profile import Protocol
 RUNNER_ENTRY_POINTS = "vitune.runners"
 
 
-def use_threads(threads: int) -> int:
+def use_threads(threads: int, dev=None) -> int:
     """Run this OS thread's TVM CPU kernels on ``threads`` workers; returns how many it got (a pool
-    never grows past the size it was created with: ``TVM_NUM_THREADS``, set by ``import vitune``)."""
+    never grows past the size it was created with: ``TVM_NUM_THREADS``, set by ``import vitune``).
+    With ``dev``, only when it is the CPU (a GPU's kernels do not use the pool)."""
     import tvm
 
     in_use = tvm.get_global_func("runtime.NumThreads")
+    if dev is not None and dev.dlpack_device_type() != 1:  # 1: kDLCPU
+        return int(in_use())
     if in_use() != threads:
         tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: all cores, pinned
     return int(in_use())
@@ -125,8 +128,7 @@ class LocalRunner:
         from tvm import relax
 
         dev = self._device()
-        if dev.dlpack_device_type() == 1:  # kDLCPU
-            use_threads(self.threads)
+        use_threads(self.threads, dev)
         vm = compiled.prepared if compiled.prepared is not None else relax.VirtualMachine(compiled.runtime_module(), dev)
         compiled.prepared = None  # a VM is used by one caller
         return vm, dev

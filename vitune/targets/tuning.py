@@ -228,10 +228,10 @@ class Tuner:
                 )
             finally:
                 getattr(runner, "close", lambda: None)()  # give a tracker's device back
-            failures = getattr(runner, "failures", {})
-            if failures and not runner.measured:
-                logging.getLogger(__name__).warning("tuning %s: no candidate ran (%s)", self.profile.name, max(failures, key=failures.get))
+            failures = runner.failures
             commonest = max(failures, key=failures.get) if failures else ""
+            if failures and not runner.measured:
+                logging.getLogger(__name__).warning("tuning %s: no candidate ran (%s)", self.profile.name, commonest)
             return runner.measured, sum(failures.values()), commonest
 
     def _builder_runner(self, work: str):
