@@ -7,6 +7,10 @@ import from ``torch.export`` leaves in a ViT:
   (2-D matmul), so an activation between two linears sits between two reshapes and cannot fuse
   into the first one's epilogue. ``reshape(f(reshape(x)))`` with ``f`` element-wise and the outer
   shape equal to ``x``'s becomes ``f(x)``. Exact.
+* :func:`fold_residual_reshapes` — for the same reason a residual add, ``x + reshape(linear)``,
+  is a kernel of its own after the linear's 2-D matmul. ``add(reshape(y), r)`` with ``y`` of lower
+  rank becomes ``reshape(add(y, reshape(r)))``, so the add joins the matmul's epilogue (a reshape
+  of a contiguous tensor is a view, not a copy). Exact.
 * :func:`drop_softmax_guards` — PyTorch's math attention returns 0 instead of NaN for a row of
   scores that is all ``-inf`` (a fully masked row), with five element-wise ops around every
   softmax. A ViT has no attention mask, so its scores are finite and the guard never fires: the
@@ -54,6 +58,23 @@ def fold_elementwise_reshapes(func):
     return rewrite_call(outer, rewrite, func)
 
 
+def fold_residual_reshapes(func):
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    y, r = wildcard(), wildcard()
+    up = is_op("relax.reshape")(y, wildcard())
+    pattern = is_op("relax.add")(up, r) | is_op("relax.add")(r, up)
+
+    def rewrite(call, m):
+        small, out, other = _shape(m[y]), _shape(call), _shape(m[r])
+        if small is None or out is None or other != out or len(small) >= len(out) or math.prod(small) != math.prod(out):
+            return call  # a broadcast (a bias), or a reshape that does not add leading axes
+        return relax.op.reshape(relax.op.add(m[y], relax.op.reshape(m[r], small)), out)
+
+    return rewrite_call(pattern, rewrite, func)
+
+
 def drop_softmax_guards(func):
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
@@ -99,6 +120,7 @@ def optimize(mod):
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
             func = fold_elementwise_reshapes(func)
+            func = fold_residual_reshapes(func)
             func = drop_softmax_guards(func)
             func = fast_gelu(func)
             mod[gv] = func

@@ -13,11 +13,12 @@ MetaSchedule's JSON files (``workloads.json``, ``records.json``). Local targets 
 
 Modes (``[target] tuning`` in a study file):
 
-* ``off`` — untuned kernels (TVM's default lowering);
+* ``off`` — untuned kernels (TVM's default lowering; data movement as :mod:`vitune.targets.schedule`);
 * ``database`` — use the records the database has, never tune (after ``vitune tune``);
-* ``tune`` — also tune unseen workloads, ``trials_per_task`` MetaSchedule trials each, until
-  the study's ``tuning_budget_s`` is spent (then unseen workloads stay untuned and the trial's
-  metrics say how many).
+* ``tune`` — also tune unseen workloads, ``trials_per_task`` MetaSchedule trials each on average
+  (MetaSchedule's gradient task scheduler gives more of the run's budget, up to 4× a share, to
+  the workloads whose latency it can cut most), until the study's ``tuning_budget_s`` is spent
+  (then unseen workloads stay untuned and the trial's metrics say how many).
 """
 
 from __future__ import annotations
@@ -214,8 +215,10 @@ class Tuner:
                     tasks=contexts,
                     task_weights=weights,
                     work_dir=work,
-                    max_trials_global=self.trials_per_task * len(tasks),
-                    max_trials_per_task=self.trials_per_task,
+                    # the run's budget is trials_per_task per workload; the gradient scheduler
+                    # moves trials to the workloads whose time falls fastest (up to 4x one's share)
+                    max_trials_global=t * len(tasks),
+                    max_trials_per_task=min(4 * t, t * len(tasks)),
                     num_trials_per_iter=min(16, self.trials_per_task),
                     builder=builder,
                     runner=runner,
