@@ -26,6 +26,7 @@ def _kernels(model, x, target):
     with target:
         mod = relax.get_pipeline("zero")(mod)
     out = schedule_data_movement(mod, target)
+    assert not any(f.attrs and f.attrs.get("tirx.is_scheduled") for f in mod.functions.values())  # input untouched
     return {gv.name_hint: f for gv, f in out.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 

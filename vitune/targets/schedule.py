@@ -72,5 +72,5 @@ def schedule_data_movement(mod, target):
 
     if target.kind.name != "llvm":
         return mod
-    with target:
-        return ApplyDefaultSchedule(DataMovement())(mod)
+    with target:  # (the pass writes into the module it is given: hand it a copy)
+        return ApplyDefaultSchedule(DataMovement())(mod.clone())
