@@ -84,3 +84,14 @@ def test_kernels_run_on_the_targets_threads():
 
     if (os.cpu_count() or 1) >= 2:
         assert use_threads(2) == 2  # `import vitune` let the pool have every CPU
+
+
+def test_a_target_asking_for_more_threads_than_the_pool_has_is_warned(caplog):
+    import os
+
+    many = (os.cpu_count() or 1) + 8
+    with caplog.at_level("WARNING", logger="vitune.targets.runner"):
+        got = use_threads(many)
+    assert got < many
+    assert f"not the {many} the target asks for" in caplog.text and "TVM_NUM_THREADS" in caplog.text
+    use_threads(min(2, os.cpu_count() or 1))

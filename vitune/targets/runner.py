@@ -20,6 +20,8 @@ record. Built-in kinds: ``local`` (this process: the CPU, or a local GPU for GPU
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import tempfile
 import threading
@@ -45,7 +47,18 @@ def use_threads(threads: int, dev=None) -> int:
         return int(in_use())
     if in_use() != threads:
         tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: all cores, pinned
-    return int(in_use())
+    got = int(in_use())
+    if got < threads and threads not in _SHORT:
+        _SHORT.add(threads)
+        logging.getLogger(__name__).warning(
+            "kernels run on %d threads, not the %d the target asks for: TVM's thread pool has %d "
+            "(TVM_NUM_THREADS=%s, %d CPUs on this machine; a pool is sized once, at the first kernel)",
+            got, threads, got, os.environ.get("TVM_NUM_THREADS", "unset"), os.cpu_count() or 1,
+        )
+    return got
+
+
+_SHORT: set[int] = set()  # thread counts already warned about
 
 
 def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
