@@ -36,7 +36,9 @@ def _timed(fn, protocol) -> list[float]:
     once = max((time.perf_counter() - t0) * 1e3, 1e-3)
     number = protocol.number or max(1, int(protocol.min_repeat_ms / once) + 1)
     samples = []
-    for _ in range(protocol.repeat):
+    for i in range(protocol.repeat):
+        if i and protocol.cooldown_ms:
+            time.sleep(protocol.cooldown_ms / 1e3)  # as time_evaluator's cooldown_interval_ms
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
