@@ -149,3 +149,24 @@ def test_host_lock_excludes_timing_from_shared_work(tmp_path, monkeypatch):
         waited = time.perf_counter() - t0
     proc.wait()
     assert waited > 0.5  # timing waited for the other process's compression to end
+
+
+def test_time_waiting_for_the_host_lock_is_not_counted_as_accuracy_or_latency(tmp_path, monkeypatch, default_workspace, fast_target):
+    from tests.search.test_search_modes import ParamsLatency
+    from vitune.compression.config import CompressionConfig
+    from vitune.search.evaluate import Evaluator
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    code = (
+        "import sys, time; sys.path.insert(0, %r); from vitune.search.coordination import HostLock\n"
+        "with HostLock().exclusive():\n    print('in', flush=True); time.sleep(1.5)\n" % os.getcwd()
+    )
+    ev = Evaluator(default_workspace, fast_target, ParamsLatency(fast_target), host_lock=coordination.HostLock())
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
+    assert proc.stdout.readline().strip() == "in"  # another process is timing on this machine
+    result = ev.evaluate(CompressionConfig.identity())
+    proc.wait()
+    assert result.ok, result.error
+    t = result.timings
+    assert t["lock_wait_s"] > 1.0  # the compression stage waited for the other process's timing
+    assert t["compress_s"] < 1.0 and t["accuracy_s"] < 1.0 and t["latency_s"] < 1.0, t

@@ -31,7 +31,7 @@ from vitune.search.front import dominated, latencies_in
 @dataclass
 class CandidateResult:
     metrics: dict = field(default_factory=dict)  # accuracy, latency_ms, params, size_bytes, fidelity, ...
-    timings: dict = field(default_factory=dict)  # compress_s, fidelity_s, accuracy_s, export_s, build_s, run_s
+    timings: dict = field(default_factory=dict)  # compress_s, fidelity_s, accuracy_s, export_s, build_s, run_s, lock_wait_s
     error: str | None = None
     pruned: str | None = None  # why the candidate was stopped early (not a failure)
 
@@ -97,10 +97,17 @@ class Evaluator:
             self._reference = predictions(self.workspace.model, calib, n)
         return float((predictions(model, calib, n) == self._reference).float().mean())
 
-    def _lock(self, exclusive: bool):
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool, result: CandidateResult):
+        """The host lock (shared, or exclusive while timing on this machine); the time spent
+        waiting for it goes to ``lock_wait_s``, never into a stage's own time."""
         if self.host_lock is None:
-            return contextlib.nullcontext()
-        return self.host_lock.exclusive() if exclusive else self.host_lock.shared()
+            yield
+            return
+        t0 = time.perf_counter()
+        with self.host_lock.exclusive() if exclusive else self.host_lock.shared():
+            result.timings["lock_wait_s"] = result.timings.get("lock_wait_s", 0.0) + time.perf_counter() - t0
+            yield
 
     def evaluate(self, config: CompressionConfig, front=()) -> CandidateResult:
         result = CandidateResult()
@@ -114,7 +121,7 @@ class Evaluator:
             return result
         stage = "compress"
         try:
-            with self._lock(exclusive=False):
+            with self._lock(False, result):
                 t0 = time.perf_counter()
                 model = self.compress(config)
                 result.timings["compress_s"] = time.perf_counter() - t0
@@ -149,10 +156,10 @@ class Evaluator:
             result.metrics.update(latency_ms=cached["latency_ms"], latency_spread_ms=cached["spread_ms"],
                                   latency_samples_ms=cached["samples_ms"], latency_source="measured")
             return True
-        t0 = time.perf_counter()
-        with self._lock(exclusive=True):
+        with self._lock(True, result):
+            t0 = time.perf_counter()
             m = self.latency_source.latency(model, config, self.example)
-        result.timings.update(m.timings, latency_s=time.perf_counter() - t0)
+            result.timings.update(m.timings, latency_s=time.perf_counter() - t0)
         if not m.ok:
             result.error = m.error
             return False
@@ -174,15 +181,15 @@ class Evaluator:
                 continue
             if model is None:  # every result so far came from the cache
                 try:
-                    with self._lock(exclusive=False):
+                    with self._lock(False, result):
                         model = self.compress(config)
                 except Exception as err:
                     result.error = f"compress failed: {short_reason(err)}"
                     return False
-            t0 = time.perf_counter()
-            with self._lock(exclusive=target.local):
+            with self._lock(target.local, result):
+                t0 = time.perf_counter()
                 m = target.source.latency(model, config, self.example)
-            result.timings[f"latency_s@{target.name}"] = time.perf_counter() - t0
+                result.timings[f"latency_s@{target.name}"] = time.perf_counter() - t0
             if not m.ok:
                 result.error = f"latency on {target.name} failed: {m.error}"
                 return False
@@ -199,14 +206,14 @@ class Evaluator:
         latency = result.metrics["latency_ms"]
         mine = latencies_in(result.metrics)
         front = list(front)
-        t0 = time.perf_counter()
-        with self._lock(exclusive=False):
+        with self._lock(False, result):
+            t0 = time.perf_counter()
             acc, seen, best = accuracy_in_shards(
                 model, self.workspace.data.get(self.split), self.early.accuracy_shards,
                 hopeless=(lambda best_possible: dominated(best_possible, mine, front)) if front else None,
             )
+            result.timings["accuracy_s"] = time.perf_counter() - t0
         params, size = model_stats(model)
-        result.timings["accuracy_s"] = time.perf_counter() - t0
         total = len(self.workspace.data.get(self.split))
         result.metrics.update(params=params, size_bytes=size)
         if seen < total:
