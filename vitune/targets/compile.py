@@ -125,7 +125,6 @@ def build(mod, profile, tuner=None):
     target's database (tuning unseen ones if the tuner's mode and budget allow).
     """
     import tvm
-    from tvm import relax
 
     from vitune.targets.graph import optimize
     from vitune.targets.schedule import schedule_data_movement
@@ -136,10 +135,7 @@ def build(mod, profile, tuner=None):
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied
-        if target.kind.name == "llvm":
-            with target:
-                mod = relax.get_pipeline("zero")(mod)  # (what tvm.compile would do first anyway)
-            mod = schedule_data_movement(mod, target)  # parallel, vectorised data movement
+        mod = schedule_data_movement(mod, target)  # CPU: parallel, vectorised data movement
         return tvm.compile(mod, target=target), report
 
 

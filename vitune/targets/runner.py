@@ -34,6 +34,7 @@ from vitune.targets.compile import CompiledModel
 from vitune.targets.profile import Protocol
 
 RUNNER_ENTRY_POINTS = "vitune.runners"
+_SHORT: set[int] = set()  # thread counts use_threads has already warned about
 
 
 def use_threads(threads: int, dev=None) -> int:
@@ -56,9 +57,6 @@ def use_threads(threads: int, dev=None) -> int:
             got, threads, got, os.environ.get("TVM_NUM_THREADS", "unset"), os.cpu_count() or 1,
         )
     return got
-
-
-_SHORT: set[int] = set()  # thread counts already warned about
 
 
 def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:

@@ -9,8 +9,10 @@ is left out of tuning on purpose, and on deit_tiny these serial kernels took 1.8
 :func:`schedule_data_movement` gives every unscheduled, purely injective kernel (every block
 spatial) one fixed schedule: producers inlined into the last block, its outer loops fused and
 run in parallel on the runtime's thread pool, its innermost loop vectorised by the target's
-vector width when that divides it. It takes a legalized, fused module (after Relax's "zero"
-pipeline) and guarantees the same results: only the loop structure changes, never a value.
+vector width when that divides it. It legalizes and fuses the module first (Relax's "zero"
+pipeline, what ``tvm.compile`` would do first anyway; on a module already through it, as after
+tuning, it changes nothing) and guarantees the same results: only the loop structure changes,
+never a value.
 A kernel the rule cannot schedule (a reduction, a block that will not inline) keeps TVM's
 default lowering. CPU (``llvm``) targets only: the GPU pipeline schedules its kernels itself.
 """
@@ -66,11 +68,13 @@ class DataMovement(ScheduleRule):
 
 
 def schedule_data_movement(mod, target):
-    """``mod`` with :class:`DataMovement` applied to its unscheduled injective kernels; the module
-    itself when ``target`` is not a CPU (``llvm``) target."""
+    """``mod`` legalized, fused and with :class:`DataMovement` applied to its unscheduled
+    injective kernels; the module itself when ``target`` is not a CPU (``llvm``) target."""
+    from tvm import relax
     from tvm.s_tir.dlight.base.transform import ApplyDefaultSchedule
 
     if target.kind.name != "llvm":
         return mod
-    with target:  # (the pass writes into the module it is given: hand it a copy)
-        return ApplyDefaultSchedule(DataMovement())(mod.clone())
+    with target:
+        fused = relax.get_pipeline("zero")(mod).clone()  # (the schedule pass writes into the module it is given)
+        return ApplyDefaultSchedule(DataMovement())(fused)

@@ -219,7 +219,7 @@ class Tuner:
                     # moves trials to the workloads whose time falls fastest (up to 4x one's share)
                     max_trials_global=t * len(tasks),
                     max_trials_per_task=min(4 * t, t * len(tasks)),
-                    num_trials_per_iter=min(16, self.trials_per_task),
+                    num_trials_per_iter=min(16, t),
                     builder=builder,
                     runner=runner,
                     database=db,
