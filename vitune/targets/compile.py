@@ -131,7 +131,7 @@ def build(mod, profile, tuner=None):
 
     target = profile.tvm()
     report = None
-    mod = optimize(mod)  # NT matmuls, fusable activations, fast softmax / GELU
+    mod = optimize(mod, target)  # NT matmuls, fusable activations, fast softmax / GELU, CPU attention
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied
