@@ -19,14 +19,14 @@ broadcasts ``torch.export`` leaves between them) by one hand-scheduled TIR kerne
 
 The last row block is shifted back to end at the last row (it recomputes a few rows with the
 same values) instead of running a ragged tail. Results equal the unfused graph to float32
-rounding (the sums are taken in another order). Shapes must be static float32 with at least
-``rows`` query rows and a value width divisible by the vector lanes; anything else is left as
-it was.
+rounding (the sums are taken in another order). Shapes must be static and float32 (an fp16
+attention, or a symbolic token count, is left as it was).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 STACK_FLOATS = 255  # floats in a local buffer that stays on the stack (TVM: kMaxStackAlloca = 1024 bytes)
 NEG = -3.0e38  # a padded column's score: exp(NEG - max) is exactly 0 with fast_exp
@@ -55,32 +55,44 @@ def fast_exp(x):
     return tirx.max(two_n * y, x)
 
 
-def tiling(lanes: int, accumulators: int, n: int, dv: int, rows: int = 6) -> tuple[int, int, int] | None:
-    """``(cols, vcols, npad)``: vectors per row in the score and output tiles, and the padded
-    key count; None when the value width is not a whole number of vectors.
+@dataclass(frozen=True)
+class Tiling:
+    """How :func:`attention_kernel` tiles one shape: ``rows`` query rows per work item; score
+    tiles of ``cols`` vectors of ``lanes``, over keys padded to ``npad``; output tiles of
+    ``vcols`` vectors of ``vlanes`` (the largest power of two up to ``lanes`` dividing the value
+    width)."""
 
-    A tile is at most ``accumulators`` vectors (the target's vector registers, less the operands)
-    and under 1 KiB: a larger local buffer is not a stack array that LLVM keeps in registers but
-    a heap workspace (TVM's ``kMaxStackAlloca``)."""
-    if dv % lanes:
-        return None
-    fit = max(1, min(accumulators // rows, STACK_FLOATS // (rows * lanes)))
-    cols = min(fit, math.ceil(n / lanes))
-    vchunks = dv // lanes
-    vcols = max(c for c in range(1, vchunks + 1) if vchunks % c == 0 and c <= fit)
-    width = cols * lanes
-    return cols, vcols, math.ceil(n / width) * width
+    rows: int
+    lanes: int
+    cols: int
+    npad: int
+    vlanes: int
+    vcols: int
+
+    @classmethod
+    def plan(cls, m: int, n: int, dv: int, lanes: int, accumulators: int, rows: int = 6) -> "Tiling":
+        # a tile holds at most `accumulators` vectors (the target's vector registers less the
+        # operands) and under 1 KiB: a larger local buffer is not a stack array LLVM keeps in
+        # registers but a heap workspace (TVM's kMaxStackAlloca)
+        rows = min(rows, m)
+        cols = max(1, min(accumulators // rows, STACK_FLOATS // (rows * lanes), math.ceil(n / lanes)))
+        vlanes = math.gcd(lanes, dv & -dv)
+        chunks = dv // vlanes
+        vfit = max(1, min(accumulators // rows, STACK_FLOATS // (rows * vlanes)))
+        vcols = max(c for c in range(1, chunks + 1) if chunks % c == 0 and c <= vfit)
+        width = cols * lanes
+        return cls(rows, lanes, cols, math.ceil(n / width) * width, vlanes, vcols)
 
 
-def attention_kernel(g: int, m: int, d: int, n: int, dv: int, lanes: int, accumulators: int = 24, rows: int = 6):
+def attention_kernel(g: int, m: int, d: int, n: int, dv: int, plan: Tiling):
     """The TIR kernel ``o[g, m, dv] = softmax(q[g, m, d] · kt[g, d, npad][:, :, :n]) · v[g, n, dv]``
-    (see the module doc); returns ``(prim_func, npad)``. ``q`` carries the attention scale."""
+    tiled as ``plan`` says (see the module doc). ``q`` carries the attention scale."""
     from tvm.script import tirx as T
 
-    cols, vcols, npad = tiling(lanes, accumulators, n, dv, rows)
-    tiles, vtiles = npad // (cols * lanes), dv // (vcols * lanes)
+    rows, lanes, cols, npad, vlanes, vcols = (getattr(plan, f) for f in ("rows", "lanes", "cols", "npad", "vlanes", "vcols"))
+    width, vwidth = cols * lanes, vcols * vlanes
+    tiles, vtiles = npad // width, dv // vwidth
     blocks = math.ceil(m / rows)
-    width, vwidth = cols * lanes, vcols * lanes
     accw = max(width, vwidth)
 
     @T.prim_func(private=True)
@@ -137,13 +149,13 @@ def attention_kernel(g: int, m: int, d: int, n: int, dv: int, lanes: int, accumu
                 for k in range(n):
                     for i in T.unroll(rows):
                         for c in T.unroll(vcols):
-                            for l in T.vectorized(lanes):
-                                acc[i, c * lanes + l] = acc[i, c * lanes + l] + s[i, k] * v[h, k, vt * vwidth + c * lanes + l]
+                            for l in T.vectorized(vlanes):
+                                acc[i, c * vlanes + l] = acc[i, c * vlanes + l] + s[i, k] * v[h, k, vt * vwidth + c * vlanes + l]
                 for i in T.unroll(rows):
                     for l in T.vectorized(vwidth):
                         o[h, r0 + i, vt * vwidth + l] = acc[i, l] * red[i, 1]
 
-    return attention, npad
+    return attention
 
 
 def _registers(target, lanes: int) -> int:
@@ -159,12 +171,12 @@ def fuse_attention(mod, target):
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
-    from vitune.targets.graph import _shape
-    from vitune.targets.schedule import _lanes
+    from vitune.targets.graph import static_shape
+    from vitune.targets.schedule import vector_lanes
 
     if target.kind.name != "llvm":
         return mod
-    lanes = _lanes(target, 32)
+    lanes = vector_lanes(target, 32)
     accumulators = _registers(target, lanes)
     q, kt, v = wildcard(), wildcard(), wildcard()
 
@@ -177,7 +189,7 @@ def fuse_attention(mod, target):
     bb = relax.BlockBuilder(mod)
 
     def rewrite(call, m):
-        shapes = [_shape(m[x]) for x in (q, kt, v, scores)] + [_shape(call)]
+        shapes = [static_shape(m[x]) for x in (q, kt, v, scores)] + [static_shape(call)]
         if any(s is None or len(s) < 3 for s in shapes) or any(str(m[x].ty.dtype) != "float32" for x in (q, kt, v, scores, soft)):
             return call
         (sq, sk, sv, ss, so), axis = shapes, int(m[soft].attrs.axis)
@@ -185,13 +197,15 @@ def fuse_attention(mod, target):
         batch = sq[:-2]
         if (d, n) != (d2, n2) or sk[:-2] != batch or sv[:-2] != batch or ss != (*batch, rows_m, n) or so != (*batch, rows_m, dv):
             return call
-        if axis not in (-1, len(_shape(m[soft])) - 1) or rows_m < 6 or tiling(lanes, accumulators, n, dv) is None:
+        if axis not in (-1, len(static_shape(m[soft])) - 1):
             return call
-        g = math.prod(batch)
-        func, npad = attention_kernel(g, rows_m, d, n, dv, lanes, accumulators)
+        g, plan = math.prod(batch), Tiling.plan(rows_m, n, dv, lanes, accumulators)
+        func, npad = attention_kernel(g, rows_m, d, n, dv, plan), plan.npad
         kernel = bb.add_func(func, "attention")
         q3 = relax.op.reshape(m[q], (g, rows_m, d))
-        k3 = relax.op.nn.pad(relax.op.reshape(m[kt], (g, d, n)), [0, 0, 0, 0, 0, npad - n])
+        k3 = relax.op.reshape(m[kt], (g, d, n))
+        if npad > n:
+            k3 = relax.op.nn.pad(k3, [0, 0, 0, 0, 0, npad - n])
         v3 = relax.op.reshape(m[v], (g, n, dv))
         fused = relax.call_tir(kernel, [q3, k3, v3], relax.TensorType((g, rows_m, dv), "float32"))
         return relax.op.reshape(fused, so)

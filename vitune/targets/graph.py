@@ -40,7 +40,8 @@ import math
 _ELEMENTWISE = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.erf")
 
 
-def _shape(expr):
+def static_shape(expr):
+    """A Relax expression's shape as ints; None when it is unknown or symbolic."""
     shape = getattr(getattr(expr, "ty", None), "shape", None)
     try:
         return tuple(int(s) for s in shape) if shape is not None else None
@@ -61,7 +62,7 @@ def fold_elementwise_reshapes(func):
     outer = is_op("relax.reshape")(act, wildcard())
 
     def rewrite(call, m):
-        if _shape(m[x]) is None or _shape(m[x]) != _shape(call):
+        if static_shape(m[x]) is None or static_shape(m[x]) != static_shape(call):
             return call
         op = m[act].op
         return relax.Call(op, [m[x]], m[act].attrs)
@@ -78,7 +79,7 @@ def fold_residual_reshapes(func):
     pattern = is_op("relax.add")(up, r) | is_op("relax.add")(r, up)
 
     def rewrite(call, m):
-        small, out, other = _shape(m[y]), _shape(call), _shape(m[r])
+        small, out, other = static_shape(m[y]), static_shape(call), static_shape(m[r])
         if small is None or out is None or other != out or len(small) >= len(out) or math.prod(small) != math.prod(out):
             return call  # a broadcast (a bias), or a reshape that does not add leading axes
         return relax.op.reshape(relax.op.add(m[y], relax.op.reshape(m[r], small)), out)
@@ -95,7 +96,7 @@ def patchify_convs(func):
     def rewrite(call, m):
         a = call.attrs
         x, w = call.args
-        sx, sw, out = _shape(x), _shape(w), _shape(call)
+        sx, sw, out = static_shape(x), static_shape(w), static_shape(call)
         if sx is None or sw is None or out is None or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return call
         (n, c, h, wd), (o, ci, kh, kw) = sx, sw

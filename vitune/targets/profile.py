@@ -52,10 +52,11 @@ TARGET_ENTRY_POINTS = "vitune.targets"
 STATISTICS = ("median", "min")
 # How vitune runs kernels, as far as it changes a latency: 1 = TVM's default CPU thread pool
 # (half the logical CPUs on x86, one core on a 2-core VM); 2 = the profile's thread count; 3 = data
-# movement run in parallel and vectorised (``vitune.targets.schedule``), residual adds fused. Part
-# of every key under which latencies or tuning records are kept, so none timed before a change
-# is reused after it.
-TIMING_RUNTIME = 3
+# movement run in parallel and vectorised (``vitune.targets.schedule``), residual adds fused; 4 =
+# attention fused into one kernel (``vitune.targets.attention``), patch embedding as a matmul,
+# each tuning workload given its own trials. Part of every key under which latencies or tuning
+# records are kept, so none timed before a change is reused after it.
+TIMING_RUNTIME = 4
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 
 
-def _lanes(target, dtype_bits: int) -> int:
+def vector_lanes(target, dtype_bits: int) -> int:
+    """Elements of ``dtype_bits`` in one of ``target``'s vectors (LLVM's width; 128 bits if unknown)."""
     from tvm.target.codegen import llvm_get_vector_width
 
     try:
@@ -61,7 +62,7 @@ class DataMovement(ScheduleRule):
         inner = loops[-1]
         extent = sch.get(inner).extent
         writes = sch.get(last).writes
-        lanes = _lanes(target, writes[0].source.dtype.bits if writes else 32)
+        lanes = vector_lanes(target, writes[0].source.dtype.bits if writes else 32)
         if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
             sch.vectorize(sch.split(inner, [None, lanes])[1])
         return sch
