@@ -70,7 +70,7 @@ class Tiling:
     vcols: int
 
     @classmethod
-    def plan(cls, m: int, n: int, dv: int, lanes: int, accumulators: int, rows: int = 6) -> "Tiling":
+    def plan(cls, m: int, n: int, dv: int, lanes: int, accumulators: int, rows: int = 8) -> "Tiling":
         # a tile holds at most `accumulators` vectors (the target's vector registers less the
         # operands) and under 1 KiB: a larger local buffer is not a stack array LLVM keeps in
         # registers but a heap workspace (TVM's kMaxStackAlloca)
@@ -108,16 +108,18 @@ def attention_kernel(g: int, m: int, d: int, n: int, dv: int, plan: Tiling):
             # 1. scores
             for jt in range(tiles):
                 for i in T.unroll(rows):
-                    for l in T.vectorized(width):
-                        acc[i, l] = T.float32(0)
+                    for c in T.unroll(cols):
+                        for l in T.vectorized(lanes):
+                            acc[i, c * lanes + l] = T.float32(0)
                 for k in range(d):
                     for i in T.unroll(rows):
                         for c in T.unroll(cols):
                             for l in T.vectorized(lanes):
                                 acc[i, c * lanes + l] = acc[i, c * lanes + l] + q[h, r0 + i, k] * kt[h, k, jt * width + c * lanes + l]
                 for i in T.unroll(rows):
-                    for l in T.vectorized(width):
-                        s[i, jt * width + l] = acc[i, l]
+                    for c in T.unroll(cols):
+                        for l in T.vectorized(lanes):
+                            s[i, jt * width + c * lanes + l] = acc[i, c * lanes + l]
             for i in range(rows):
                 for j in range(npad - n):
                     s[i, n + j] = T.float32(NEG)
@@ -144,16 +146,18 @@ def attention_kernel(g: int, m: int, d: int, n: int, dv: int, plan: Tiling):
             # 3. O = exp(S - max) V / sum
             for vt in range(vtiles):
                 for i in T.unroll(rows):
-                    for l in T.vectorized(vwidth):
-                        acc[i, l] = T.float32(0)
+                    for c in T.unroll(vcols):
+                        for l in T.vectorized(vlanes):
+                            acc[i, c * vlanes + l] = T.float32(0)
                 for k in range(n):
                     for i in T.unroll(rows):
                         for c in T.unroll(vcols):
                             for l in T.vectorized(vlanes):
                                 acc[i, c * vlanes + l] = acc[i, c * vlanes + l] + s[i, k] * v[h, k, vt * vwidth + c * vlanes + l]
                 for i in T.unroll(rows):
-                    for l in T.vectorized(vwidth):
-                        o[h, r0 + i, vt * vwidth + l] = acc[i, l] * red[i, 1]
+                    for c in T.unroll(vcols):
+                        for l in T.vectorized(vlanes):
+                            o[h, r0 + i, vt * vwidth + c * vlanes + l] = acc[i, c * vlanes + l] * red[i, 1]
 
     return attention
 
