@@ -84,6 +84,29 @@ def test_fused_attention_computes_what_torch_computes(model, x, fast_target):
     np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
+class NotRowSoftmax(torch.nn.Module):
+    """Scores normalised over the queries (dim -2), not over each row: not the kernel's softmax."""
+
+    def forward(self, x):
+        return (x @ (2 * x).transpose(-2, -1)).softmax(dim=-2) @ x
+
+
+class HalfAttention(torch.nn.Module):
+    def forward(self, x):
+        h = x.half()
+        return ((h @ h.transpose(-2, -1)).softmax(dim=-1) @ h).float()
+
+
+@pytest.mark.parametrize("model", [NotRowSoftmax(), HalfAttention()], ids=["softmax-over-queries", "fp16"])
+def test_other_attentions_are_left_as_they_are(model, fast_target):
+    x = torch.randn(2, 9, 16)
+    mod, _ = export_relax(model, x)
+    assert not any(k.startswith("attention") for k in _kernels(mod, fast_target.tvm()))
+    if isinstance(model, NotRowSoftmax):
+        got = runner_for(fast_target).run(compile_model(model, x, fast_target), x.numpy())
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def _sliced_ops(mod) -> list[str]:
     """The op each strided_slice of ``mod``'s main function slices."""
     from tvm import relax

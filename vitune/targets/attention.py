@@ -201,7 +201,10 @@ def fuse_attention(mod, target):
         batch = sq[:-2]
         if (d, n) != (d2, n2) or sk[:-2] != batch or sv[:-2] != batch or ss != (*batch, rows_m, n) or so != (*batch, rows_m, dv):
             return call
-        if axis not in (-1, len(static_shape(m[soft])) - 1):
+        # the softmax runs over each row of scores, and what reaches the second matmul is those
+        # rows as they were (a reshape of leading axes, a broadcast that adds nothing)
+        sm, left = static_shape(m[soft]), static_shape(call.args[0])
+        if sm is None or sm[-2:] != (rows_m, n) or axis not in (-1, len(sm) - 1) or left != (*batch, rows_m, n) or math.prod(sm) != math.prod(left):
             return call
         g, plan = math.prod(batch), Tiling.plan(rows_m, n, dv, lanes, accumulators)
         func, npad = attention_kernel(g, rows_m, d, n, dv, plan), plan.npad

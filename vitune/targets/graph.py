@@ -106,7 +106,8 @@ def patchify_convs(func):
         hp, wp = h // kh, wd // kw
         rows = relax.op.reshape(relax.op.permute_dims(relax.op.reshape(x, (n, c, hp, kh, wp, kw)), [0, 2, 4, 1, 3, 5]), (n * hp * wp, c * kh * kw))
         weight = relax.op.permute_dims(relax.op.reshape(w, (o, c * kh * kw)), [1, 0])
-        y = relax.op.matmul(rows, weight, out_dtype=a.out_dtype or "void")
+        out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void") else None
+        y = relax.op.matmul(rows, weight, out_dtype=out_dtype)
         return relax.op.permute_dims(relax.op.reshape(y, (n, hp, wp, o)), [0, 3, 1, 2])
 
     return rewrite_call(pattern, rewrite, func)
