@@ -165,8 +165,7 @@ def attention_kernel(g: int, m: int, d: int, n: int, dv: int, plan: Tiling):
 def _registers(target, lanes: int) -> int:
     """Accumulator vectors a register tile may hold: 24 of the 32 vector registers of AVX-512
     and AArch64, 12 of AVX2's 16 (the rest hold the operands)."""
-    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
-    return 24 if lanes >= 16 or triple.startswith("aarch64") else 12
+    return 24 if lanes >= 16 or str(target.attrs.get("mtriple", "")).startswith("aarch64") else 12
 
 
 def fuse_attention(mod, target):
@@ -207,12 +206,11 @@ def fuse_attention(mod, target):
         if sm is None or sm[-2:] != (rows_m, n) or axis not in (-1, len(sm) - 1) or left != (*batch, rows_m, n) or math.prod(sm) != math.prod(left):
             return call
         g, plan = math.prod(batch), Tiling.plan(rows_m, n, dv, lanes, accumulators)
-        func, npad = attention_kernel(g, rows_m, d, n, dv, plan), plan.npad
-        kernel = bb.add_func(func, "attention")
+        kernel = bb.add_func(attention_kernel(g, rows_m, d, n, dv, plan), "attention")
         q3 = relax.op.reshape(m[q], (g, rows_m, d))
         k3 = relax.op.reshape(m[kt], (g, d, n))
-        if npad > n:
-            k3 = relax.op.nn.pad(k3, [0, 0, 0, 0, 0, npad - n])
+        if plan.npad > n:
+            k3 = relax.op.nn.pad(k3, [0, 0, 0, 0, 0, plan.npad - n])
         v3 = relax.op.reshape(m[v], (g, n, dv))
         fused = relax.call_tir(kernel, [q3, k3, v3], relax.TensorType((g, rows_m, dv), "float32"))
         return relax.op.reshape(fused, so)
