@@ -3,17 +3,19 @@
 Prints, in one run on the target's CPU at batch 1 (same thread count everywhere):
 
 1. for the uncompressed default digits ViT and a random-init ``deit_tiny_patch16_224``:
-   PyTorch eager, ONNX Runtime, TVM untuned and TVM tuned (MetaSchedule, vitune's per-target
-   database) — each timed by the target's protocol (its statistic: median or min of the
-   repeats) — and ratios to ONNX Runtime, with the tuning time it took;
+   PyTorch eager, ONNX Runtime, OpenVINO, TVM untuned and TVM tuned (MetaSchedule, vitune's
+   per-target database) — each timed by the target's protocol (its statistic: median or min of
+   the repeats), side by side (``vitune.targets.peers``) — and ratios to ONNX Runtime and to the
+   best peer (the faster of ONNX Runtime and OpenVINO), with the tuning time it took;
 2. tuning throughput — candidates built and measured per second — of MetaSchedule's default
-   ``LocalBuilder``/``LocalRunner`` (process pools) and of vitune's in-process pair, on the
+   ``LocalBuilder``/``LocalRunner`` (process pools) and of vitune's pair, which builds and
+   times every candidate in one watched worker process (``vitune.targets.msworker``), on the
    same workloads and trial count.
 
     python bench/latency.py [--trials-per-task 64] [--fresh] [--no-deit] [--json out.json]
 
 ``--fresh`` tunes into an empty database (so the tuning time is the full cost); without it the
-target's persistent database is used and reused. Needs ``pip install onnx onnxruntime``.
+target's persistent database is used and reused.
 """
 
 from __future__ import annotations
@@ -27,90 +29,49 @@ import time
 from pathlib import Path
 
 
-def _timed(fn, protocol) -> list[float]:
-    """Samples (ms per run) of ``fn`` taken the way the target's protocol times TVM builds."""
-    for _ in range(protocol.warmup):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max((time.perf_counter() - t0) * 1e3, 1e-3)
-    number = protocol.number or max(1, int(protocol.min_repeat_ms / once) + 1)
-    samples = []
-    for i in range(protocol.repeat):
-        if i and protocol.cooldown_ms:
-            time.sleep(protocol.cooldown_ms / 1e3)  # as time_evaluator's cooldown_interval_ms
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) * 1e3 / number)
-    return samples
-
-
-def eager_fn(model, x, threads: int):
-    import torch
-
-    torch.set_num_threads(threads)
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-
-    return run
-
-
-def onnxruntime_fn(model, x, threads: int):
-    import warnings
-
-    import onnxruntime as ort
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-PEERS = ("eager", "onnxruntime", "tvm_untuned", "tvm_tuned")
+PEERS = ("torch-eager", "onnxruntime", "openvino")  # vitune.targets.peers names
+COLUMNS = ("eager", "onnxruntime", "openvino", "tvm_untuned", "tvm_tuned")
 
 
 def model_rows(label, model, x, profile, trials_per_task: int, rounds: int) -> dict:
-    """Tune and build first; then time the four peers in ``rounds`` interleaved rounds (eager,
-    ORT, untuned, tuned, eager, ...), so a burst of load on a shared machine falls on all of them
-    alike; each latency is the protocol's statistic over all its rounds' samples."""
+    """Tune and build first; then time the peers and both builds in ``rounds`` interleaved rounds
+    (eager, ORT, OpenVINO, untuned, tuned, eager, ...), so a burst of load on a shared machine
+    falls on all of them alike; each latency is the protocol's statistic over all its rounds'
+    samples. The reference is the faster of ONNX Runtime and OpenVINO (fp32)."""
     from vitune.targets.compile import compile_model
+    from vitune.targets.peers import get_peer, peer_timer, time_side_by_side
     from vitune.targets.runner import runner_for
     from vitune.targets.tuning import Tuner
 
     threads = profile.threads
     row = {"model": label, "threads": threads, "statistic": profile.protocol.statistic, "rounds": rounds}
     tuner = Tuner(profile, "tune", trials_per_task)
-    builds = {"tvm_untuned": compile_model(model, x, profile), "tvm_tuned": compile_model(model, x, profile, tuner)}
+    try:
+        builds = {"tvm_untuned": compile_model(model, x, profile), "tvm_tuned": compile_model(model, x, profile, tuner)}
+    finally:
+        tuner.close()
     runner = runner_for(profile)
     xs = x.numpy()
-    fns = {"eager": eager_fn(model, x, threads), "onnxruntime": onnxruntime_fn(model, x, threads)}
+    timers = {}
+    for column, name in zip(COLUMNS, PEERS):
+        timers[column] = peer_timer(get_peer(name).load(model, x, threads), xs, profile.protocol)
     for name, compiled in builds.items():
-        fns[name] = lambda c=compiled: runner.time(c, xs, profile.protocol)
-    samples: dict[str, list[float]] = {k: [] for k in PEERS}
-    for _ in range(rounds):
-        for name in PEERS:
-            fn = fns[name]
-            samples[name] += fn() if name.startswith("tvm") else _timed(fn, profile.protocol)
-    for name in PEERS:
-        row[f"{name}_ms"] = profile.protocol.latency_ms(samples[name])
+        timers[name] = lambda c=compiled: runner.time(c, xs, profile.protocol)
+    timed = time_side_by_side(timers, profile.protocol, rounds)
+    if timed.errors:
+        raise RuntimeError(f"{label}: {timed.errors}")
+    for name in COLUMNS:
+        row[f"{name}_ms"] = timed.latency_ms[name]
     rep = tuner.report
     row["tuning"] = {"seconds": rep.seconds, "workloads": rep.workloads, "from_database": rep.from_database, "tuned": rep.tuned,
-                     "untuned": rep.untuned, "candidates": rep.trials, "trials_per_task": trials_per_task}
-    ort_ms = row["onnxruntime_ms"]
-    for k in ("eager_ms", "tvm_untuned_ms", "tvm_tuned_ms"):
-        row[k.replace("_ms", "_vs_ort")] = row[k] / ort_ms
+                     "untuned": rep.untuned, "candidates": rep.trials, "failed": rep.failed, "stopped": rep.stopped,
+                     "crashed": rep.crashed, "trials_per_task": trials_per_task}
+    best = min(("onnxruntime", "openvino"), key=lambda k: row[f"{k}_ms"])
+    row["best_peer"], row["best_peer_ms"] = best, row[f"{best}_ms"]
+    for k in ("eager_ms", "openvino_ms", "tvm_untuned_ms", "tvm_tuned_ms"):
+        row[k.replace("_ms", "_vs_ort")] = row[k] / row["onnxruntime_ms"]
+    for k in ("tvm_untuned_ms", "tvm_tuned_ms"):
+        row[k.replace("_ms", "_vs_best_peer")] = row[k] / row["best_peer_ms"]
     return row
 
 
@@ -121,7 +82,7 @@ def throughput(profile, trials: int) -> list[dict]:
 
     from vitune.targets.check import probe_model
     from vitune.targets.compile import export_relax
-    from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
+    from vitune.targets.msworker import CandidateWorker, WorkerBuilder, WorkerRunner
     from vitune.targets.tuning import import_tensor_intrinsics
 
     import_tensor_intrinsics()
@@ -131,13 +92,15 @@ def throughput(profile, trials: int) -> list[dict]:
     mod = relax.get_pipeline("zero")(mod)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if "matmul" in t.task_name][:2]
     out = []
-    for label in ("MetaSchedule LocalBuilder + LocalRunner (process pools)", "vitune InProcessBuilder + InProcessRunner"):
+    for label in ("MetaSchedule LocalBuilder + LocalRunner (process pools)", "vitune WorkerBuilder + WorkerRunner (watched worker)"):
         with tempfile.TemporaryDirectory() as work:
             strategy = ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=8, genetic_num_iters=3)
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy, num_threads=profile.threads)
             db = ms.database.MemoryDatabase()
+            worker = None
             if label.startswith("vitune"):
-                builder, runner = InProcessBuilder(), InProcessRunner()
+                worker = CandidateWorker(profile.tuning)
+                builder, runner = WorkerBuilder(worker), WorkerRunner(worker)
                 callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()]
             else:
                 builder, runner = ms.builder.LocalBuilder(max_workers=profile.threads), ms.runner.LocalRunner()
@@ -147,7 +110,9 @@ def throughput(profile, trials: int) -> list[dict]:
             ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work, max_trials_global=trials * len(tasks),
                                max_trials_per_task=trials, num_trials_per_iter=min(16, trials), builder=builder, runner=runner,
                                database=db, cost_model="xgb", measure_callbacks=callbacks, task_scheduler="gradient")
-            seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0  # the worker's start (importing TVM) included
+            if worker is not None:
+                worker.close()
             records = sum(1 for _ in db.get_all_tuning_records())
             valid = sum(1 for r in db.get_all_tuning_records() if r.run_secs and all(float(s) < 1e9 for s in r.run_secs))
         out.append({"pair": label, "seconds": seconds, "records": records, "valid": valid, "per_second": records / seconds})
@@ -193,15 +158,18 @@ def main() -> None:
 
     report = {"target": profile.describe(), "versions": versions(), "models": [], "throughput": []}
     print(f"1. batch-1 latency on {profile.name} ({profile.tvm_target}), {profile.threads} threads everywhere; "
-          f"{profile.protocol.statistic} of the repeats in ms, every peer timed by the target's protocol in {args.rounds} interleaved rounds")
-    print(f"{'model':<38} {'eager':>8} {'ORT':>8} {'TVM untuned':>11} {'TVM tuned':>9} {'eager/ORT':>9} {'untuned/ORT':>11} {'tuned/ORT':>9}  tuning")
+          f"{profile.protocol.statistic} of the repeats in ms, every peer timed by the target's protocol in {args.rounds} interleaved rounds; "
+          "best = the faster of ONNX Runtime and OpenVINO (fp32)")
+    print(f"{'model':<38} {'eager':>8} {'ORT':>8} {'OpenVINO':>8} {'TVM untuned':>11} {'TVM tuned':>9} {'tuned/ORT':>9} {'tuned/best':>10}  tuning")
     for label, model, x in models:
         row = model_rows(label, model, x, profile, args.trials_per_task, args.rounds)
         report["models"].append(row)
         t = row["tuning"]
-        print(f"{label:<38} {row['eager_ms']:>8.4f} {row['onnxruntime_ms']:>8.4f} {row['tvm_untuned_ms']:>11.4f} {row['tvm_tuned_ms']:>9.4f} "
-              f"{row['eager_vs_ort']:>9.2f} {row['tvm_untuned_vs_ort']:>11.2f} {row['tvm_tuned_vs_ort']:>9.2f}  "
-              f"{t['tuned']} tuned ({t['candidates']} candidates, {t['seconds']:.0f} s), {t['from_database']} from the database, {t['untuned']} untuned")
+        stopped = f", {t['stopped']} stopped, {t['crashed']} crashed" if t["stopped"] or t["crashed"] else ""
+        print(f"{label:<38} {row['eager_ms']:>8.4f} {row['onnxruntime_ms']:>8.4f} {row['openvino_ms']:>8.4f} {row['tvm_untuned_ms']:>11.4f} "
+              f"{row['tvm_tuned_ms']:>9.4f} {row['tvm_tuned_vs_ort']:>9.2f} {row['tvm_tuned_vs_best_peer']:>10.2f}  "
+              f"{t['tuned']} tuned ({t['candidates']} candidates, {t['failed']} failed{stopped}, {t['seconds']:.0f} s), "
+              f"{t['from_database']} from the database, {t['untuned']} untuned")
 
     print(f"\n2. tuning throughput: the same 2 matmul workloads, {args.throughput_trials} trials each")
     for r in throughput(profile, args.throughput_trials):

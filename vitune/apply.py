@@ -9,9 +9,12 @@ Writes into ``out_dir``:
 * ``tvm-<target>/`` — the TVM-compiled library (``model.so``), its weights (``params.npz``)
   and ``artifact.json`` (how to call it);
 * ``metrics.json`` — test-split accuracy (held out from the search), validation accuracy,
-  TVM-measured latency, size, the agreement of the TVM build with PyTorch (top-1 and largest
-  logit difference over the validation split), and the metrics
-  the export recorded, side by side.
+  TVM-measured latency, whether the library's kernels are tuned (``kernels``; ``apply`` uses the
+  target's tuning database and never tunes: ``vitune tune`` does), the ``baseline`` (the
+  uncompressed model in the best runtime the target has — on this machine's CPU the faster of
+  ONNX Runtime and OpenVINO — timed side by side with the shipped build) and
+  ``speedup_vs_baseline``, size, the agreement of the TVM build with PyTorch (top-1 and largest
+  logit difference over the validation split), and the metrics the export recorded.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     from vitune.targets import load_target
     from vitune.targets.compile import compile_model, save_artifact
     from vitune.targets.measure import agreement, time_compiled
+    from vitune.targets.peers import build_label, measure_baseline
     from vitune.targets.runner import runner_for
     from vitune.targets.tuning import Tuner
     from vitune.versions import versions
@@ -82,7 +86,11 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     problem = runner_for(profile).check()
     m = time_compiled(compiled, example, profile) if problem is None else None
     top1, worst, n = None, None, 0
+    base = None
     if problem is None:
+        # the speed-up reference: the uncompressed model in the best runtime the target has, timed
+        # side by side with the shipped build
+        base = measure_baseline(ws.model, example, profile, compiled)
         # The TVM build must compute what PyTorch computes (the search scored PyTorch): compare on
         # the whole validation split, batch 1.
         top1, worst, n = agreement(model, compiled, profile, ws.data.val)
@@ -112,6 +120,10 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         "latency_samples_ms": list(m.samples_ms) if m else [],
         "measurement_error": problem or (m.error if m else None),
         "tuning": None if compiled.tuning is None else compiled.tuning.line(),
+        "kernels": build_label(compiled),
+        "untuned_workloads": None if compiled.tuning is None else compiled.tuning.untuned,
+        "baseline": None if base is None else base.to_dict(),
+        "speedup_vs_baseline": None if base is None else base.speedup,
         "params": params,
         "size_bytes": size,
         "tvm_vs_torch": {"max_abs_logit_diff": worst, "top1_agreement": top1, "images": n, "split": "val"},

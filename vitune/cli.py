@@ -106,6 +106,13 @@ def _apply(args) -> int:
         f"test accuracy {metrics['test_accuracy']:.4f} (validation {metrics['val_accuracy']:.4f}, "
         f"search saw {seen['accuracy']:.4f}); latency {lat} on {metrics['target']['name']} (search saw {seen_ms})"
     )
+    if metrics["untuned_workloads"] != 0:
+        print(f"WARNING: the library ships untuned kernels ({metrics['kernels']}): its latency is not what tuning gives; "
+              f"run 'vitune tune --study STUDY.toml' for {metrics['target']['name']}, then apply again")
+    if metrics["baseline"] is not None:
+        from vitune.targets.peers import Baseline
+
+        print(Baseline(**metrics["baseline"]).line())
     if metrics["measurement_error"]:
         print(f"not measured: {metrics['measurement_error']} (the artifact is written all the same)")
     else:

@@ -46,14 +46,17 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
             models.append((f"random config {i + 1}: {config.summary()}", compress(ws.model, config.replace(distill_steps=0), ws.data.train, calib)))
     untuned = measure(ws.model, example, profile)
     run.untuned_ms = untuned.latency_ms
-    for label, model in models:
-        m = measure(model, example, profile, tuner=tuner)
-        rep = tuner.report
-        row = {"model": label, "latency_ms": m.latency_ms, "error": m.error, "tune_s": m.timings.get("tune_s", 0.0),
-               "tuned_workloads": m.timings.get("tuned_workloads"), "untuned_workloads": m.timings.get("untuned_workloads")}
-        run.rows.append(row)
-        if label == "uncompressed":
-            run.tuned_ms = m.latency_ms
-        lat = f"{m.latency_ms:.4f} ms" if m.ok else f"FAILED {m.error}"
-        log(f"{label}: {lat}; tuning {row['tune_s']:.1f} s; so far {rep.line()}")
+    try:
+        for label, model in models:
+            m = measure(model, example, profile, tuner=tuner)
+            rep = tuner.report
+            row = {"model": label, "latency_ms": m.latency_ms, "error": m.error, "tune_s": m.timings.get("tune_s", 0.0),
+                   "tuned_workloads": m.timings.get("tuned_workloads"), "untuned_workloads": m.timings.get("untuned_workloads")}
+            run.rows.append(row)
+            if label == "uncompressed":
+                run.tuned_ms = m.latency_ms
+            lat = f"{m.latency_ms:.4f} ms" if m.ok else f"FAILED {m.error}"
+            log(f"{label}: {lat}; tuning {row['tune_s']:.1f} s; so far {rep.line()}")
+    finally:
+        tuner.close()
     return run

@@ -137,21 +137,26 @@ def test_tuning_over_rpc_fills_the_database_then_reuses_it(rpc_env, tmp_path, mo
 
 
 def test_remote_tuning_candidates_are_cross_compiled_and_failures_are_results(tmp_path):
-    """The builder links aarch64 candidates with the profile's cross compiler; a dead device is
-    each candidate's error, not an exception in MetaSchedule's loop."""
+    """The worker's builder links aarch64 candidates with the profile's cross compiler; a dead
+    device is each candidate's error, not an exception in MetaSchedule's loop."""
     import tvm
     from tvm import te
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from vitune.targets.compile import library_arch
-    from vitune.targets.msremote import RemoteBuilder, RemoteRunner
+    from vitune.targets.msremote import RemoteRunner
+    from vitune.targets.msworker import CandidateWorker, WorkerBuilder
 
     a = te.placeholder((64,), name="a")
     add = te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])
 
     board = load_target("arm-a72")
-    (built,) = RemoteBuilder(board, str(tmp_path)).build([BuilderInput(tvm.IRModule({"main": add}), board.tvm())])
+    worker = CandidateWorker()
+    try:
+        (built,) = WorkerBuilder(worker, str(tmp_path), board.cross_compiler).build([BuilderInput(tvm.IRModule({"main": add}), board.tvm())])
+    finally:
+        worker.close()
     assert built.error_msg is None and library_arch(built.artifact_path) == "aarch64"
 
     dead = _profile(tmp_path, "dead-remote", f'host = "127.0.0.1"\nport = {_free_port()}', timeout=5)

@@ -47,26 +47,30 @@ def test_database_mode_never_tunes(tiny_mlp, fast_target, tmp_path, monkeypatch)
     np.testing.assert_allclose(runner_for(fast_target).run(compiled, x.numpy()), model(x).detach().numpy(), atol=1e-4)
 
 
-def test_in_process_builder_and_runner_report_failures_as_results():
+def test_worker_runner_reports_failures_as_results():
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from vitune.targets.msinproc import InProcessRunner
+    from vitune.targets.msworker import CandidateWorker, WorkerRunner
 
-    (future,) = InProcessRunner().run([RunnerInput("inprocess:does-not-exist", "cpu", [])])
-    assert future.done() and "no in-process module" in future.result().error_msg
+    (future,) = WorkerRunner(CandidateWorker()).run([RunnerInput("candidate-does-not-exist", "cpu", [])])
+    assert future.done() and "no built candidate" in future.result().error_msg
 
 
 def test_a_tuning_run_whose_candidates_all_fail_says_why(tiny_mlp, fast_target, tmp_path, monkeypatch):
-    import vitune.targets.runner as runner_module
+    from pathlib import Path
+
+    from vitune.targets.msworker import CandidateWorker
 
     monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
-
-    def broken(threads, dev=None):
-        raise RuntimeError("the thread pool is gone")
-
-    monkeypatch.setattr(runner_module, "use_threads", broken)  # every candidate's timing fails
+    # every candidate's build fails in the worker (tests/targets/faulty_build.py)
+    worker = CandidateWorker(build="faulty_build:broken", env={"PYTHONPATH": str(Path(__file__).parent)})
     model, x = tiny_mlp
-    compiled = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    tuner = Tuner(fast_target, "tune", trials_per_task=4, worker=worker)
+    try:
+        compiled = compile_model(model, x, fast_target, tuner)
+    finally:
+        tuner.close()
     rep = compiled.tuning
     assert rep.tuned == 0 and rep.untuned == rep.workloads and rep.trials == 0 and rep.failed > 0
-    assert "candidates failed to run, e.g. RuntimeError: the thread pool is gone" in rep.line()
+    assert rep.stopped == rep.crashed == 0
+    assert "candidates failed, e.g. RuntimeError: LLVM ERROR: Cannot select: intrinsic %llvm.x86.avx512" in rep.line()

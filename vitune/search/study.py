@@ -324,6 +324,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             for t in [tuner, *(tu for _, _, tu in others)]:
                 if t is not None:
                     log(f"tuning ({t.mode}, database {t.database_path}): {t.report.line()}")
+                    t.close()
     return RunSummary(
         new_complete=mine.get("complete", 0),
         new_failed=mine.get("fail", 0),

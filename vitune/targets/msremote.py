@@ -1,8 +1,8 @@
-"""MetaSchedule builder and runner for a device reached over TVM RPC (an ARM board, a remote GPU).
+"""MetaSchedule runner for a device reached over TVM RPC (an ARM board, a remote GPU).
 
-``RemoteBuilder`` compiles each scheduled candidate in this process (no process pool, as in
-:mod:`vitune.targets.msinproc`) and links it into a shared library with the profile's cross
-compiler. ``RemoteRunner`` keeps one RPC session (through the tracker or to the server, exactly as
+Candidates are compiled and linked into shared libraries (with the profile's cross compiler) by
+:class:`vitune.targets.msworker.WorkerBuilder` in its watched worker process. ``RemoteRunner``
+keeps one RPC session (through the tracker or to the server, exactly as
 :class:`vitune.targets.runner.RpcRunner` reaches the device for measurement), uploads each
 library, times it on random inputs there and removes it. Every network step is bounded by the
 profile's ``timeout_s``; a failure is that candidate's result (MetaSchedule skips it), and a lost
@@ -11,36 +11,13 @@ session is reopened for the next candidate.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 from tvm.ir.utils import derived_object
-from tvm.s_tir.meta_schedule.builder import PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
-from vitune.targets.msinproc import _Done, _failed, _last_line, build_each
-
-
-@derived_object
-class RemoteBuilder(PyBuilder):
-    def __init__(self, profile, work_dir: str):
-        from vitune.targets.compile import link_options
-
-        super().__init__()
-        self.profile = profile
-        self._link = link_options(profile)  # a missing cross compiler fails here, once
-        self.work_dir = Path(work_dir)
-        self.built = 0
-        self._counter = itertools.count()
-
-    def _export(self, rt_mod) -> str:
-        path = self.work_dir / f"candidate-{next(self._counter)}.so"
-        rt_mod.export_library(str(path), **self._link)
-        self.built += 1
-        return str(path)
-
-    def build(self, build_inputs):
-        return build_each(build_inputs, self._export)
+from vitune.errors import short_reason
+from vitune.targets.msworker import Done, failed
 
 
 @derived_object
@@ -87,11 +64,11 @@ class RemoteRunner(PyRunner):
         futures = []
         for item in runner_inputs:
             try:
-                futures.append(_Done(RunnerResult(self._time(item), None)))
+                futures.append(Done(RunnerResult(self._time(item), None)))
                 self.measured += 1
             except Exception as err:
                 self._session = None  # reconnect for the next candidate
-                futures.append(_failed(self.failures, _last_line(err)))
+                futures.append(failed(self.failures, short_reason(err)))
             finally:
                 Path(item.artifact_path).unlink(missing_ok=True)
         return futures

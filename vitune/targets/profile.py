@@ -27,6 +27,10 @@ A profile is a TOML file (see ``vitune/targets/profiles/*.toml`` for the built-i
     memory_bandwidth_gbs = 0.0
     memory_gb = 0.0
     precisions = ["fp32", "fp16", "int8"]   # run natively
+    [tuning]                                # deadlines of one tuning candidate's build or timing run
+    min_timeout_s = 10.0                    # at least this ...
+    timeout_factor = 20.0                   # ... or this many times the median so far
+    first_timeout_s = 60.0                  # until 5 were timed
 
 ``load_target(x)`` accepts a built-in name, a name found in the user directory
 (``$VITUNE_TARGETS_DIR`` or ``~/.config/vitune/targets``), a name registered by an installed
@@ -78,6 +82,28 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class CandidateLimits:
+    """Deadlines of one tuning candidate's build and of its timing run, in seconds (``[tuning]``
+    in a target file). A candidate past its deadline is stopped and fails with the reason; see
+    :mod:`vitune.targets.msworker`.
+
+    The deadline is ``timeout_factor`` × the median time of that kind of step so far, at least
+    ``min_timeout_s``; until ``warm`` steps were timed it is ``first_timeout_s`` (a new worker's
+    first builds load LLVM's code generators and are slower than the rest)."""
+
+    min_timeout_s: float = 10.0
+    timeout_factor: float = 20.0
+    first_timeout_s: float = 60.0
+    warm: int = 5
+    start_s: float = 120.0  # a new worker has this long to import TVM and say it is ready
+
+    def deadline(self, times: list[float]) -> float:
+        if len(times) < self.warm:
+            return self.first_timeout_s
+        return max(self.min_timeout_s, self.timeout_factor * statistics.median(times[-200:]))
+
+
+@dataclass(frozen=True)
 class Hardware:
     cores: int = 0
     precisions: tuple[str, ...] = ("fp32",)
@@ -119,6 +145,7 @@ class TargetProfile:
     hardware: Hardware
     source: str = ""  # the file it came from
     cross_compiler: str = ""  # linker for exported libraries ("" = the host's default)
+    tuning: CandidateLimits = CandidateLimits()  # deadlines of tuning candidates
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tvm(self):
@@ -274,7 +301,7 @@ def resolve_auto(target: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
-    _check_keys(data, {"name", "description", "tvm", "runner", "protocol", "hardware"}, source)
+    _check_keys(data, {"name", "description", "tvm", "runner", "protocol", "hardware", "tuning"}, source)
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{source}: 'name' must be a non-empty string")
@@ -306,6 +333,14 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         statistic=_choice(proto_t, "statistic", "median", STATISTICS, where),
     )
     hardware = _hardware(_table(data, "hardware", source), f"{source} [hardware]")
+    tuning_t = _table(data, "tuning", source)
+    where = f"{source} [tuning]"
+    _check_keys(tuning_t, {"min_timeout_s", "timeout_factor", "first_timeout_s"}, where)
+    limits = CandidateLimits(
+        min_timeout_s=_float(tuning_t, "min_timeout_s", where, minimum=0.1, default=CandidateLimits.min_timeout_s),
+        timeout_factor=_float(tuning_t, "timeout_factor", where, minimum=1.0, default=CandidateLimits.timeout_factor),
+        first_timeout_s=_float(tuning_t, "first_timeout_s", where, minimum=0.1, default=CandidateLimits.first_timeout_s),
+    )
     profile = TargetProfile(
         name=name,
         description=description,
@@ -316,6 +351,7 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         hardware=hardware,
         source=source,
         cross_compiler=cross,
+        tuning=limits,
         raw=data,
     )
     profile.tvm()  # a target TVM rejects fails here, naming the file

@@ -7,9 +7,12 @@ contains it — on the same target — reuses the record. Compressed candidates 
 (ranks, pruned widths); :class:`Tuner` tunes those on first sight, within a budget.
 
 The database lives in ``<cache>/tuning/<target name>-<hash of the TVM target>/`` as
-MetaSchedule's JSON files (``workloads.json``, ``records.json``). Local targets are tuned with
-:mod:`vitune.targets.msinproc` (no process pools); targets with an ``rpc`` runner with
-:mod:`vitune.targets.msremote` (built here, timed on the device).
+MetaSchedule's JSON files (``workloads.json``, ``records.json``). Candidates are built (and, for
+a local device, timed) in one watched worker process, :mod:`vitune.targets.msworker`: a candidate
+whose build or run passes its deadline (the profile's ``[tuning]`` table) or crashes the worker
+is failed with its reason, the worker is replaced and tuning carries on; the full reasons go to
+the database's ``failures/failures.log``. Targets with an ``rpc`` runner are timed on the device
+by :mod:`vitune.targets.msremote`.
 
 Modes (``[target] tuning`` in a study file):
 
@@ -44,20 +47,26 @@ class TuneReport:
     tuned: int = 0  # ... tuned now
     untuned: int = 0  # ... left untuned (mode or budget)
     trials: int = 0  # candidates built and measured
-    failed: int = 0  # candidates built but not measured
+    failed: int = 0  # candidates that did not build or run (stopped and crashed ones included)
     error: str = ""  # the commonest reason they failed
+    stopped: int = 0  # ... of which: stopped past their deadline
+    crashed: int = 0  # ... of which: crashed the worker
+    failures_log: str = ""  # where the stopped and crashed candidates' full reasons are
     seconds: float = 0.0
     names: list[str] = field(default_factory=list)  # tuned workloads
 
     def merge(self, other: "TuneReport") -> None:
-        for k in ("workloads", "from_database", "tuned", "untuned", "trials", "failed"):
+        for k in ("workloads", "from_database", "tuned", "untuned", "trials", "failed", "stopped", "crashed"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.error = other.error or self.error
+        self.failures_log = other.failures_log or self.failures_log
         self.seconds += other.seconds
         self.names += other.names
 
     def line(self) -> str:
-        failed = f"; {self.failed} candidates failed to run, e.g. {self.error}" if self.failed else ""
+        failed = f"; {self.failed} candidates failed, e.g. {self.error}" if self.failed else ""
+        if self.stopped or self.crashed:
+            failed += f" ({self.stopped} stopped past their deadline, {self.crashed} crashed the worker; full reasons in {self.failures_log})"
         return (
             f"{self.workloads} workloads: {self.from_database} from the tuning database, {self.tuned} tuned now "
             f"({self.trials} candidates in {self.seconds:.1f} s), {self.untuned} untuned{failed}"
@@ -131,9 +140,13 @@ def _tunable(task) -> bool:
 
 
 class Tuner:
-    """Tunes and applies records for one target; keeps a running report and a time budget."""
+    """Tunes and applies records for one target; keeps a running report and a time budget.
 
-    def __init__(self, profile, mode: str = "tune", trials_per_task: int = 64, budget_s: float = 0.0):
+    ``worker``: the :class:`~vitune.targets.msworker.CandidateWorker` that builds and times the
+    candidates (default: one started on first need with the profile's deadlines, kept for later
+    calls, ended by :meth:`close` or with the tuner)."""
+
+    def __init__(self, profile, mode: str = "tune", trials_per_task: int = 64, budget_s: float = 0.0, worker=None):
         if mode not in TUNING_MODES:
             raise ValueError(f"tuning mode {mode!r} is not one of {', '.join(TUNING_MODES)}")
         self.profile = profile
@@ -142,6 +155,24 @@ class Tuner:
         self.budget_s = float(budget_s)
         self.report = TuneReport()
         self._db = None
+        self._worker = worker
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.database_path / "failures"
+
+    @property
+    def worker(self):
+        if self._worker is None:
+            from vitune.targets.msworker import CandidateWorker, FailureLog
+
+            self._worker = CandidateWorker(self.profile.tuning, FailureLog(self.failures_dir))
+        return self._worker
+
+    def close(self) -> None:
+        """End the candidate worker (a later tuning call starts another)."""
+        if self._worker is not None:
+            self._worker.close()
 
     @property
     def database_path(self) -> Path:
@@ -176,7 +207,7 @@ class Tuner:
         report.from_database = len(tasks) - len(unseen)
         if unseen and self.mode == "tune" and self._left_s() > 0:
             t0 = time.perf_counter()
-            report.trials, report.failed, report.error = self._tune(unseen, target, db)
+            self._tune(unseen, target, db, report)
             report.seconds = time.perf_counter() - t0
             tuned = [t for t in unseen if self._has_record(db, t, target)]
             report.tuned = len(tuned)
@@ -193,7 +224,7 @@ class Tuner:
         mod = task.dispatched[0]
         return db.has_workload(mod) and db.query_tuning_record(mod, target, task.task_name) is not None
 
-    def _tune(self, tasks, target, db) -> tuple[int, int, str]:
+    def _tune(self, tasks, target, db, report: TuneReport) -> None:
         import os
 
         from tvm.s_tir import meta_schedule as ms
@@ -210,6 +241,8 @@ class Tuner:
             _drop_unnamed_handlers()
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy, num_threads=threads)
             builder, runner = self._builder_runner(work)
+            worker = self.worker
+            before = (worker.stats.stopped, worker.stats.crashed)
             _quiet()  # the console handler MetaSchedule installs takes the package logger's level
             try:
                 ms.tune.tune_tasks(
@@ -231,24 +264,36 @@ class Tuner:
                 )
             finally:
                 getattr(runner, "close", lambda: None)()  # give a tracker's device back
-            failures = runner.failures
+            failures = dict(runner.failures)
+            for error, n in builder.failures.items():
+                failures[error] = failures.get(error, 0) + n
             commonest = max(failures, key=failures.get) if failures else ""
             if failures and not runner.measured:
                 logging.getLogger(__name__).warning("tuning %s: no candidate ran (%s)", self.profile.name, commonest)
-            return runner.measured, sum(failures.values()), commonest
+            report.trials, report.failed, report.error = runner.measured, sum(failures.values()), commonest
+            report.stopped = worker.stats.stopped - before[0]
+            report.crashed = worker.stats.crashed - before[1]
+            if report.stopped or report.crashed:
+                report.failures_log = str(worker.log.path) if worker.log is not None else "the worker's stderr"
+                logging.getLogger(__name__).warning(
+                    "tuning %s: %d candidates stopped past their deadline, %d crashed the worker; full reasons in %s",
+                    self.profile.name, report.stopped, report.crashed, report.failures_log,
+                )
 
     def _builder_runner(self, work: str):
         """In-process for a device of this machine; in-process build + RPC timing for a device
         reached over RPC (cross-compiled with the profile's compiler)."""
+        from vitune.targets.msworker import WorkerBuilder, WorkerRunner
+
         kind = self.profile.runner
         if kind == "rpc":
-            from vitune.targets.msremote import RemoteBuilder, RemoteRunner
+            from vitune.targets.compile import link_options
+            from vitune.targets.msremote import RemoteRunner
 
-            return RemoteBuilder(self.profile, work), RemoteRunner(self.profile)
+            link_options(self.profile)  # a missing cross compiler fails here, once
+            return WorkerBuilder(self.worker, work, self.profile.cross_compiler), RemoteRunner(self.profile)
         if kind == "local" and self.profile.is_native:
-            from vitune.targets.msinproc import InProcessBuilder, InProcessRunner
-
-            return InProcessBuilder(), InProcessRunner(threads=self.profile.threads)
+            return WorkerBuilder(self.worker), WorkerRunner(self.worker, threads=self.profile.threads)
         if kind == "local":
             raise RuntimeError(
                 f"tuning target {self.profile.name} needs its device: this machine cannot run "

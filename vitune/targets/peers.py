@@ -1,0 +1,396 @@
+"""Peer runtimes: the model in a runtime a user already has, timed beside vitune's build.
+
+A speed-up vitune reports is measured against the **uncompressed model in the best runtime
+available for the target**, timed side by side in the same process with the same protocol
+(:func:`time_side_by_side`): on a CPU of this machine the faster of ONNX Runtime and OpenVINO
+(fp32, both installed with vitune); where neither runs (a board over RPC, a GPU), the tuned
+uncompressed TVM build, labelled as such (:func:`baseline_peers` returns no peer then).
+
+Contract of a peer (:class:`PeerRuntime`; every built-in and plug-in meets it):
+
+* ``name`` — registry key (``onnxruntime``, ``openvino``, ``onnxruntime-int8``...); ``label`` —
+  what to print; ``precision`` — ``fp32`` or ``int8``; ``baseline`` — whether it competes for
+  the speed-up reference (the fp32 peers do; int8 peers change accuracy and are bench-only);
+* ``missing()`` — ``None`` when the package is importable here, else one line saying what to
+  install; cheap (imports, no model);
+* ``runs_on(profile)`` — whether it can run on that target from this process;
+* ``load(model, example, threads, calibration=None)`` — a :class:`PeerSession`: the model
+  converted for the runtime, at batch ``example.shape[0]``, on ``threads`` threads; int8 peers
+  that calibrate take ``calibration`` (a list of input arrays of the same shape). May raise.
+
+Plug-ins register more through the ``vitune.peers`` entry-point group (the entry point is the
+peer class). Registering a name twice is an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PEER_ENTRY_POINTS = "vitune.peers"
+TVM_BASELINE = "vitune-tvm-tuned"  # the baseline's name where no peer runs on the target
+
+
+class PeerSession:
+    """A loaded model: ``session(x)`` → logits as numpy, ``x`` a numpy batch of the loaded shape."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray]):
+        self._run = run
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+class PeerRuntime(ABC):
+    name: str = ""
+    label: str = ""
+    precision: str = "fp32"
+    baseline: bool = False  # competes for the speed-up reference
+    packages: tuple[str, ...] = ()  # importable modules it needs
+    install: str = ""  # how to get them
+
+    def missing(self) -> str | None:
+        absent = [p for p in self.packages if importlib.util.find_spec(p) is None]
+        return f"{self.label} needs {', '.join(absent)} ({self.install})" if absent else None
+
+    def runs_on(self, profile) -> bool:
+        """Built-in peers run on this machine's CPU only."""
+        return profile.runner == "local" and profile.device_kind == "cpu" and profile.is_native
+
+    @abstractmethod
+    def load(self, model, example, threads: int, calibration: Sequence[np.ndarray] | None = None) -> PeerSession: ...
+
+
+_REGISTRY: dict[str, type[PeerRuntime]] = {}
+
+
+def register_peer(cls: type[PeerRuntime]) -> type[PeerRuntime]:
+    if not cls.name:
+        raise ValueError(f"peer class {cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a peer runtime named {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_peers() -> dict[str, type[PeerRuntime]]:
+    """Built-in peers and those installed packages register through ``vitune.peers``."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PEER_ENTRY_POINTS):
+        if ep.name not in _REGISTRY:
+            register_peer(ep.load())
+    return dict(_REGISTRY)
+
+
+def get_peer(name: str) -> PeerRuntime:
+    peers = list_peers()
+    if name not in peers:
+        from vitune.errors import ConfigError
+
+        raise ConfigError(f"unknown peer runtime {name!r} (known: {', '.join(sorted(peers))})")
+    return peers[name]()
+
+
+def export_onnx(model, example, path: Path) -> Path:
+    """The model as ONNX (opset 17, TorchScript exporter: what ONNX Runtime and OpenVINO users run)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"])
+    return Path(path)
+
+
+def _ort_session(path: Path, threads: int) -> PeerSession:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return PeerSession(lambda x: session.run(None, {name: x})[0])
+
+
+def _ov_session(ov_model, threads: int) -> PeerSession:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    out = compiled.output(0)
+    return PeerSession(lambda x: request.infer([x])[out])
+
+
+@register_peer
+class OnnxRuntime(PeerRuntime):
+    name, label, baseline = "onnxruntime", "ONNX Runtime fp32", True
+    packages, install = ("onnxruntime", "onnx"), "installed with vitune: pip install onnxruntime onnx"
+
+    def load(self, model, example, threads, calibration=None):
+        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
+            return _ort_session(export_onnx(model, example, Path(tmp) / "model.onnx"), threads)
+
+
+@register_peer
+class OnnxRuntimeInt8(PeerRuntime):
+    """ONNX Runtime's dynamic quantization (int8 weights, activations quantized per run)."""
+
+    name, label, precision = "onnxruntime-int8", "ONNX Runtime int8 dynamic", "int8"
+    packages, install = ("onnxruntime", "onnx"), "installed with vitune: pip install onnxruntime onnx"
+
+    def load(self, model, example, threads, calibration=None):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
+            fp32 = export_onnx(model, example, Path(tmp) / "model.onnx")
+            int8 = Path(tmp) / "model-int8.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+            return _ort_session(int8, threads)
+
+
+@register_peer
+class OpenVino(PeerRuntime):
+    name, label, baseline = "openvino", "OpenVINO fp32", True
+    packages, install = ("openvino", "onnx"), "installed with vitune: pip install openvino"
+
+    def load(self, model, example, threads, calibration=None):
+        import openvino as ov
+
+        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
+            ov_model = ov.Core().read_model(str(export_onnx(model, example, Path(tmp) / "model.onnx")))
+            return _ov_session(ov_model, threads)
+
+
+@register_peer
+class OpenVinoNncfInt8(PeerRuntime):
+    """OpenVINO INT8 after NNCF post-training quantization on ``calibration`` inputs."""
+
+    name, label, precision = "openvino-nncf-int8", "OpenVINO int8 (NNCF PTQ)", "int8"
+    packages, install = ("openvino", "nncf", "onnx"), "pip install -e \".[bench]\""
+
+    def load(self, model, example, threads, calibration=None):
+        import nncf
+        import openvino as ov
+
+        if not calibration:
+            raise ValueError(f"{self.label} needs calibration inputs")
+        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
+            ov_model = ov.Core().read_model(str(export_onnx(model, example, Path(tmp) / "model.onnx")))
+            data = nncf.Dataset([np.ascontiguousarray(c, dtype=np.float32) for c in calibration])
+            quantized = nncf.quantize(ov_model, data, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
+            return _ov_session(quantized, threads)
+
+
+@register_peer
+class TorchEager(PeerRuntime):
+    name, label = "torch-eager", "PyTorch eager fp32"
+    packages = ("torch",)
+
+    def load(self, model, example, threads, calibration=None):
+        import torch
+
+        torch.set_num_threads(threads)
+        model = model.eval()
+
+        def run(x):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        return PeerSession(run)
+
+
+@register_peer
+class TorchCompile(PeerRuntime):
+    name, label = "torch-compile", "PyTorch torch.compile fp32"
+    packages = ("torch",)
+
+    def load(self, model, example, threads, calibration=None):
+        import torch
+
+        torch.set_num_threads(threads)
+        compiled = torch.compile(model.eval())
+
+        def run(x):
+            with torch.inference_mode():
+                return compiled(torch.from_numpy(x)).numpy()
+
+        run(example.numpy())  # compile now, not inside the first timing
+        return PeerSession(run)
+
+
+def baseline_peers(profile) -> list[PeerRuntime]:
+    """The peers that compete for the speed-up reference on ``profile`` and can run here: on a
+    CPU of this machine ONNX Runtime and OpenVINO fp32; none elsewhere (the reference is then
+    vitune's tuned uncompressed build, :data:`TVM_BASELINE`)."""
+    out = []
+    for cls in list_peers().values():
+        peer = cls()
+        if peer.baseline and peer.runs_on(profile) and peer.missing() is None:
+            out.append(peer)
+    return out
+
+
+def time_callable(fn: Callable[[], object], protocol) -> list[float]:
+    """Samples (ms per run) of ``fn`` taken the way the target's protocol times TVM builds:
+    ``warmup`` runs, then ``repeat`` repeats of ``number`` runs (0: enough to last
+    ``min_repeat_ms``), ``cooldown_ms`` apart."""
+    for _ in range(protocol.warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    number = protocol.number or max(1, int(protocol.min_repeat_ms / once) + 1)
+    samples = []
+    for i in range(protocol.repeat):
+        if i and protocol.cooldown_ms:
+            time.sleep(protocol.cooldown_ms / 1e3)
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) * 1e3 / number)
+    return samples
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Latencies (ms, the protocol's statistic over every round's repeats) of things timed in
+    interleaved rounds in one process; ``errors``: what could not be loaded or run, by name."""
+
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    rounds: int = 0
+
+
+def time_side_by_side(timers: dict[str, Callable[[], list[float]]], protocol, rounds: int = 3) -> SideBySide:
+    """Run each timer (it returns ms samples) once per round, in turn, ``rounds`` times: a burst
+    of load on a shared machine falls on all of them alike. A timer that raises is dropped with
+    its error; the others go on."""
+    from vitune.errors import short_reason
+
+    samples: dict[str, list[float]] = {k: [] for k in timers}
+    errors: dict[str, str] = {}
+    for _ in range(max(1, rounds)):
+        for name, timer in timers.items():
+            if name in errors:
+                continue
+            try:
+                samples[name] += list(timer())
+            except Exception as err:
+                errors[name] = short_reason(err)
+    latencies = {k: protocol.latency_ms(v) for k, v in samples.items() if v and k not in errors}
+    return SideBySide(latencies, errors, max(1, rounds))
+
+
+def peer_timer(session: PeerSession, x: np.ndarray, protocol) -> Callable[[], list[float]]:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return lambda: time_callable(lambda: session(x), protocol)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The speed-up reference of a target and a build timed beside it (ms, same rounds).
+
+    ``runtime``: the fastest baseline peer's name, or :data:`TVM_BASELINE` where no peer runs on
+    the target (the uncompressed model built by vitune with the target's tuning database);
+    ``peers_ms``: every reference candidate's latency; ``candidate_ms``: the build compared."""
+
+    runtime: str
+    label: str
+    latency_ms: float | None
+    candidate_ms: float | None = None
+    peers_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    rounds: int = 0
+
+    @property
+    def speedup(self) -> float | None:
+        """How many times faster the candidate runs than the reference (None: not measured)."""
+        if not self.latency_ms or not self.candidate_ms:
+            return None
+        return self.latency_ms / self.candidate_ms
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "label": self.label, "latency_ms": self.latency_ms, "candidate_ms": self.candidate_ms,
+                "peers_ms": dict(self.peers_ms), "errors": dict(self.errors), "rounds": self.rounds}
+
+    def line(self) -> str:
+        if self.latency_ms is None:
+            return f"no baseline could be timed ({'; '.join(f'{k}: {v}' for k, v in self.errors.items()) or 'nothing to time'})"
+        others = ", ".join(f"{k} {v:.4f} ms" for k, v in self.peers_ms.items() if k != self.runtime)
+        speed = f"; this build {self.candidate_ms:.4f} ms = {self.speedup:.2f}x its speed" if self.speedup else ""
+        return f"baseline: the uncompressed model in {self.label}, {self.latency_ms:.4f} ms" + (f" (also timed: {others})" if others else "") + speed
+
+
+def build_label(compiled) -> str:
+    """How a TVM build's kernels were scheduled: tuned, partly tuned or untuned (said wherever a
+    build is shipped or compared)."""
+    rep = compiled.tuning
+    if rep is None or rep.workloads == 0:
+        return "vitune's TVM build (untuned)"
+    if rep.untuned:
+        return f"vitune's TVM build ({rep.untuned} of {rep.workloads} workloads untuned)"
+    return "vitune's TVM build, tuned"
+
+
+def measure_baseline(original, example, profile, candidate=None, rounds: int = 3) -> Baseline:
+    """Time the uncompressed ``original`` in every baseline peer of ``profile`` (or, where none
+    runs, vitune's build of it with the target's tuning database) and the ``candidate`` build
+    (a :class:`~vitune.targets.compile.CompiledModel`, optional) side by side, in interleaved
+    rounds. Never raises: what cannot be loaded or timed is in ``errors``."""
+    from vitune.errors import short_reason
+    from vitune.targets.runner import runner_for
+
+    x = example.numpy()
+    timers: dict[str, Callable[[], list[float]]] = {}
+    labels: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    runner = runner_for(profile)
+    prepared = []
+    for peer in baseline_peers(profile):
+        try:
+            timers[peer.name] = peer_timer(peer.load(original, example, profile.threads), x, profile.protocol)
+            labels[peer.name] = peer.label
+        except Exception as err:
+            errors[peer.name] = short_reason(err)
+    if not timers:  # no peer runs there: vitune's own uncompressed build is the reference
+        from vitune.targets.compile import compile_model
+        from vitune.targets.tuning import Tuner
+
+        try:
+            built = compile_model(original, example, profile, Tuner(profile, "database"))
+            runner.prepare(built)
+            prepared.append(built)
+            timers[TVM_BASELINE] = lambda: runner.time(built, x, profile.protocol)
+            labels[TVM_BASELINE] = build_label(built)
+        except Exception as err:
+            errors[TVM_BASELINE] = short_reason(err)
+    if candidate is not None:
+        try:
+            runner.prepare(candidate)
+            prepared.append(candidate)
+            timers["candidate"] = lambda: runner.time(candidate, x, profile.protocol)
+        except Exception as err:
+            errors["candidate"] = short_reason(err)
+    try:
+        timed = time_side_by_side(timers, profile.protocol, rounds)
+    finally:
+        for built in prepared:
+            built.prepared = None  # give the device back (a tracker lends it to one session at a time)
+    errors.update(timed.errors)
+    refs = {k: v for k, v in timed.latency_ms.items() if k != "candidate"}
+    if not refs:
+        return Baseline("", "", None, timed.latency_ms.get("candidate"), {}, errors, timed.rounds)
+    best = min(refs, key=refs.get)
+    return Baseline(best, labels[best], refs[best], timed.latency_ms.get("candidate"), refs, errors, timed.rounds)
