@@ -131,6 +131,8 @@ def test_the_target_reference_names_every_key():
         assert f"`{key}`" in ref, f"docs/targets.md does not document {key!r}"
     for f in fields(Protocol):
         assert f"`{f.name}`" in ref, f"docs/targets.md does not document [protocol] {f.name!r}"
+    for key in ("tuning", "min_timeout_s", "timeout_factor", "first_timeout_s"):
+        assert f"`{key}`" in ref, f"docs/targets.md does not document [tuning] {key!r}"
 
 
 def _install(page: Path, folder: Path) -> None:

@@ -84,7 +84,10 @@ def _study_export(args) -> int:
     from vitune.search.export import export
     from vitune.search.studyfile import load_study_file
 
-    doc = export(load_study_file(args.study), args.pick, Path(args.out), args.max_latency_ms)
+    pick = "trial" if args.trial is not None else args.pick
+    if args.trial is not None and args.pick != "best":
+        raise VituneError("--trial N exports trial N: leave --pick out")
+    doc = export(load_study_file(args.study), pick, Path(args.out), args.max_latency_ms, args.max_drop, args.trial)
     members = doc.get("members", [doc])
     for rec in members:
         m = rec["metrics"]
@@ -255,8 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_study_show)
     exp = study.add_parser("export", help="write chosen configuration(s) as JSON")
     exp.add_argument("study")
-    exp.add_argument("--pick", choices=("best", "knee", "pareto"), default="best")
+    exp.add_argument("--pick", choices=("best", "knee", "pareto", "fastest"), default="best",
+                     help="best: most accurate; knee: the front's knee; pareto: every member; fastest: the fastest "
+                          "within --max-drop of the uncompressed accuracy")
     exp.add_argument("--max-latency-ms", type=float, default=None)
+    exp.add_argument("--max-drop", type=float, default=0.01, help="with --pick fastest: accuracy drop allowed (0.01 = one point)")
+    exp.add_argument("--trial", type=int, default=None, help="export this trial (complete, on the front or not)")
     exp.add_argument("--out", required=True)
     exp.set_defaults(func=_study_export)
 

@@ -36,7 +36,7 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     run = TuneRun(database=str(tuner.database_path))
     models = [("uncompressed", ws.model)]
     if configs:
-        space = SearchSpace.build(spec.space, discover(ws.model), spec.methods)
+        space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
         calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
         sampler = optuna.samplers.RandomSampler(seed=seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)

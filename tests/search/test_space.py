@@ -42,3 +42,18 @@ def test_baselines_are_uniform_and_distinct():
     assert len({c.key for c in configs}) == len(configs)
     # fp16, int8, two rank fractions below 1.0, two ratios each for heads and MLP
     assert len(base) == 1 + 2 + 2 + 2 + 2
+
+
+def test_an_override_or_tie_that_matches_no_layer_is_refused_naming_the_file():
+    import pytest
+
+    from vitune.errors import ConfigError
+    from vitune.search.studyfile import Tie
+
+    layout = discover(build_digits_vit())
+    bad = SpaceSpec(overrides=(Override("blocks.0.*", (("precision", ("fp32",)),)), Override("blocks.9.*", (("precision", ("fp32",)),))))
+    with pytest.raises(ConfigError, match=r"^s\.toml \[\[space\.override\]\] #2 layers = 'blocks\.9\.\*' matches no layer of the model \(layers look like blocks\.0\.attn\.qkv"):
+        SearchSpace.build(bad, layout, where="s.toml")
+    with pytest.raises(ConfigError, match=r"^s\.toml \[\[space\.tie\]\] layers = 'head\*' matches no layer"):
+        SearchSpace.build(SpaceSpec(ties=(Tie("head*", ("precision",)),)), layout, where="s.toml")
+    assert SearchSpace.build(SpaceSpec(overrides=(Override("blocks.3.mlp", (("prune_mlp", (0.0,)),)),)), layout).choices  # an MLP unit matches

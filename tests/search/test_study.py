@@ -125,13 +125,43 @@ def test_export_best_respects_latency_budget(ran):
     assert main(["study", "export", str(spec.path), "--max-latency-ms", str(lats[0] / 10), "--out", str(out)]) == 2
 
 
-def test_apply_rebuilds_and_matches_exported_metrics(ran):
+def test_export_fastest_within_an_accuracy_drop_and_one_trial_by_number(ran):
+    from vitune.search.front import accuracy_of, front, latency_of, uncompressed_trial
+
+    spec, _, tmp = ran
+    study = open_study(spec, create=False)
+    ref = accuracy_of(uncompressed_trial(study))
+    out = tmp / "fastest.json"
+    for drop in (0.0, 0.01, 1.0):
+        assert main(["study", "export", str(spec.path), "--pick", "fastest", "--max-drop", str(drop), "--out", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        ok = [t for t in front(study) if accuracy_of(t) >= ref - drop - 1e-12]
+        assert doc["metrics"]["latency_ms"] == min(latency_of(t) for t in ok) and doc["pick"] == {"mode": "fastest", "max_latency_ms": None, "max_drop": drop}
+    assert main(["study", "export", str(spec.path), "--trial", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["study"]["trial"] == 0
+    assert main(["study", "export", str(spec.path), "--trial", "999", "--out", str(out)]) == 2
+    assert main(["study", "export", str(spec.path), "--trial", "0", "--pick", "knee", "--out", str(out)]) == 2
+
+
+def test_apply_rebuilds_and_matches_exported_metrics(ran, capsys):
     spec, _, tmp = ran
     exported = tmp / "apply-best.json"
     assert main(["study", "export", str(spec.path), "--pick", "knee", "--out", str(exported)]) == 0
     out = tmp / "applied"
+    capsys.readouterr()
     assert main(["apply", str(exported), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
+    # the speed-up is against the uncompressed model in the faster of ONNX Runtime and OpenVINO,
+    # timed side by side with the shipped build
+    base = metrics["baseline"]
+    assert base["runtime"] in ("onnxruntime", "openvino") and set(base["peers_ms"]) == {"onnxruntime", "openvino"}
+    assert base["latency_ms"] == min(base["peers_ms"].values()) and base["candidate_ms"] > 0 and base["errors"] == {}
+    assert metrics["speedup_vs_baseline"] == pytest.approx(base["latency_ms"] / base["candidate_ms"])
+    assert f"baseline: the uncompressed model in {base['label']}" in printed
+    # this study ran untuned and the test cache has no tuning records: apply says so
+    assert metrics["untuned_workloads"] > 0 and metrics["kernels"] == "vitune's TVM build (untuned)"
+    assert "WARNING: the library ships untuned kernels" in printed
     record = load_record(exported)
     assert metrics["val_accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
     assert metrics["params"] == record["metrics"]["params"] and metrics["size_bytes"] == record["metrics"]["size_bytes"]
@@ -151,6 +181,15 @@ def test_status_prints_counts_and_front(ran, capsys):
     assert main(["study", "status", str(spec.path)]) == 0
     text = capsys.readouterr().out
     assert "complete" in text and "Pareto front" in text and "uncompressed" in text
+    # speed-ups are against the uncompressed model in the faster of ONNX Runtime and OpenVINO,
+    # timed once when the study started; this untuned study's front is slower, and it says so
+    base = open_study(spec, create=False).user_attrs["baseline"]["test-cpu"]
+    assert base["runtime"] in ("onnxruntime", "openvino") and base["latency_ms"] > 0
+    assert f"speed-up: against the uncompressed model in {base['label']}, {base['latency_ms']:.4f} ms" in text
+    speeds = [float(ln.split()[3].rstrip("x")) for ln in text.splitlines() if ln.strip()[:1].isdigit() and ln.split()[3].endswith("x")]
+    assert speeds and all(s > 0 for s in speeds)
+    if all(s < 1 for s in speeds):
+        assert "every front member is slower than the uncompressed model in" in text
 
 
 def test_failed_candidate_is_recorded_and_study_goes_on(tmp_path, fast_target_file, default_workspace):

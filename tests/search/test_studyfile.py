@@ -91,3 +91,45 @@ def test_bad_study_files_name_file_and_key(tmp_path, body, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_study_file("/no/such/study.toml")
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_storage_paths_resolve_as_sqlalchemy_urls_do(tmp_path, scheme):
+    """Three slashes then a path: relative to the study file's folder; four: absolute."""
+    ext = "db" if scheme == "sqlite" else "log"
+    elsewhere = tmp_path / "elsewhere"
+    body = '[study]\nname = "x"\nstorage = "{url}"\n'
+    rel = load_study_file(write(tmp_path, body.format(url=f"{scheme}:///runs/x.{ext}")))
+    assert rel.storage == f"{scheme}:///{tmp_path / 'runs' / f'x.{ext}'}"
+    absolute = load_study_file(write(tmp_path, body.format(url=f"{scheme}:///{elsewhere}/x.{ext}")))  # "////" + path
+    assert absolute.storage == f"{scheme}:///{elsewhere / f'x.{ext}'}"
+    assert not str(absolute.storage).startswith(f"{scheme}:///{tmp_path}/{tmp_path}")
+
+
+def test_read_only_commands_create_no_storage_file(tmp_path, capsys):
+    from vitune.cli import main
+
+    path = write(tmp_path, '[study]\nname = "never-run"\nstorage = "sqlite:///runs/never.db"\n')
+    for argv in (["study", "export", str(path), "--out", str(tmp_path / "e.json")], ["study", "status", str(path)], ["study", "show", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no study 'never-run'" in err and "does not exist" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ('[study]\nname = "x"\n[target]\nname = "no-such-board"\n', r"s\.toml \[target\] name: unknown target 'no-such-board'"),
+        ('[study]\nname = "x"\n[target]\nname = "local-cpu"\n[[target.also]]\nname = "nope"\n', r"s\.toml \[\[target\.also\]\] #1 name: unknown target 'nope'"),
+        ('[study]\nname = "x"\nstorage = "nosuchdb+driver://u@127.0.0.1/x"\n', r"s\.toml \[study\] storage: storage 'nosuchdb\+driver://u@127\.0\.0\.1/x' cannot be opened"),
+    ],
+)
+def test_an_unknown_target_or_storage_names_file_and_key(tmp_path, capsys, body, message):
+    import re
+
+    from vitune.cli import main
+
+    assert main(["study", "run", str(write(tmp_path, body))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(message, err), err

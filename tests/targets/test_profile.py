@@ -67,6 +67,9 @@ BASE = 'name = "x"\n[tvm]\ntarget = { kind = "llvm" }\n[runner]\nkind = "local"\
         (BASE + "[hardware]\nmemory_gbs = 3\n", r"\[hardware\]: unknown key 'memory_gbs'"),
         (BASE.replace('[tvm]', '[tvm]\ncross_compiler = 3'), r"\[tvm\] cross_compiler: expected a command name"),
         (BASE + "colour = 1\n", r"unknown key 'colour'"),
+        (BASE + "[tuning]\nbuild_timeout_s = 3\n", r"t\.toml \[tuning\]: unknown key 'build_timeout_s'"),
+        (BASE + "[tuning]\nmin_timeout_s = 0\n", r"t\.toml \[tuning\] min_timeout_s: expected a number >= 0.1, got 0"),
+        (BASE + "[tuning]\ntimeout_factor = \"20\"\n", r"\[tuning\] timeout_factor: expected a number >= 1.0"),
         ("name = \n", r"not valid TOML"),
         (BASE.replace('{ kind = "llvm" }', '"llvm -mcpu=x"'), r"\[tvm\] target: expected a table with a 'kind'"),
     ],
@@ -95,3 +98,14 @@ def test_protocol_statistic(tmp_path):
     assert fastest.latency_ms([3.0, 1.0, 2.0, 9.0]) == 1.0
     assert load_target(_write(tmp_path, BASE)).protocol.latency_ms([3.0, 1.0, 2.0, 9.0]) == 2.5
     assert load_target("local-cpu").protocol.statistic == "min"
+
+
+def test_tuning_deadlines(tmp_path):
+    from vitune.targets.profile import CandidateLimits
+
+    assert load_target(_write(tmp_path, BASE)).tuning == CandidateLimits()
+    limits = load_target(_write(tmp_path, BASE + "[tuning]\nmin_timeout_s = 2\ntimeout_factor = 5\nfirst_timeout_s = 30\n")).tuning
+    assert (limits.min_timeout_s, limits.timeout_factor, limits.first_timeout_s) == (2.0, 5.0, 30.0)
+    assert limits.deadline([0.1] * 4) == 30.0  # not warm yet
+    assert limits.deadline([0.1] * 5) == 2.0  # 5 x 0.1 s is under the floor
+    assert limits.deadline([1.0, 1.0, 2.0, 3.0, 3.0]) == 10.0  # 5 x the median

@@ -162,3 +162,21 @@ def test_remote_tuning_candidates_are_cross_compiled_and_failures_are_results(tm
     dead = _profile(tmp_path, "dead-remote", f'host = "127.0.0.1"\nport = {_free_port()}', timeout=5)
     (future,) = RemoteRunner(dead).run([RunnerInput(built.artifact_path, "cpu", [])])
     assert future.done() and "is unreachable" in future.result().error_msg
+
+
+def test_where_no_peer_runtime_runs_the_baseline_is_the_tuned_uncompressed_tvm_build(rpc_env, tmp_path):
+    """Over RPC neither ONNX Runtime nor OpenVINO can run on the device: the speed-up reference is
+    vitune's own build of the uncompressed model, timed on the device beside the candidate and
+    labelled with how its kernels were scheduled."""
+    from vitune.targets.compile import compile_model
+    from vitune.targets.peers import TVM_BASELINE, baseline_peers, measure_baseline
+
+    profile = _profile(tmp_path, "baseline-remote", f'host = "127.0.0.1"\nport = {rpc_env["direct"]}')
+    assert baseline_peers(profile) == []
+    model, example = probe_model()
+    candidate = compile_model(model, example, profile)
+    base = measure_baseline(model, example, profile, candidate, rounds=2)
+    assert base.errors == {} and base.runtime == TVM_BASELINE and base.rounds == 2
+    assert base.label == "vitune's TVM build (untuned)"  # this test cache has no tuning database
+    assert base.latency_ms > 0 and base.candidate_ms > 0 and base.speedup == base.latency_ms / base.candidate_ms
+    assert "the uncompressed model in vitune's TVM build" in base.line()

@@ -37,7 +37,7 @@ def make_context(model: str, target: str, tuning: str | None = None, img_size: i
 
         spec = load_study_file(model)
         ws = load_workspace(spec.model, spec.data, progress=progress)
-        space = SearchSpace.build(spec.space, discover(ws.model), spec.methods)
+        space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
         calib = Calibration.from_dataset(ws.data.calib, min(32, spec.methods.calib_images))
         return CostContext(profile, ws.model, ws.example_input(1), space, tuning or spec.target.tuning, calib)
     if model == "default":

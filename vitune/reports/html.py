@@ -106,7 +106,7 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
     for label, row in picks.items():
         recipe_header, table = recipe_table(row)
         parts.append(f"<h3>{_e(label)}: trial {row.number}</h3><p>accuracy {_num(row.accuracy, '.4f')}, latency {_num(row.latency_ms, '.4f')} ms"
-                     + (f", {view.speedup(row):.2f}x the uncompressed speed" if view.speedup(row) else "") + f"; {_e(row.summary)}</p>")
+                     + (f", {view.speedup(row):.2f}x the speed of {_e(view.speed_reference()[1])}" if view.speedup(row) else "") + f"; {_e(row.summary)}</p>")
         parts.append(_table(recipe_header, table))
         parts.append(f"<p class=\"note\">Ship it: <code>vitune study export {_e(study_file)} --pick {'knee' if 'knee' in label else 'best'} --out best.json</code> "
                      "then <code>vitune apply best.json --out DIR</code>.</p>")

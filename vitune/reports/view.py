@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, target_names, uncompressed_trial
+from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, speed_reference, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "w8a8": 8, "int4": 4}
@@ -51,6 +51,7 @@ class StudyView:
     reference: TrialRow | None
     checks: tuple[dict, ...]  # predicted vs measured latency of front members (predicted studies)
     units: dict  # knob → unit names carrying it, in model order
+    speed_refs: dict = field(default_factory=dict)  # target → (ms, what it is): the speed-up reference
 
     @property
     def budget_ms(self) -> float | None:
@@ -95,13 +96,16 @@ class StudyView:
 
         raise ConfigError(f"study {self.name!r} has no trial {number} (trials 0..{len(self.trials) - 1})")
 
+    def speed_reference(self, target: str | None = None) -> tuple[float | None, str]:
+        """(ms, what it is): the uncompressed model in the best runtime the target has, timed when
+        the study started (older studies: the uncompressed trial, labelled so)."""
+        return self.speed_refs.get(target or (self.targets[0] if self.targets else ""), (None, ""))
+
     def speedup(self, row: TrialRow, target: str | None = None) -> float | None:
-        """How many times faster than the uncompressed model (on the primary target, or ``target``)."""
-        ref = self.reference
-        if target is not None:
-            mine, base = row.latencies.get(target), ref.latencies.get(target) if ref else None
-            return base / mine if base and mine else None
-        return ref.latency_ms / row.latency_ms if ref and row.latency_ms else None
+        """How many times faster than the speed-up reference (on the primary target, or ``target``)."""
+        base, _ = self.speed_reference(target)
+        mine = row.latencies.get(target) if target is not None else row.latency_ms
+        return base / mine if base and mine else None
 
 
 def _space_of(study, trial) -> tuple[list, dict]:
@@ -179,6 +183,7 @@ def load_view(spec) -> StudyView:
         name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budgets_ms=budgets_ms(study), meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
         front=tuple(rows[t.number] for t in front(study)), reference=rows[ref.number] if ref else None,
         checks=tuple(checks), units={k: v for k, v in units.items() if v},
+        speed_refs={n: speed_reference(study, n) for n in names} if meta else {},
     )
 
 
@@ -230,7 +235,7 @@ def describe(view: StudyView, row: TrialRow) -> str:
     parts = [f"trial {row.number}", f"accuracy {row.accuracy:.4f}" if row.accuracy is not None else "accuracy -",
              f"latency {row.latency_ms:.4f} ms" if row.latency_ms is not None else "latency -"]
     if speed:
-        parts.append(f"{speed:.2f}x the uncompressed model's speed")
+        parts.append(f"{speed:.2f}x the speed of {view.speed_reference()[1]}")
     if row.params:
         parts.append(f"{row.params:,} params")
     return ", ".join(parts) + f" ({row.origin})"

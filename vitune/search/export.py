@@ -6,7 +6,10 @@ Picks:
   (ties: the faster one);
 * ``knee`` — the member farthest from the straight line joining the front's two extremes,
   with accuracy and latency scaled to [0, 1] over the front;
-* ``pareto`` — every front member.
+* ``pareto`` — every front member;
+* ``fastest`` — the fastest front member whose validation accuracy is within ``max_drop``
+  (absolute, 0.01 = one point) of the uncompressed model's (the study's uncompressed trial);
+* ``trial`` — one complete trial, by number (on the front or not).
 
 A record holds the model reference (name, checkpoint hash, how to rebuild it), the data it
 was scored on, the target, the per-layer configuration, ``metrics`` (``accuracy``,
@@ -25,7 +28,7 @@ from vitune.versions import versions
 
 FORMAT = "vitune.export/1"
 FORMAT_PARETO = "vitune.export-pareto/1"
-PICKS = ("best", "knee", "pareto")
+PICKS = ("best", "knee", "pareto", "fastest", "trial")
 
 
 def pick_best(front: list, max_latency_ms: float | None = None):
@@ -41,6 +44,18 @@ def pick_knee(front: list, max_latency_ms: float | None = None):
     if not members:
         return pick_best(front, max_latency_ms)  # raises with the message
     return members[knee_index([(accuracy_of(t), latency_of(t)) for t in members])]
+
+
+def pick_fastest(front: list, reference_accuracy: float, max_drop: float, max_latency_ms: float | None = None):
+    """The fastest member with accuracy >= ``reference_accuracy - max_drop`` (ties: the more accurate)."""
+    floor = reference_accuracy - max_drop
+    members = [t for t in front if accuracy_of(t) >= floor - 1e-12 and (max_latency_ms is None or latency_of(t) <= max_latency_ms)]
+    if not members:
+        best = max(accuracy_of(t) for t in front)
+        raise ConfigError(f"no front member is within {max_drop:g} of the uncompressed accuracy {reference_accuracy:.4f} "
+                          f"(at least {floor:.4f}){'' if max_latency_ms is None else f' under {max_latency_ms} ms'}; "
+                          f"the most accurate is {best:.4f}")
+    return min(members, key=lambda t: (latency_of(t), -accuracy_of(t)))
 
 
 def knee_index(points: list[tuple[float, float]]) -> int:
@@ -84,12 +99,14 @@ def trial_record(trial, spec, study_meta: dict) -> dict:
     }
 
 
-def export(spec, pick: str, out: Path, max_latency_ms: float | None = None) -> dict:
-    from vitune.search.front import front
+def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_drop: float = 0.01, trial: int | None = None) -> dict:
+    from vitune.search.front import complete_trials, front, uncompressed_trial
     from vitune.search.study import open_study
 
     if pick not in PICKS:
         raise ConfigError(f"unknown pick {pick!r} (expected {', '.join(PICKS)})")
+    if (pick == "trial") != (trial is not None):
+        raise ConfigError("--trial N exports trial N: give it alone (it is its own pick)")
     study = open_study(spec, create=False)
     members = front(study)
     if not members:
@@ -99,9 +116,21 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None) -> d
         chosen = [t for t in members if max_latency_ms is None or latency_of(t) <= max_latency_ms]
         doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta) for t in chosen]}
     else:
-        trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
-        doc = trial_record(trial, spec, meta)
-        doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms}
+        if pick == "trial":
+            done = {t.number: t for t in complete_trials(study)}
+            if trial not in done:
+                raise ConfigError(f"study {spec.name!r} has no complete trial {trial} (complete: {', '.join(map(str, sorted(done))) or 'none'})")
+            chosen_trial = done[trial]
+        elif pick == "fastest":
+            ref = uncompressed_trial(study)
+            if ref is None:
+                raise ConfigError(f"study {spec.name!r} has no complete uncompressed trial to measure the accuracy drop against")
+            chosen_trial = pick_fastest(members, accuracy_of(ref), max_drop, max_latency_ms)
+        else:
+            chosen_trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
+        doc = trial_record(chosen_trial, spec, meta)
+        doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms, **({"max_drop": max_drop} if pick == "fastest" else {}),
+                       **({"trial": trial} if pick == "trial" else {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -133,4 +162,4 @@ def load_record(path: Path, member: int | None = None) -> dict:
     return doc
 
 
-__all__ = ["export", "load_record", "pick_best", "pick_knee", "trial_record", "asdict"]
+__all__ = ["export", "load_record", "pick_best", "pick_fastest", "pick_knee", "trial_record", "asdict"]

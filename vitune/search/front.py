@@ -81,6 +81,30 @@ def target_names(study) -> tuple[str, ...]:
     return (meta.get("target", "?"), *(t["name"] for t in meta.get("also", [])))
 
 
+def baseline_of(study, target: str | None = None) -> dict | None:
+    """The speed-up reference recorded for ``target`` (default: the primary): the uncompressed
+    model in the best runtime that target has (:func:`vitune.targets.peers.measure_baseline`,
+    timed when the study started), as ``Baseline.to_dict()``; None if none was timed."""
+    name = target or target_names(study)[0]
+    base = study.user_attrs.get("baseline", {}).get(name)
+    return base if base and base.get("latency_ms") else None
+
+
+def speed_reference(study, target: str | None = None) -> tuple[float | None, str]:
+    """(ms, what it is) against which speed-ups on ``target`` are shown: the recorded baseline
+    runtime; in a study from before baselines were timed, the uncompressed trial, labelled so."""
+    base = baseline_of(study, target)
+    if base is not None:
+        return base["latency_ms"], f"the uncompressed model in {base['label']}"
+    ref = uncompressed_trial(study)
+    if ref is None:
+        return None, ""
+    names = target_names(study)
+    index = names.index(target) if target in names else 0
+    lats = latencies_of(ref)
+    return (lats[index] if index < len(lats) else None), f"the uncompressed trial {ref.number} in this study's own latency"
+
+
 def complete_trials(study) -> list:
     import optuna
 
@@ -121,7 +145,7 @@ def format_front(study) -> str:
     more = target_names(study)[1:]  # one more latency column per extra target
     width = [max(10, len(n) + 3) for n in more]
     lines[0] = lines[0].replace("  speed-up", "".join(f"  {'ms@' + n:>{w}}" for n, w in zip(more, width)) + "  speed-up")
-    ref_ms = latency_of(ref) if ref else None
+    ref_ms, ref_what = speed_reference(study)
 
     def extra(t) -> str:
         lats = latencies_of(t)[1:]
@@ -140,10 +164,15 @@ def format_front(study) -> str:
         )
     if ref is not None:
         m = ref.user_attrs.get("metrics", {})
+        speed = f"{ref_ms / latency_of(ref):.2f}x" if ref_ms else "-"
         lines.append(
-            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {ref_ms:>10.4f}{extra(ref)}  {'1.00x':>8}  {m.get('params', 0):>8}  "
+            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {latency_of(ref):>10.4f}{extra(ref)}  {speed:>8}  {m.get('params', 0):>8}  "
             f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
         )
+    if ref_ms:
+        lines.append(f"speed-up: against {ref_what}, {ref_ms:.4f} ms")
+        if rows and all(latency_of(t) >= ref_ms for t in rows):
+            lines.append(f"every front member is slower than {ref_what} ({ref_ms:.4f} ms): on this target the search found no speed-up")
     sources = {t.user_attrs.get("metrics", {}).get("latency_source", "measured") for t in rows}
     if sources - {"measured"}:
         lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))

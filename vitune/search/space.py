@@ -24,7 +24,16 @@ class SearchSpace:
     ties: tuple[tuple[str, tuple[str, ...]], ...] = ()  # tied parameter → the per-layer names it sets
 
     @classmethod
-    def build(cls, spec, layout: ModelLayout, methods: CompressionMethods | None = None) -> "SearchSpace":
+    def build(cls, spec, layout: ModelLayout, methods: CompressionMethods | None = None, where: str = "") -> "SearchSpace":
+        """``where``: the study file, named in errors. A ``[[space.override]]`` or ``[[space.tie]]``
+        whose ``layers`` glob matches no layer of the model is an error (a typo, or a space
+        written for another model)."""
+        at = f"{where} " if where else ""
+        units = [h.name for h in layout.heads] + [m.name for m in layout.mlps] + [u.name for u in layout.linears]
+        for i, override in enumerate(getattr(spec, "overrides", ())):
+            if not any(fnmatch.fnmatchcase(u, override.layers) for u in units):
+                raise ConfigError(f"{at}[[space.override]] #{i + 1} layers = {override.layers!r} matches no layer of the model "
+                                  f"(layers look like {layout.linears[0].name}, {layout.heads[0].name if layout.heads else ''})".replace(", )", ")"))
         knobs: list[tuple[str, str, tuple]] = []  # (unit, knob, menu) in model order
         knobs += [(h.name, "prune_heads", spec.menu_for(h.name, "prune_heads")) for h in layout.heads]
         knobs += [(m.name, "prune_mlp", spec.menu_for(m.name, "prune_mlp")) for m in layout.mlps]
@@ -45,12 +54,12 @@ class SearchSpace:
             groups[name].append((f"{unit}:{knob}", menu))
         for tie in getattr(spec, "ties", ()):
             if not any(n.startswith(f"{tie.layers}:") for n in groups):
-                raise ConfigError(f"[[space.tie]] layers = {tie.layers!r} matches no layer of the model (layers look like {layout.linears[0].name})")
+                raise ConfigError(f"{at}[[space.tie]] layers = {tie.layers!r} matches no layer of the model (layers look like {layout.linears[0].name})")
         for i, (name, menu) in enumerate(choices):
             if name in groups:
                 shared = tuple(v for v in menu if all(v in m for _, m in groups[name]))
                 if not shared:
-                    raise ConfigError(f"[[space.tie]] {name}: the tied layers' menus have no value in common")
+                    raise ConfigError(f"{at}[[space.tie]] {name}: the tied layers' menus have no value in common")
                 choices[i] = (name, shared)
         choices.append(("distill_steps", tuple(spec.distill_steps)))
         ties = tuple((name, tuple(n for n, _ in members)) for name, members in groups.items())

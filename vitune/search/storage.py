@@ -56,6 +56,17 @@ def _check_journal(path: Path, url: str) -> None:
         raise ConfigError(f"storage {url}: {path} is not an Optuna journal (its first line is not a journal record); left untouched")
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL (None for a server URL or an in-memory database).
+    As in SQLAlchemy, ``sqlite:///runs/x.db`` is relative and ``sqlite:////abs/x.db`` absolute;
+    study files resolve relative paths against their own folder before this is called."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme):
+            rest = url[len(scheme):]
+            return None if rest in ("", ":memory:") else Path(rest)
+    return None
+
+
 def make_storage(url: str):
     import optuna
 

@@ -42,7 +42,16 @@ def open_study(spec, create: bool = True, sampler=None):
     from vitune.search.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(spec.storage)
+    if not create:
+        from vitune.search.storage import storage_file
+
+        path = storage_file(spec.storage)
+        if path is not None and not path.exists():  # read-only commands create nothing
+            raise ConfigError(f"no study {spec.name!r} in {spec.storage}: {path} does not exist (run 'vitune study run {spec.path}' first)")
+    try:
+        storage = make_storage(spec.storage)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.path} [study] storage: {err}") from None
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as err:  # a storage that opens but cannot be read as Optuna's
@@ -142,6 +151,23 @@ def baseline_params(space) -> list[dict]:
     return [space.identity_params()] + [p for _, _, p in uniform_params(space)]
 
 
+def time_baselines(workspace, targets, log=print) -> dict:
+    """{target name: ``Baseline.to_dict()``} for each (profile, target spec) whose device this
+    process reaches: the uncompressed model in the best runtime that target has, the reference of
+    every speed-up the study shows (see :mod:`vitune.targets.peers`)."""
+    from vitune.targets.peers import Baseline, measure_baseline
+
+    out = {}
+    for profile, target in targets:
+        if target.latency != "measured" and profile.runner != "local":
+            log(f"no speed-up baseline on {profile.name}: its latency is predicted and its device is not measured from here")
+            continue
+        base = measure_baseline(workspace.model, workspace.example_input(1), profile)
+        out[profile.name] = base.to_dict()
+        log(f"{profile.name}: {Baseline(**out[profile.name]).line()}")
+    return out
+
+
 def _check_target(spec, target, profile, where: str = "[target]") -> None:
     if target.latency == "measured":
         from vitune.targets.runner import runner_for
@@ -165,7 +191,10 @@ def _latency_source(spec, target, where: str):
     from vitune.costmodels import get_latency_source
     from vitune.targets import load_target
 
-    profile = load_target(target.name)
+    try:
+        profile = load_target(target.name)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.path} {where} name: {err}") from None
     source = get_latency_source(target.latency, profile)
     _check_target(spec, target, profile, where)
     tuner = None
@@ -233,7 +262,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         log(f"marked {len(reaped)} trial(s) left running by a stopped worker as failed: {', '.join(map(str, reaped))}")
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others))
-    space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods)
+    space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
         study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
     predicted = hasattr(source, "bind")
@@ -241,6 +270,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     for _, src, t in every:
         if hasattr(src, "bind"):
             src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
+
+    if "baseline" not in study.user_attrs:  # the speed-up reference, timed once per study
+        study.set_user_attr("baseline", time_baselines(workspace, [(p, t) for p, _, t in every], log))
 
     def cache(p, t):
         return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning) if t.latency == "measured" else None)

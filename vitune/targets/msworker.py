@@ -161,7 +161,9 @@ class CandidateWorker:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="vitune-tuning-worker-", suffix=".stderr", dir=folder)
         self._stderr_path = Path(name)
-        code = f"from vitune.targets.msworker import serve; serve({req_r}, {resp_w}, {self.build_spec!r})"
+        # tvm_ffi imports torch whenever it can (2.5 s and 700 MB here); candidates never need it
+        code = (f"import sys; sys.modules.setdefault('torch', None)\n"
+                f"from vitune.targets.msworker import serve; serve({req_r}, {resp_w}, {self.build_spec!r})")
         env = dict(os.environ, **(self.env or {}))
         try:
             self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -347,7 +349,7 @@ def serve(request_fd: int, response_fd: int, build_spec: str = DEFAULT_BUILD) ->
                 rt_mod = modules.pop(key)
                 dev = tvm.device(device_type, 0)
                 if threads:  # time as the target will run
-                    from vitune.targets.runner import use_threads
+                    from vitune.targets.threads import use_threads
 
                     use_threads(threads, dev)
                 (args,) = default_alloc_argument(dev, args_info, 1)

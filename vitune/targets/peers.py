@@ -337,7 +337,7 @@ def build_label(compiled) -> str:
     """How a TVM build's kernels were scheduled: tuned, partly tuned or untuned (said wherever a
     build is shipped or compared)."""
     rep = compiled.tuning
-    if rep is None or rep.workloads == 0:
+    if rep is None or rep.workloads == 0 or rep.untuned == rep.workloads:
         return "vitune's TVM build (untuned)"
     if rep.untuned:
         return f"vitune's TVM build ({rep.untuned} of {rep.workloads} workloads untuned)"
