@@ -1,10 +1,12 @@
 """Results kept across trials, studies, runs and workers, keyed by everything that decides them.
 
 * **Accuracy** (with parameters and size) of a configuration: keyed by the model's weights, the
-  configuration (its per-layer choices and the compression methods) and the data split (the
-  data set's spec and the split's name).
+  configuration (its per-layer choices and the compression methods), the data split (the
+  data set's spec and the split's name), the torch and timm versions and a hash of vitune's
+  compression, model and data code.
 * **A measurement**: keyed by the model's weights, the configuration, the target (TVM target,
-  host, timing protocol) and the tuning mode.
+  host, timing protocol), the tuning mode, the torch, timm and TVM versions and a hash of
+  vitune's compression, model and targets code (a change to how vitune builds is a miss).
 
 A resumed study, a second study on the same model (another sampler, the benchmark's baselines)
 or a worker on the same machine never recomputes either. Predicted latencies are not cached:
@@ -28,11 +30,17 @@ def _hash(obj) -> str:
 
 
 def data_key(data_spec, split: str) -> str:
-    return _hash({"data": dataclasses.asdict(data_spec), "split": split})
+    from vitune.versions import result_versions
+
+    return _hash({"data": dataclasses.asdict(data_spec), "split": split,
+                  "made_by": result_versions("compression", "models", "data", libraries=("torch", "timm"))})
 
 
 def target_key(profile, tuning: str) -> str:
-    return _hash({**profile.timing_key(), "runner": profile.runner, "tuning": tuning})
+    from vitune.versions import result_versions
+
+    return _hash({**profile.timing_key(), "runner": profile.runner, "tuning": tuning,
+                  "made_by": result_versions("compression", "models", "targets")})
 
 
 class ResultCache:

@@ -452,7 +452,13 @@ class WorkerRunner(PyRunner):
 
 
 def _task_name(mod) -> str:
+    """The candidate's workload as its buffers' shapes and dtypes (MetaSchedule names every
+    candidate's function ``main``): ``main(float32[1,17,64], float32[192,64] -> float32[1,17,192])``."""
     try:
-        return ", ".join(str(gv.name_hint) for gv in mod.get_global_vars())
+        parts = []
+        for gv, func in mod.functions.items():
+            shapes = [f"{b.dtype}[{','.join(str(int(d)) for d in b.shape)}]" for b in func.params]  # params are buffers
+            parts.append(f"{gv.name_hint}({', '.join(shapes[:-1])} -> {shapes[-1] if shapes else ''})")
+        return "; ".join(parts)
     except Exception:
         return "?"

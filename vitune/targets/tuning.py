@@ -75,8 +75,12 @@ class TuneReport:
 
 def database_dir(profile) -> Path:
     # schedules are chosen by timing them: on another thread count another one wins
+    from vitune.versions import versions
+
     timing = profile.timing_key()
-    key = json.dumps({k: timing[k] for k in ("target", "host", "threads", "runtime")}, sort_keys=True)
+    # records are keyed by workload (a structural hash): vitune's code changing the graph only
+    # adds workloads; another TVM may schedule, build and store them differently
+    key = json.dumps({**{k: timing[k] for k in ("target", "host", "threads", "runtime")}, "tvm": versions()["tvm"]}, sort_keys=True)
     return cache_dir() / "tuning" / f"{profile.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
