@@ -218,10 +218,11 @@ def _targets_show(args) -> int:
 
 
 def _targets_check(args) -> int:
-    from vitune.targets.check import check_target
+    from vitune.targets.check import check_contained
     from vitune.targets.profile import load_target
 
-    report = check_target(load_target(args.name))
+    load_target(args.name)  # a bad file is a one-line error here, before the child starts
+    report = check_contained(args.name)
     for step, ok, detail in report.steps:
         print(f"{'ok  ' if ok else 'FAIL'} {step:<7} {detail}")
     if report.ok:

@@ -96,3 +96,27 @@ def test_cli_check_says_what_is_missing(capsys):
     assert "RPC tracker 127.0.0.1:9190 is unreachable" in out.err or "has no device with key 'rpi4'" in out.err
     assert main(["targets", "check", "cuda-sm80"]) == 1
     assert "no CUDA device on this machine" in capsys.readouterr().err
+
+
+def test_a_crash_while_checking_a_target_is_a_failed_step_not_a_dead_interpreter(tmp_path, monkeypatch, capsys):
+    """``targets check`` runs in a child process: here the child segfaults as it starts (as TVM's
+    code generation did on an unknown triple), and the command says so in one line."""
+    from vitune.cli import main
+
+    (tmp_path / "sitecustomize.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["targets", "check", "local-cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "crashed (SIGSEGV) while checking the target" in err
+
+
+def test_a_link_failure_names_its_cause_and_keeps_the_whole_output(tmp_path, monkeypatch):
+    from vitune.targets.check import cause_line
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    output = ("Compilation error:\n/usr/bin/aarch64-linux-gnu-ld: cannot find crti.o: No such file or directory\n"
+              "collect2: error: ld returned 1 exit status\nCommand line: aarch64-linux-gnu-gcc -shared -fPIC -o lib.so a.o b.o")
+    line = cause_line(output, "targets-check-board-link")
+    assert line.startswith("/usr/bin/aarch64-linux-gnu-ld: cannot find crti.o") and str(tmp_path / "logs" / "targets-check-board-link.log") in line
+    assert (tmp_path / "logs" / "targets-check-board-link.log").read_text() == output

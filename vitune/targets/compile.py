@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitune.targets.native import captured_native_stderr
+
 ARTIFACT_LIB = "model.so"
 ARTIFACT_PARAMS = "params.npz"
 ARTIFACT_META = "artifact.json"
@@ -103,19 +105,11 @@ _NOISE = ("Fast mode segfaults when there are out-of-bounds indices",)
 @contextmanager
 def filtered_native_stderr():
     """Route the C++ side's stderr through a filter that drops :data:`_NOISE` lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines():
-                if line.strip() and not any(n in line for n in _NOISE):
-                    print(line, file=sys.stderr)
+    with captured_native_stderr() as out:
+        yield
+    for line in out.text.splitlines():
+        if line.strip() and not any(n in line for n in _NOISE):
+            print(line, file=sys.stderr)
 
 
 def build(mod, profile, tuner=None):

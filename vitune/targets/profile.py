@@ -355,7 +355,36 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         raw=data,
     )
     profile.tvm()  # a target TVM rejects fails here, naming the file
+    for key, table in (("target", profile.tvm_target), ("host", profile.tvm_host)):
+        if table and table.get("kind") == "llvm":
+            check_llvm_target(table, f"{source} [tvm] {key}")
     return profile
+
+
+def check_llvm_target(target: dict[str, Any], where: str) -> None:
+    """Refuse what LLVM does not know (it would log a warning and fall back to generic code, or
+    for an unknown triple crash the interpreter in code generation): the ``mtriple``, the
+    ``mcpu`` for that triple and every ``+feature`` of ``mattr``."""
+    import tvm
+    from tvm.target import codegen
+
+    from vitune.targets.native import captured_native_stderr
+
+    triple = str(target.get("mtriple") or codegen.llvm_get_system_triple())
+    with captured_native_stderr():  # LLVM's own complaints: the check says it in one line
+        if not codegen.llvm_is_valid_cpu("generic", triple):
+            arches = ", ".join(a for a in codegen.llvm_get_targets() if a in ("x86_64", "aarch64", "arm", "riscv64", "i386"))
+            raise ConfigError(f"{where} mtriple: LLVM does not know the triple {triple!r} (e.g. x86_64-linux-gnu, aarch64-linux-gnu; "
+                              f"architectures: {arches}, ...)")
+        cpu = target.get("mcpu")
+        if cpu and not codegen.llvm_is_valid_cpu(str(cpu), triple):
+            raise ConfigError(f"{where} mcpu: LLVM does not know the CPU {cpu!r} for {triple} (e.g. cortex-a72 for aarch64, znver4 for x86_64)")
+        attrs = target.get("mattr") or []
+        for attr in attrs if isinstance(attrs, list) else [attrs]:
+            name = str(attr).lstrip("+-")
+            probe = {k: v for k, v in target.items() if k in ("kind", "mtriple", "mcpu")} | {"mattr": [f"+{name}"]}
+            if name not in {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(probe))}:
+                raise ConfigError(f"{where} mattr: LLVM does not know the feature {attr!r} for {triple}")
 
 
 def _float(table: dict, key: str, where: str, minimum: float = 0.0, default: float = 0.0) -> float:
