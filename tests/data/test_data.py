@@ -75,3 +75,24 @@ def test_class_count_mismatch_is_explained(tmp_path):
         load_workspace(ModelSpec(source="timm", name="deit_tiny_patch16_224"), DataSpec(source="imagefolder", root=str(root)))
     with pytest.raises(ConfigError, match="unknown timm model 'no_such_vit'"):
         load_workspace(ModelSpec(source="timm", name="no_such_vit"), DataSpec(source="imagefolder", root=str(root)))
+
+
+def test_an_unreadable_image_is_named_before_any_work(tmp_path, monkeypatch):
+    """A truncated or non-image file anywhere in the folder is one error naming it, up front:
+    not every trial failing (val) or apply dying with PIL's traceback (test)."""
+    from vitune.data.imagefolder import load_imagefolder_splits
+    from vitune.errors import ConfigError
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "images", classes=2, per_class=8)
+    bad = root / "class_1" / "broken.png"
+    bad.write_bytes((root / "class_1" / "0.png").read_bytes()[:60])  # truncated
+    (root / "class_0" / "notes.jpg").write_text("not an image")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match=r"data root .*: 2 of 18 images cannot be read: .*notes\.jpg \(UnidentifiedImageError.*\); .*broken\.png \(OSError: Truncated File Read\)") as err:
+        load_imagefolder_splits(str(root), model, {"train": 0.25, "calib": 0.25, "val": 0.25, "test": 0.25})
+    assert "\n" not in str(err.value)
+    bad.unlink()
+    (root / "class_0" / "notes.jpg").unlink()
+    assert load_imagefolder_splits(str(root), model, {"train": 0.25, "calib": 0.25, "val": 0.25, "test": 0.25}).num_classes == 2
+    assert len(list((tmp_path / "cache" / "imagechecks").iterdir())) == 1  # the good folder is checked once

@@ -4,6 +4,10 @@ The folder is split disjointly and deterministically (stratified by class) into
 train/calib/val/test by the study's fractions, e.g. an ImageNet validation folder for a
 pretrained timm model: ``train`` feeds distillation, ``calib`` the transforms, ``val`` the
 search and ``test`` the final report.
+
+Every image is checked once, up front (:func:`check_images`): a file that cannot be decoded is
+an error naming it before any trial runs, never a trial failure or a traceback in ``apply``. A
+folder that passed is remembered by its files' names, sizes and times.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed:
         folder = ImageFolder(root, transform=transform)
     except (FileNotFoundError, OSError) as err:
         raise ConfigError(f"data root {root!r}: {err}") from None
+    check_images(root, [path for path, _ in folder.samples])
     labels = np.asarray(folder.targets)
     parts = split_indices(labels, fractions, seed)
     for name in ("val", "test"):
@@ -35,3 +40,36 @@ def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed:
             raise ConfigError(f"data root {root!r}: too few images for a non-empty {name} split ({len(labels)} images)")
     sets = {name: Subset(folder, idx.tolist()) for name, idx in parts.items()}
     return DataSplits(**sets, num_classes=len(folder.classes), input_shape=tuple(config["input_size"]), name=f"imagefolder:{root}")
+
+
+def check_images(root: str, paths: list[str]) -> None:
+    """Raise a one-line :class:`ConfigError` listing the images PIL cannot read (at most 5 named)."""
+    import hashlib
+    import os
+
+    from PIL import Image
+
+    from vitune.paths import cache_dir
+
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    marker = cache_dir() / "imagechecks" / digest.hexdigest()[:24]
+    if marker.exists():
+        return
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()  # the header and structure, without decoding every pixel
+            with Image.open(path) as im:
+                im.load()
+        except Exception as err:  # PIL raises many types for a bad file
+            bad.append((path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")))
+    if bad:
+        named = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ConfigError(f"data root {root!r}: {len(bad)} of {len(paths)} images cannot be read: {named}{more}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{len(paths)} images under {root} read\n")
