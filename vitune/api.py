@@ -41,10 +41,13 @@ def view(spec):
     return load_view(spec)
 
 
-def export(spec, pick: str = "best", out: str | Path = "best.json", max_latency_ms: float | None = None) -> dict:
+def export(spec, pick: str = "best", out: str | Path = "best.json", max_latency_ms: float | None = None, max_drop: float = 0.01,
+           trial: int | None = None) -> dict:
+    """``pick``: best, knee, pareto, fastest (within ``max_drop`` of the uncompressed validation
+    accuracy) or trial (``trial``, by number)."""
     from vitune.search.export import export as _export
 
-    return _export(spec, pick, Path(out), max_latency_ms)
+    return _export(spec, pick, Path(out), max_latency_ms, max_drop, trial)
 
 
 def apply(record: dict | str | Path, out: str | Path, member: int | None = None, distill_steps: int | None = None, progress: bool = False) -> dict:

@@ -162,20 +162,20 @@ def _tune(args) -> int:
 
 
 def _costmodel_context(args):
-    from vitune.costmodels.workflow import make_context
+    from vitune.costmodel_workflow import make_context
 
     return make_context(args.model, args.target, args.tuning, args.img_size, progress=not args.quiet)
 
 
 def _costmodel_fit(args) -> int:
-    from vitune.costmodels.workflow import run_fit
+    from vitune.costmodel_workflow import run_fit
 
     run_fit(_costmodel_context(args), args.samples, progress=not args.quiet)
     return 0
 
 
 def _costmodel_eval(args) -> int:
-    from vitune.costmodels.workflow import format_rows, run_eval
+    from vitune.costmodel_workflow import format_rows, run_eval
 
     context = _costmodel_context(args)
     rows, held_out = run_eval(context, args.samples, progress=not args.quiet, recheck=args.recheck)

@@ -40,12 +40,12 @@ def test_predicted_study_remeasures_its_front_and_refits(tmp_path, fast_target_f
     page = report.html.read_text()
     assert "Predicted vs measured latency" in page and all(f"<td class=\"num\">{n}</td>" in page for n in checks)
     # the measurements calibrated the analytical model, saved where the next study finds it
-    from vitune.costmodels.predicted import PredictedLatency
+    from vitune.costmodels import get_latency_source
     from vitune.models.layers import discover
     from vitune.search.space import SearchSpace
     from vitune.targets import load_target
 
-    source = PredictedLatency(load_target(str(fast_target_file)), "analytical")
+    source = get_latency_source("analytical", load_target(str(fast_target_file)))
     source.bind(default_workspace, SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods), "off")
     saved = json.loads(default_path(source.context, "analytical").read_text())
     assert saved["state"]["calibrated_on"] == len(checks)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from vitune.compression.stats import model_stats
-from vitune.costmodels import latency_sources, register_latency_source
+from vitune.costmodels import LatencySource, latency_sources, register_latency_source
 from vitune.errors import ConfigError
 from vitune.search.evaluate import EarlyStop, Evaluator
 from vitune.search.export import export
@@ -39,21 +39,18 @@ prune_mlp = [0.0, 0.5]
 """
 
 
-class ParamsLatency:
+class ParamsLatency(LatencySource):
     """latency_ms = parameters / 100,000: deterministic and instant."""
 
     name = "test-params-latency"
 
-    def __init__(self, profile):
-        self.profile = profile
-
-    def latency(self, model, config, example):
+    def latency(self, model, config, example, compiled_out=None):
         params, _ = model_stats(model)
         return Measurement(target=self.profile.name, latency_ms=params / 1e5, samples_ms=(params / 1e5,), spread_ms=0.0, source="test")
 
 
 if ParamsLatency.name not in latency_sources():
-    register_latency_source(ParamsLatency.name, ParamsLatency)
+    register_latency_source(ParamsLatency)
 
 
 def write(tmp_path, target, name, n=6, sampler="random", budget="", search="", extra=""):

@@ -6,6 +6,14 @@ through TVM on the target; predicted sources (cost models) plug in under other n
 the search changing.
 """
 
-from vitune.costmodels.base import LatencySource, get_latency_source, latency_sources, register_latency_source
+from vitune.costmodels.base import (
+    LatencySource,
+    MeasuredLatency,
+    get_latency_source,
+    latency_source_class,
+    latency_sources,
+    register_latency_source,
+)
+from vitune.costmodels import predicted as _predicted  # noqa: F401  (registers lut, learned, analytical)
 
-__all__ = ["LatencySource", "get_latency_source", "latency_sources", "register_latency_source"]
+__all__ = ["LatencySource", "MeasuredLatency", "get_latency_source", "latency_source_class", "latency_sources", "register_latency_source"]

@@ -1,75 +1,85 @@
 """The latency-source seam and its registry.
 
-Contract of a :class:`LatencySource`:
+Contract of a :class:`LatencySource` (every built-in and plug-in source subclasses it):
 
-* ``__init__(profile)`` — bound to one target profile;
-* ``latency(model, config, example) → Measurement`` — the latency of ``model`` (the compressed
-  candidate, an eval-mode ``nn.Module``) built from ``config``, for inputs shaped like
-  ``example`` (batch included), in milliseconds. It **never raises**: failures come back
-  as ``Measurement.error``. It may be called many times in one process; sources that keep
-  state (a fitted model, a lookup table) must be safe to use from several processes that
-  share files (write atomically).
+* ``measures`` (class attribute) — ``True`` when a result is a measurement of the candidate's
+  build on the target: the search caches it (keyed by target, tuning mode and configuration) and
+  gives the source a :class:`~vitune.targets.tuning.Tuner` when the study tunes; ``False`` for
+  a prediction: never cached (it changes with every refit), and the search re-measures the front;
+* ``__init__(profile, tuner=None)`` — bound to one target profile, with the tuner the study's
+  ``[target] tuning`` asks for (``None``: untuned kernels, or a source that does not build);
+  cheap: nothing is loaded or compiled here;
+* ``bind(workspace, space, tuning)`` — called once per study, before the first trial, with the
+  original model and data, the search space and the tuning mode; a source that needs something
+  it does not find (a fitted cost model) raises a one-line :class:`~vitune.errors.ConfigError`
+  here, before any trial. The default does nothing;
+* ``latency(model, config, example, compiled_out=None) → Measurement`` — the latency of
+  ``model`` (the compressed candidate, an eval-mode ``nn.Module``) built from ``config``, for
+  inputs shaped like ``example`` (batch included), in milliseconds; a source that builds appends
+  its :class:`~vitune.targets.compile.CompiledModel` to ``compiled_out`` when given. It **never
+  raises**: failures come back as ``Measurement.error``. It is called from one thread; several
+  processes (workers) may each hold a source for the same target, so state kept in files (a
+  fitted model, a lookup table) must be written atomically.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from abc import ABC, abstractmethod
 
 from vitune.errors import ConfigError
 
 
-class LatencySource(Protocol):
-    name: str
+class LatencySource(ABC):
+    name: str = ""
+    measures: bool = False
 
-    def latency(self, model, config, example): ...
+    def __init__(self, profile, tuner=None):
+        self.profile = profile
+        self.tuner = tuner
+
+    def bind(self, workspace, space, tuning: str) -> None:
+        """Once per study, before the first trial (see the module doc)."""
+
+    @abstractmethod
+    def latency(self, model, config, example, compiled_out: list | None = None): ...
 
 
-_REGISTRY: dict[str, Callable] = {}
+_REGISTRY: dict[str, type[LatencySource]] = {}
 
 
-def register_latency_source(name: str, factory: Callable) -> None:
-    """Register ``factory(profile) → LatencySource`` under ``name``; a duplicate name is an error."""
-    if name in _REGISTRY:
-        raise ValueError(f"latency source {name!r} is already registered")
-    _REGISTRY[name] = factory
+def register_latency_source(cls: type[LatencySource]) -> type[LatencySource]:
+    """Register a :class:`LatencySource` subclass under its ``name`` (usable as a decorator); a
+    duplicate name is an error."""
+    if not (isinstance(cls, type) and issubclass(cls, LatencySource)) or not cls.name:
+        raise ValueError(f"{cls!r} is not a named LatencySource subclass")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"latency source {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
 
 
 def latency_sources() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_latency_source(name: str, profile) -> LatencySource:
+def latency_source_class(name: str) -> type[LatencySource]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown latency source {name!r} (known: {', '.join(latency_sources())})")
-    return _REGISTRY[name](profile)
+    return _REGISTRY[name]
 
 
-class MeasuredLatency:
+def get_latency_source(name: str, profile, tuner=None) -> LatencySource:
+    return latency_source_class(name)(profile, tuner)
+
+
+@register_latency_source
+class MeasuredLatency(LatencySource):
     """The reference: compile the candidate with TVM for the target and time it there."""
 
     name = "measured"
-
-    def __init__(self, profile, tuner=None):
-        self.profile = profile
-        self.tuner = tuner  # a vitune.targets.tuning.Tuner, or None for untuned kernels
+    measures = True
 
     def latency(self, model, config, example, compiled_out: list | None = None):
         from vitune.targets.measure import measure
 
         return measure(model, example, self.profile, compiled_out, self.tuner)
-
-
-register_latency_source("measured", MeasuredLatency)
-
-
-def _predicted(kind: str):
-    def factory(profile):
-        from vitune.costmodels.predicted import PredictedLatency
-
-        return PredictedLatency(profile, kind)
-
-    return factory
-
-
-for _kind in ("lut", "learned", "analytical"):
-    register_latency_source(_kind, _predicted(_kind))

@@ -7,7 +7,7 @@ starts on a model that does not exist; ``analytical`` alone works unfitted (its 
 labelled uncalibrated). Every trial's metrics say where its latency came from
 (``latency_source = "predicted:<label>"``).
 
-:func:`remeasure_front` closes the loop: the Pareto front's members (at the end of a run and
+:func:`vitune.search.remeasure.remeasure_front` closes the loop: the Pareto front's members (at the end of a run and
 every ``remeasure_every`` completed trials) are measured for real where the target can be
 measured; each check (predicted vs measured) is stored in the study (user attribute
 ``latency_checks``), the measurement joins the cost model's samples, and the model is refit
@@ -16,13 +16,19 @@ and saved.
 
 from __future__ import annotations
 
+from vitune.costmodels.base import LatencySource, register_latency_source
 from vitune.errors import ConfigError
 
 
-class PredictedLatency:
-    def __init__(self, profile, kind: str):
-        self.profile, self.kind = profile, kind
-        self.name = kind
+class PredictedLatency(LatencySource):
+    """A fitted cost model's prediction (``kind``: lut, learned or analytical; one registered
+    subclass per kind in :mod:`vitune.costmodels.base`)."""
+
+    kind = ""
+    measures = False
+
+    def __init__(self, profile, tuner=None):
+        super().__init__(profile, None)  # predictions build nothing: the tuning mode comes with bind()
         self.context = None
         self.model = None
 
@@ -46,7 +52,7 @@ class PredictedLatency:
                 f"'vitune costmodel fit {self.profile.name} --model STUDY.toml' first"
             )
 
-    def latency(self, model, config, example):
+    def latency(self, model, config, example, compiled_out: list | None = None):
         from vitune.targets.measure import Measurement
 
         if self.model is None:
@@ -58,37 +64,5 @@ class PredictedLatency:
         )
 
 
-def remeasure_front(study, evaluator, source: PredictedLatency, log=print) -> int:
-    """Measure the front's unchecked members for real, record predicted vs measured, refit; returns how many."""
-    from vitune.costmodels.model import default_path
-    from vitune.search.front import front
-    from vitune.search.study import trial_config
-
-    context = source.context
-    checks = dict(study.user_attrs.get("latency_checks", {}))
-    todo = [t for t in front(study) if str(t.number) not in checks]
-    if not todo:
-        return 0
-    store, added = context.store(), 0
-    configs = [trial_config(t) for t in todo]
-    measured = context.measure_candidates([evaluator.compress(c) for c in configs], configs)
-    for trial, (sample, m) in zip(todo, measured):
-        predicted = trial.user_attrs.get("metrics", {}).get("latency_ms")
-        checks[str(trial.number)] = {"predicted_ms": predicted, "measured_ms": m.latency_ms, "error": m.error, "label": source.model.label()}
-        if not m.ok:
-            log(f"trial {trial.number}: predicted {predicted:.4f} ms, could not measure: {m.error}")
-            continue
-        log(f"trial {trial.number}: predicted {predicted:.4f} ms, measured {m.latency_ms:.4f} ms ({100 * (predicted / m.latency_ms - 1):+.1f} %)")
-        store.append(sample)
-        added += 1
-    study.set_user_attr("latency_checks", checks)
-    if added:
-        samples = store.load()
-        try:
-            source.model.fit(samples, context)
-            source.model.save(default_path(context, source.kind))
-            log(f"{source.kind} cost model refit on {source.model.fitted_samples} measurements")
-        except (ValueError, RuntimeError) as err:
-            log(f"{source.kind} cost model not refit: {err}")
-    context.kernels.save()
-    return len(todo)
+for _kind in ("lut", "learned", "analytical"):
+    register_latency_source(type(f"{_kind.capitalize()}Latency", (PredictedLatency,), {"name": _kind, "kind": _kind}))

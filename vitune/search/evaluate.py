@@ -112,7 +112,7 @@ class Evaluator:
     def evaluate(self, config: CompressionConfig, front=()) -> CandidateResult:
         result = CandidateResult()
         cached_acc, cached_lat = self.cache.lookup(config.key) if self.cache else (None, None)
-        if self.latency_source.name != "measured":
+        if not self.latency_source.measures:
             cached_lat = None  # predicted latencies change with every refit: never cached
         if cached_acc and cached_lat:
             self._latency(None, config, cached_lat, result)  # no model needed: both results are known
@@ -175,7 +175,7 @@ class Evaluator:
             return True
         latencies = {self.profile.name: result.metrics["latency_ms"]}
         for target in self.more:
-            cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.name == "measured" else None
+            cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.measures else None
             if cached:
                 latencies[target.name] = cached["latency_ms"]
                 continue

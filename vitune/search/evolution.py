@@ -26,7 +26,6 @@ same in Pareto and constrained studies, with one worker or many (all state is in
 from __future__ import annotations
 
 import numpy as np
-import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace

@@ -188,21 +188,21 @@ def _check_target(spec, target, profile, where: str = "[target]") -> None:
 
 def _latency_source(spec, target, where: str):
     """(profile, latency source, tuner or None) of one target of the study, checked."""
-    from vitune.costmodels import get_latency_source
+    from vitune.costmodels import latency_source_class
     from vitune.targets import load_target
 
     try:
         profile = load_target(target.name)
     except ConfigError as err:
         raise ConfigError(f"{spec.path} {where} name: {err}") from None
-    source = get_latency_source(target.latency, profile)
+    cls = latency_source_class(target.latency)
     _check_target(spec, target, profile, where)
     tuner = None
-    if target.tuning != "off" and hasattr(source, "tuner"):
+    if target.tuning != "off" and cls.measures:  # a source that builds gets the study's tuner
         from vitune.targets.tuning import Tuner
 
-        tuner = source.tuner = Tuner(profile, target.tuning, target.tuning_trials, target.tuning_budget_s)
-    return profile, source, tuner
+        tuner = Tuner(profile, target.tuning, target.tuning_trials, target.tuning_budget_s)
+    return profile, cls(profile, tuner), tuner
 
 
 class _StopOnSignal:
@@ -265,11 +265,12 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
         study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
-    predicted = hasattr(source, "bind")
+    from vitune.costmodels.predicted import PredictedLatency
+
+    predicted = isinstance(source, PredictedLatency)  # its front is re-measured and the model refit
     every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
     for _, src, t in every:
-        if hasattr(src, "bind"):
-            src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
+        src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
 
     if "baseline" not in study.user_attrs:  # the speed-up reference, timed once per study
         study.set_user_attr("baseline", time_baselines(workspace, [(p, t) for p, _, t in every], log))
@@ -313,7 +314,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     say = bar.write if not bar.disable else log
 
     def recheck(final: bool = False):
-        from vitune.costmodels.predicted import remeasure_front
+        from vitune.search.remeasure import remeasure_front
 
         n = remeasure_front(study, evaluator, source, log=say)
         if n and final:

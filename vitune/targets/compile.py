@@ -8,9 +8,7 @@ them into fp32 constants, and the artifact ships them beside the library.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field

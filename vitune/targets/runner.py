@@ -20,8 +20,6 @@ record. Built-in kinds: ``local`` (this process: the CPU, or a local GPU for GPU
 
 from __future__ import annotations
 
-import logging
-import os
 import socket
 import tempfile
 import threading
