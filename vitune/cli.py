@@ -91,7 +91,9 @@ def _study_export(args) -> int:
     members = doc.get("members", [doc])
     for rec in members:
         m = rec["metrics"]
-        print(f"trial {rec['study']['trial']}: accuracy {m['accuracy']:.4f}, latency {m['latency_ms']:.4f} ms, {rec['summary']}")
+        base = rec.get("baseline")
+        speed = f" = {m['speedup_vs_baseline']:.2f}x the uncompressed model in {base['label']}" if m.get("speedup_vs_baseline") else ""
+        print(f"trial {rec['study']['trial']}: accuracy {m['accuracy']:.4f}, latency {m['latency_ms']:.4f} ms{speed}, {rec['summary']}")
     print(f"wrote {len(members)} configuration(s) to {args.out}")
     return 0
 

@@ -84,7 +84,11 @@ def test_report_lists_the_front_reference_baselines_and_recipes(study, report):
     view = load_view(spec)
     doc = json.loads((report.folder / "report.json").read_text())
     assert [r["trial"] for r in doc["front"]] == [t.number for t in view.front]
-    assert doc["reference"]["origin"] == "uncompressed" and doc["reference"]["speedup"] == 1.0
+    assert doc["reference"]["origin"] == "uncompressed"
+    # speed-ups are against the uncompressed model in the faster of ONNX Runtime and OpenVINO
+    ref_ms, what = view.speed_reference()
+    assert doc["speed_reference"] == {"latency_ms": ref_ms, "what": what} and what.startswith("the uncompressed model in ")
+    assert doc["reference"]["speedup"] == pytest.approx(ref_ms / view.reference.latency_ms)
     assert view.baselines and all(t.origin.startswith("uniform") for t in view.baselines)
     assert {t.origin.split()[0] for t in view.trials} >= {"uncompressed", "sampled"}
     # tied knobs are expanded: every block's fc1 and fc2 carry the tied choice

@@ -111,6 +111,8 @@ def test_export_modes(ran, pick, capsys):
         assert rec["model"]["name"] == "digits_vit" and len(rec["model"]["checkpoint_sha256"]) == 64
         assert rec["target"]["name"] == "test-cpu"
         assert {"accuracy", "latency_ms", "params", "size_bytes"} <= set(rec["metrics"])
+        assert rec["baseline"]["runtime"] in ("onnxruntime", "openvino")
+        assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(rec["baseline"]["latency_ms"] / rec["metrics"]["latency_ms"])
         assert {"torch", "timm", "tvm", "vitune"} <= set(rec["versions"])
         assert "linear" in rec["config"]
 

@@ -71,6 +71,7 @@ def build_report(spec, out: str | Path) -> Report:
         "missing": {k: notes[k] for k, f in figs.items() if f is None},
         "front": [_row_doc(view, t) for t in view.front],
         "reference": _row_doc(view, view.reference) if view.reference else None,
+        "speed_reference": {"latency_ms": view.speed_reference()[0], "what": view.speed_reference()[1]},
         "picks": {label: t.number for label, t in chosen.items()}, "importance": scores,
     }
     (folder / "report.json").write_text(json.dumps(doc, indent=1) + "\n")

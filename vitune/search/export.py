@@ -76,10 +76,13 @@ def knee_index(points: list[tuple[float, float]]) -> int:
     return max(range(len(points)), key=lambda i: (distance(pts[i]), points[i][0]))
 
 
-def trial_record(trial, spec, study_meta: dict) -> dict:
+def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) -> dict:
+    """``baseline``: the study's speed-up reference on the primary target (``Baseline.to_dict()``),
+    recorded with ``speedup_vs_baseline``."""
     from vitune.targets import load_target
 
     profile = load_target(spec.target.name)
+    speedup = baseline["latency_ms"] / latency_of(trial) if baseline and baseline.get("latency_ms") and latency_of(trial) else None
     return {
         "format": FORMAT,
         "study": {"name": spec.name, "storage": spec.storage, "file": str(spec.path), "trial": trial.number},
@@ -94,13 +97,15 @@ def trial_record(trial, spec, study_meta: dict) -> dict:
             "latency_ms": latency_of(trial),
             "split": "val",
             **{k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in ("accuracy", "latency_ms")},
+            "speedup_vs_baseline": speedup,
         },
+        "baseline": baseline,
         "versions": versions(),
     }
 
 
 def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_drop: float = 0.01, trial: int | None = None) -> dict:
-    from vitune.search.front import complete_trials, front, uncompressed_trial
+    from vitune.search.front import baseline_of, complete_trials, front, uncompressed_trial
     from vitune.search.study import open_study
 
     if pick not in PICKS:
@@ -112,9 +117,10 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
     if not members:
         raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
     meta = study.user_attrs.get("vitune", {})
+    base = baseline_of(study)
     if pick == "pareto":
         chosen = [t for t in members if max_latency_ms is None or latency_of(t) <= max_latency_ms]
-        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta) for t in chosen]}
+        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta, base) for t in chosen]}
     else:
         if pick == "trial":
             done = {t.number: t for t in complete_trials(study)}
@@ -128,7 +134,7 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
             chosen_trial = pick_fastest(members, accuracy_of(ref), max_drop, max_latency_ms)
         else:
             chosen_trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
-        doc = trial_record(chosen_trial, spec, meta)
+        doc = trial_record(chosen_trial, spec, meta, base)
         doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms, **({"max_drop": max_drop} if pick == "fastest" else {}),
                        **({"trial": trial} if pick == "trial" else {})}
     out = Path(out)

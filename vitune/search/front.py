@@ -169,6 +169,10 @@ def format_front(study) -> str:
             f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {latency_of(ref):>10.4f}{extra(ref)}  {speed:>8}  {m.get('params', 0):>8}  "
             f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
         )
+    meta = study.user_attrs.get("vitune", {})
+    if meta.get("latency", "measured") == "measured" and meta.get("tuning") == "off":
+        lines.append("latency: untuned TVM kernels ([target] tuning = \"off\", a fallback): the library 'vitune apply' ships "
+                     "after 'vitune tune' runs faster, and the search did not rank candidates by it")
     if ref_ms:
         lines.append(f"speed-up: against {ref_what}, {ref_ms:.4f} ms")
         if rows and all(latency_of(t) >= ref_ms for t in rows):

@@ -364,25 +364,34 @@ def measure_baseline(original, example, profile, candidate=None, rounds: int = 3
             labels[peer.name] = peer.label
         except Exception as err:
             errors[peer.name] = short_reason(err)
+    # a device over RPC serves one session at a time: there each round connects, uploads, times
+    # and lets go; a local build stays prepared (LLVM code generation) across rounds
+    keep = profile.runner == "local"
+
+    def build_timer(built):
+        def timer():
+            if built.prepared is None:
+                runner.prepare(built)
+            try:
+                return runner.time(built, x, profile.protocol)
+            finally:
+                if not keep:
+                    built.prepared = None
+        prepared.append(built)
+        return timer
+
     if not timers:  # no peer runs there: vitune's own uncompressed build is the reference
         from vitune.targets.compile import compile_model
         from vitune.targets.tuning import Tuner
 
         try:
             built = compile_model(original, example, profile, Tuner(profile, "database"))
-            runner.prepare(built)
-            prepared.append(built)
-            timers[TVM_BASELINE] = lambda: runner.time(built, x, profile.protocol)
+            timers[TVM_BASELINE] = build_timer(built)
             labels[TVM_BASELINE] = build_label(built)
         except Exception as err:
             errors[TVM_BASELINE] = short_reason(err)
     if candidate is not None:
-        try:
-            runner.prepare(candidate)
-            prepared.append(candidate)
-            timers["candidate"] = lambda: runner.time(candidate, x, profile.protocol)
-        except Exception as err:
-            errors["candidate"] = short_reason(err)
+        timers["candidate"] = build_timer(candidate)
     try:
         timed = time_side_by_side(timers, profile.protocol, rounds)
     finally:
