@@ -155,8 +155,13 @@ def _tune(args) -> int:
     from vitune.tune import tune_study_models
 
     profile = load_target(args.target)
-    study = args.study or str(Path(__file__).resolve().parents[1] / "studies" / "quickstart.toml")
-    run = tune_study_models(load_study_file(study), profile, args.trials_per_task, args.configs, args.budget_s)
+    if args.study:
+        spec = load_study_file(args.study)
+    else:  # the embedded default model with the default space (installed packages have no studies/ folder)
+        from vitune.search.studyfile import parse_study
+
+        spec = parse_study({"study": {"name": "default-model"}}, Path.cwd() / "default-model.toml")
+    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s)
     if run.untuned_ms and run.tuned_ms:
         print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
               f"({run.untuned_ms / run.tuned_ms:.2f}x); database {run.database}")
@@ -294,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="warm a target's tuning database (MetaSchedule) ahead of a study")
     tu.add_argument("target", help="target name or path to a .toml profile")
-    tu.add_argument("--study", default=None, help="study file whose model (and search space) to tune (default: the quickstart)")
+    tu.add_argument("--study", default=None, help="study file whose model (and search space) to tune (default: the embedded default model and space)")
     tu.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload")
     tu.add_argument("--configs", type=int, default=0, help="also tune this many random configurations of the study's space")
     tu.add_argument("--budget-s", type=float, default=0.0, help="stop tuning new workloads after SECONDS (0 = no limit)")

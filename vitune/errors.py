@@ -18,7 +18,3 @@ def short_reason(err: BaseException) -> str:
     """``Type: last line of the message`` (at most 500 characters): an exception as one line."""
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
-
-
-class CandidateError(VituneError):
-    """A candidate could not be compressed, compiled or measured; the study records it as failed."""

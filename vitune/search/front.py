@@ -9,7 +9,6 @@ within the budget, so nothing over the budget is ever shown as a result or expor
 
 from __future__ import annotations
 
-import json
 
 from vitune.compression.config import CompressionConfig
 
@@ -209,7 +208,3 @@ def status_text(spec) -> str:
     tail = "".join(f"\n  failed trial {t.number}: {t.user_attrs.get('error', '?')}" for t in failures)
     title = "best within the budget" if budgets_ms(study) else "Pareto front (validated accuracy vs latency)"
     return f"{head}{tail}\n{title}:\n{format_front(study)}"
-
-
-def dump_trial(trial) -> str:
-    return json.dumps({"number": trial.number, "values": trial.values, **trial.user_attrs}, indent=2, default=str)

@@ -75,7 +75,7 @@ import dataclasses
 import fnmatch
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,6 @@ class StudySpec:
     space: SpaceSpec
     methods: CompressionMethods = CompressionMethods()
     search: SearchSpec = SearchSpec()
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
     also: tuple[TargetSpec, ...] = ()  # [[target.also]]: more targets, one more objective (or constraint) each
 
     @property
