@@ -193,22 +193,25 @@ class OpenVinoNncfInt8(PeerRuntime):
             return _ov_session(quantized, threads)
 
 
+def _torch_session(module, threads: int) -> PeerSession:
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run(x):
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    return PeerSession(run)
+
+
 @register_peer
 class TorchEager(PeerRuntime):
     name, label = "torch-eager", "PyTorch eager fp32"
     packages = ("torch",)
 
     def load(self, model, example, threads, calibration=None):
-        import torch
-
-        torch.set_num_threads(threads)
-        model = model.eval()
-
-        def run(x):
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
-
-        return PeerSession(run)
+        return _torch_session(model.eval(), threads)
 
 
 @register_peer
@@ -219,15 +222,9 @@ class TorchCompile(PeerRuntime):
     def load(self, model, example, threads, calibration=None):
         import torch
 
-        torch.set_num_threads(threads)
-        compiled = torch.compile(model.eval())
-
-        def run(x):
-            with torch.inference_mode():
-                return compiled(torch.from_numpy(x)).numpy()
-
-        run(example.numpy())  # compile now, not inside the first timing
-        return PeerSession(run)
+        session = _torch_session(torch.compile(model.eval()), threads)
+        session(example.numpy())  # compile now, not inside the first timing
+        return session
 
 
 def baseline_peers(profile) -> list[PeerRuntime]:
