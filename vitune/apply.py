@@ -23,7 +23,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
 
 
 def _specs(record: dict):
@@ -79,7 +79,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     try:
         compiled = compile_model(model, example, profile, tuner)
     except Exception as err:
-        raise ConfigError(f"the compressed model could not be built for {profile.name}: {str(err).strip().splitlines()[-1]}") from None
+        raise ConfigError(f"the compressed model could not be built for {profile.name}: {message_line(err)}") from None
     artifact = save_artifact(compiled, out_dir / f"tvm-{profile.name}", profile)
 
     # Latency and the TVM-vs-PyTorch check need the device; without it the artifact is still written.
@@ -101,7 +101,7 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         try:
             built = compile_model(model, example, extra, Tuner(extra, "database"))
         except Exception as err:
-            raise ConfigError(f"the compressed model could not be built for {extra.name}: {str(err).strip().splitlines()[-1]}") from None
+            raise ConfigError(f"the compressed model could not be built for {extra.name}: {message_line(err)}") from None
         files = save_artifact(built, out_dir / f"tvm-{extra.name}", extra)
         why = runner_for(extra).check()
         timed = time_compiled(built, example, extra) if why is None else None

@@ -14,7 +14,16 @@ class ConfigError(VituneError):
     """A configuration value (study file, target file, per-layer config, CLI flag) is invalid."""
 
 
+def message_line(err: BaseException | str, last: bool = True) -> str:
+    """One line of an exception's message (or of a tool's output): the last non-blank line, where
+    errors from TVM, LLVM and compilers put the cause, or the first (``last=False``: SQLAlchemy,
+    timm). Never empty: an exception with no message gives its type's name."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if lines:
+        return lines[-1] if last else lines[0]
+    return type(err).__name__ if isinstance(err, BaseException) else ""
+
+
 def short_reason(err: BaseException) -> str:
     """``Type: last line of the message`` (at most 500 characters): an exception as one line."""
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
+    return f"{type(err).__name__}: {message_line(err) if str(err).strip() else ''}"[:500]

@@ -128,8 +128,8 @@ def test_changing_the_targets_of_a_study_is_refused(pareto, tmp_path, fast_targe
 
 
 @pytest.mark.parametrize("extra,message", [
-    ('[[target.also]]\nlatency = "analytical"', r"\[\[target.also\]\] #2.name: required"),
-    ('[[target.also]]\nname = "arm-a72"', r"#2.name: target 'arm-a72' is listed twice"),
+    ('[[target.also]]\nlatency = "analytical"', r"\[\[target.also\]\] #2 name: required"),
+    ('[[target.also]]\nname = "arm-a72"', r"#2 name: target 'arm-a72' is listed twice"),
     ('[[target.also]]\nname = "arm-a78"\nremeasure_every = 3', r"#2: unknown key 'remeasure_every'"),
 ])
 def test_bad_extra_targets_are_named(tmp_path, fast_target_file, extra, message):

@@ -82,7 +82,7 @@ def test_constrained_mode_never_exports_a_configuration_over_the_budget(tmp_path
 
 
 def test_a_constrained_study_needs_a_budget(tmp_path, fast_target_file):
-    with pytest.raises(ConfigError, match=r"\[target\].budget_ms: mode = \"constrained\" needs a latency budget"):
+    with pytest.raises(ConfigError, match=r"\[target\] budget_ms: mode = \"constrained\" needs a latency budget"):
         write(tmp_path, fast_target_file, "nobudget", search='mode = "constrained"')
 
 

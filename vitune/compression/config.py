@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
+from vitune.tables import Table, check_int, check_prune_ratio
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "w8a8")
 
@@ -141,32 +141,20 @@ class CompressionConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "CompressionConfig":
         """Parse a dict as written by :meth:`to_dict`; errors name ``where`` and the key."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-        unknown = set(data) - {"linear", "prune_heads", "prune_mlp", "distill_steps", "methods"}
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key {sorted(unknown)[0]!r} "
-                "(expected linear, prune_heads, prune_mlp, distill_steps, methods)"
-            )
+        table = Table(data, where, ("linear", "prune_heads", "prune_mlp", "distill_steps", "methods"), kind="an object")
         linear: dict[str, LinearConfig] = {}
-        for name, spec in _mapping(data.get("linear", {}), f"{where}.linear").items():
-            spec = _mapping(spec, f"{where}.linear[{name!r}]")
-            extra = set(spec) - {"precision", "rank"}
-            if extra:
-                raise ConfigError(f"{where}.linear[{name!r}]: unknown key {sorted(extra)[0]!r} (expected precision, rank)")
-            precision = spec.get("precision", "fp32")
-            rank = spec.get("rank")
+        layers = table.table("linear")
+        for name in layers.data:
+            spec = Table(layers.data[name], f"{layers.where}[{name!r}]", ("precision", "rank"), kind="an object")
+            precision, rank = spec.get("precision", "fp32"), spec.get("rank")
             if not isinstance(precision, str):
-                raise ConfigError(f"{where}.linear[{name!r}].precision: expected a string, got {precision!r}")
+                raise spec.fail("precision", "a string")
             if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
-                raise ConfigError(f"{where}.linear[{name!r}].rank: expected an integer or null, got {rank!r}")
+                raise spec.fail("rank", "an integer or null")
             linear[name] = LinearConfig(precision, rank)
-        heads = {k: _ratio(v, f"{where}.prune_heads[{k!r}]") for k, v in _mapping(data.get("prune_heads", {}), f"{where}.prune_heads").items()}
-        mlp = {k: _ratio(v, f"{where}.prune_mlp[{k!r}]") for k, v in _mapping(data.get("prune_mlp", {}), f"{where}.prune_mlp").items()}
-        steps = data.get("distill_steps", 0)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"{where}.distill_steps: expected a non-negative integer, got {steps!r}")
+        heads, mlp = ({k: check_prune_ratio(v, f"{t.where}[{k!r}]") for k, v in t.data.items()}
+                      for t in (table.table("prune_heads"), table.table("prune_mlp")))
+        steps = check_int(data.get("distill_steps", 0), table.at("distill_steps"))
         methods = CompressionMethods.from_dict(data.get("methods", {}), f"{where}.methods")
         return cls.make(linear, heads, mlp, steps, methods)
 
@@ -191,10 +179,10 @@ class CompressionConfig:
         heads, mlp = self.prune_heads, self.prune_mlp
         for name, ratio in heads.items():
             layout.head(name)
-            _check_ratio(ratio, f"prune_heads[{name!r}]")
+            check_prune_ratio(ratio, f"prune_heads[{name!r}]")
         for name, ratio in mlp.items():
             layout.mlp(name)
-            _check_ratio(ratio, f"prune_mlp[{name!r}]")
+            check_prune_ratio(ratio, f"prune_mlp[{name!r}]")
         for name, spec in self.linear_items:
             unit = layout.linear(name)
             if spec.precision not in PRECISIONS:
@@ -238,21 +226,3 @@ class CompressionConfig:
         if self.distill_steps:
             parts.append(f"kd:{self.distill_steps}")
         return " ".join(parts)
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _ratio(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number in [0, 1), got {value!r}")
-    _check_ratio(float(value), where)
-    return float(value)
-
-
-def _check_ratio(value: float, where: str) -> None:
-    if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ConfigError(f"{where}: prune ratio {value!r} is outside [0, 1)")

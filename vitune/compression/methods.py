@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from vitune.errors import ConfigError
+from vitune.tables import Table, check_between, check_choice, check_int, is_number, key_path
 
 LOWRANK_METHODS = ("svd", "aa", "aa-residual")
 PRUNE_CRITERIA = ("magnitude", "activation", "taylor")
@@ -70,23 +71,24 @@ class CompressionMethods:
         self.validate()
 
     def validate(self, where: str = "methods") -> "CompressionMethods":
-        _choice(self.lowrank, LOWRANK_METHODS, f"{where}.lowrank")
-        _choice(self.prune_criterion, PRUNE_CRITERIA, f"{where}.prune_criterion")
-        _choice(self.act_calibration, ACT_CALIBRATIONS, f"{where}.act_calibration")
-        _between(self.residual_share, 0.0, 0.5, f"{where}.residual_share", hi_open=False)
-        _between(self.refine_lr, 0.0, 1.0, f"{where}.refine_lr", lo_open=True, hi_open=False)
-        _between(self.damping, 0.0, 1.0, f"{where}.damping", lo_open=True, hi_open=False)
-        _between(self.act_percentile, 50.0, 100.0, f"{where}.act_percentile", lo_open=True, hi_open=False)
-        _between(self.kd_temperature, 0.0, math.inf, f"{where}.kd_temperature", lo_open=True)
-        _between(self.kd_alpha, 0.0, 1.0, f"{where}.kd_alpha", hi_open=False)
-        _between(self.kd_hidden_weight, 0.0, math.inf, f"{where}.kd_hidden_weight")
-        _between(self.kd_lr, 0.0, 1.0, f"{where}.kd_lr", lo_open=True, hi_open=False)
+        def at(key: str) -> str:
+            return key_path(where, key)
+
+        check_choice(self.lowrank, LOWRANK_METHODS, at("lowrank"))
+        check_choice(self.prune_criterion, PRUNE_CRITERIA, at("prune_criterion"))
+        check_choice(self.act_calibration, ACT_CALIBRATIONS, at("act_calibration"))
+        check_between(self.residual_share, 0.0, 0.5, at("residual_share"), hi_open=False)
+        check_between(self.refine_lr, 0.0, 1.0, at("refine_lr"), lo_open=True, hi_open=False)
+        check_between(self.damping, 0.0, 1.0, at("damping"), lo_open=True, hi_open=False)
+        check_between(self.act_percentile, 50.0, 100.0, at("act_percentile"), lo_open=True, hi_open=False)
+        check_between(self.kd_temperature, 0.0, math.inf, at("kd_temperature"), lo_open=True)
+        check_between(self.kd_alpha, 0.0, 1.0, at("kd_alpha"), hi_open=False)
+        check_between(self.kd_hidden_weight, 0.0, math.inf, at("kd_hidden_weight"))
+        check_between(self.kd_lr, 0.0, 1.0, at("kd_lr"), lo_open=True, hi_open=False)
         for name, lo in (("refine_steps", 0), ("calib_images", 1), ("int4_group_size", 2), ("kd_batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"{where}.{name}: expected an integer >= {lo}, got {value!r}")
+            check_int(getattr(self, name), at(name), lo)
         if self.int4_group_size % 2:
-            raise ConfigError(f"{where}.int4_group_size: must be even (two int4 values per byte), got {self.int4_group_size}")
+            raise ConfigError(f"{at('int4_group_size')}: must be even (two int4 values per byte), got {self.int4_group_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,35 +96,18 @@ class CompressionMethods:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "methods") -> "CompressionMethods":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (expected one of {', '.join(known)})")
+        """Read a ``[compression]`` table (or a configuration's ``methods`` object), naming ``where``
+        and the key in errors; every check of :meth:`validate` is made with that location."""
+        table = Table(data, where, tuple(f.name for f in fields(cls)))
         values = {}
-        for key, value in data.items():
+        for key, value in table.data.items():
             want = type(getattr(cls(), key))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
+            if want is float and is_number(value):
                 value = float(value)
             if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+                raise table.fail(key, want.__name__)
             values[key] = value
-        try:
-            return cls(**values)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("methods.", f"{where}.", 1)) from None
-
-
-def _choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def _between(value: Any, lo: float, hi: float, where: str, lo_open: bool = False, hi_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ConfigError(f"{where}: {value!r} is outside {left}{lo}, {hi}{right}")
+        made = object.__new__(cls)  # set and validated once, with this location in the errors
+        for f in fields(cls):
+            object.__setattr__(made, f.name, values.get(f.name, f.default))
+        return made.validate(where)

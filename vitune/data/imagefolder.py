@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from vitune.data.splits import DataSplits, split_indices
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
 
 
 def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed: int = 0) -> DataSplits:
@@ -66,7 +66,7 @@ def check_images(root: str, paths: list[str]) -> None:
             with Image.open(path) as im:
                 im.load()
         except Exception as err:  # PIL raises many types for a bad file
-            bad.append((path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")))
+            bad.append((path, f"{type(err).__name__}: {message_line(err, last=False) if str(err).strip() else ''}".rstrip(": ")))
     if bad:
         named = "; ".join(f"{p} ({why})" for p, why in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""

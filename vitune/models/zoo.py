@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from vitune.data.splits import DataSplits
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ def _timm_model(spec):
     except (RuntimeError, TypeError) as err:
         if "Unknown model" in str(err):
             raise ConfigError(f"unknown timm model {spec.name!r} (see timm.list_models('*vit*'))") from None
-        raise ConfigError(f"timm model {spec.name!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"timm model {spec.name!r}: {message_line(err, last=False)}") from None
     except OSError as err:
-        raise ConfigError(f"timm model {spec.name!r}: cannot load weights ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"timm model {spec.name!r}: cannot load weights ({message_line(err, last=False)})") from None
     return model.eval()
 
 

@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from vitune.errors import ConfigError, message_line
 from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, speed_reference, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
@@ -92,8 +93,6 @@ class StudyView:
         for t in self.trials:
             if t.number == number:
                 return t
-        from vitune.errors import ConfigError
-
         raise ConfigError(f"study {self.name!r} has no trial {number} (trials 0..{len(self.trials) - 1})")
 
     def speed_reference(self, target: str | None = None) -> tuple[float | None, str]:
@@ -258,6 +257,6 @@ def param_importances(spec, limit: int = 15) -> tuple[dict[str, dict[str, float]
             scores = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=value)
         except (RuntimeError, ValueError) as err:
-            return {}, f"parameter importance could not be computed: {str(err).splitlines()[0]}"
+            return {}, f"parameter importance could not be computed: {message_line(err, last=False)}"
         out[label] = dict(sorted(scores.items(), key=lambda kv: -kv[1])[:limit])
     return out, ""

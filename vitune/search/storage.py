@@ -19,7 +19,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
 
 SQLITE_TIMEOUT_S = 60
 
@@ -97,7 +97,7 @@ def make_storage(url: str):
             if (isinstance(err, IntegrityError) or "already exists" in str(err)) and attempt < 2:
                 time.sleep(1.0)  # workers started together on an empty database raced to create Optuna's tables
                 continue
-            raise ConfigError(f"storage {url!r} cannot be opened: {str(err).strip().splitlines()[0]}") from None
+            raise ConfigError(f"storage {url!r} cannot be opened: {message_line(err, last=False)}") from None
     if url.startswith("sqlite:///"):
         with storage.engine.connect() as con:  # WAL persists in the file: every later connection uses it
             con.exec_driver_sql("PRAGMA journal_mode=WAL")

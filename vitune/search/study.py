@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
 
@@ -55,7 +55,7 @@ def open_study(spec, create: bool = True, sampler=None):
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as err:  # a storage that opens but cannot be read as Optuna's
-        raise ConfigError(f"storage {spec.storage} cannot be read as an Optuna storage: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"storage {spec.storage} cannot be read as an Optuna storage: {message_line(err, last=False)}") from None
     if spec.name not in names and not create:
         raise ConfigError(f"no study {spec.name!r} in {spec.storage} (run 'vitune study run {spec.path}' first)")
     wanted = directions(spec.search.mode, len(spec.targets))

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +81,8 @@ from typing import Any
 from vitune.compression.config import PRECISIONS
 from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
+from vitune.tables import Table, check_prune_ratio, check_rank_fraction, key_path
+from vitune.targets.tuning import TUNING_MODES
 
 SAMPLERS = ("tpe", "evolution", "nsga2", "random")
 MODES = ("pareto", "constrained")
@@ -196,68 +197,24 @@ class StudySpec:
 
 
 # -- parsing helpers ------------------------------------------------------------------------
-class _Table:
-    """A TOML table being read: typed getters that name the file and key in errors."""
-
-    def __init__(self, data: Any, where: str, allowed: tuple[str, ...]):
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-        extra = sorted(set(data) - set(allowed))
-        if extra:
-            raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(allowed)})")
-        self.data, self.where = data, where
-
-    def _fail(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{self.where}.{key}: expected {expected}, got {self.data[key]!r}")
-
-    def str(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str):
-            raise self._fail(key, "a string")
-        if choices and value not in choices:
-            raise ConfigError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self._fail(key, f"an integer >= {minimum}")
-        return value
-
-    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise self._fail(key, f"a number >= {minimum}")
-        return float(value)
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false")
-        return value
-
-
 def _menu(key: str, value: Any, where: str) -> tuple:
+    at = key_path(where, key)
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}.{key}: expected a non-empty list, got {value!r}")
+        raise ConfigError(f"{at}: expected a non-empty list, got {value!r}")
     out = []
     for item in value:
         if key == "precision":
             if item not in PRECISIONS:
-                raise ConfigError(f"{where}.{key}: unsupported precision {item!r} (expected {', '.join(PRECISIONS)})")
+                raise ConfigError(f"{at}: unsupported precision {item!r} (expected {', '.join(PRECISIONS)})")
         elif key == "rank_fraction":
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 < item <= 1.0:
-                raise ConfigError(f"{where}.{key}: rank fraction {item!r} must be in (0, 1]")
-            item = float(item)
+            item = check_rank_fraction(item, at)
         elif key in ("prune_heads", "prune_mlp"):
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 <= item < 1.0 or math.isnan(item):
-                raise ConfigError(f"{where}.{key}: prune ratio {item!r} is outside [0, 1)")
-            item = float(item)
+            item = check_prune_ratio(item, at)
         elif key == "distill_steps":
             if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-                raise ConfigError(f"{where}.{key}: expected non-negative integers, got {item!r}")
+                raise ConfigError(f"{at}: expected non-negative integers, got {item!r}")
         if item in out:
-            raise ConfigError(f"{where}.{key}: {item!r} is listed twice")
+            raise ConfigError(f"{at}: {item!r} is listed twice")
         out.append(item)
     return tuple(out)
 
@@ -287,17 +244,17 @@ def resolve_storage(url: str, base: Path) -> str:
 
 def parse_study(data: dict, path: Path) -> StudySpec:
     where = str(path)
-    top = _Table(data, where, SECTION_KEYS[""])
+    top = Table(data, where, SECTION_KEYS[""])
     if "study" not in data:
         raise ConfigError(f"{where}: missing table [study] (it needs at least name = \"...\")")
-    st = _Table(data["study"], f"{where} [study]", SECTION_KEYS["study"])
+    st = top.table("study", SECTION_KEYS["study"])
     name = st.str("name", "")
     if not name or any(c in name for c in "/\\ "):
-        raise ConfigError(f"{where} [study].name: expected a non-empty name without spaces or slashes, got {name!r}")
+        raise ConfigError(f"{st.at('name')}: expected a non-empty name without spaces or slashes, got {name!r}")
     storage = st.str("storage", "") or default_storage(path, name)
     storage = resolve_storage(storage, path.parent)
 
-    md = _Table(top.data.get("model", {}), f"{where} [model]", SECTION_KEYS["model"])
+    md = top.table("model", SECTION_KEYS["model"])
     model = ModelSpec(
         source=md.str("source", "default", MODEL_SOURCES),
         name=md.str("name", "digits_vit"),
@@ -307,17 +264,17 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         img_size=md.int("img_size", 0),
     )
     if model.source == "timm" and model.name == "digits_vit":
-        raise ConfigError(f"{where} [model].name: a timm model name is required when source = \"timm\"")
+        raise ConfigError(f"{md.at('name')}: a timm model name is required when source = \"timm\"")
     if model.checkpoint and not Path(model.checkpoint).is_file():
-        raise ConfigError(f"{where} [model].checkpoint: file {model.checkpoint!r} does not exist")
+        raise ConfigError(f"{md.at('checkpoint')}: file {model.checkpoint!r} does not exist")
 
-    dt = _Table(top.data.get("data", {}), f"{where} [data]", SECTION_KEYS["data"])
+    dt = top.table("data", SECTION_KEYS["data"])
     fractions = DataSpec.fractions
     if "fractions" in dt.data:
-        fr = _Table(dt.data["fractions"], f"{where} [data].fractions", SECTION_KEYS["data.fractions"])
+        fr = dt.table("fractions", SECTION_KEYS["data.fractions"])
         fractions = tuple((k, fr.float(k, 0.0)) for k in ("train", "calib", "val", "test"))
         if abs(sum(v for _, v in fractions) - 1.0) > 1e-6 or dict(fractions)["val"] <= 0 or dict(fractions)["test"] <= 0:
-            raise ConfigError(f"{where} [data].fractions: train/calib/val/test must sum to 1 with val and test > 0")
+            raise ConfigError(f"{fr.where}: train/calib/val/test must sum to 1 with val and test > 0")
     data_spec = DataSpec(
         source=dt.str("source", "digits", DATA_SOURCES),
         root=_resolve_path(path.parent, dt.str("root", "")),
@@ -326,43 +283,36 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     )
     if data_spec.source == "imagefolder":
         if not data_spec.root:
-            raise ConfigError(f"{where} [data].root: required when source = \"imagefolder\"")
+            raise ConfigError(f"{dt.at('root')}: required when source = \"imagefolder\"")
         if not Path(data_spec.root).is_dir():
-            raise ConfigError(f"{where} [data].root: folder {data_spec.root!r} does not exist")
+            raise ConfigError(f"{dt.at('root')}: folder {data_spec.root!r} does not exist")
     if model.source == "default" and data_spec.source != "digits":
-        raise ConfigError(f"{where} [model].source: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
+        raise ConfigError(f"{md.at('source')}: the default model is trained on digits; use source = \"timm\" for {data_spec.source}")
 
-    tg = _Table(top.data.get("target", {}), f"{where} [target]", SECTION_KEYS["target"])
+    tg = top.table("target", SECTION_KEYS["target"])
     target = _target(tg, path, "local-cpu")
-    raw_also = tg.data.get("also", [])
-    if not isinstance(raw_also, list):
-        raise ConfigError(f"{where} [target].also: expected [[target.also]] tables (one per extra target)")
-    also = tuple(_target(_Table(item, f"{where} [[target.also]] #{i + 1}", SECTION_KEYS["target.also"]), path, "")
-                 for i, item in enumerate(raw_also))
+    also_t = tg.tables("also", SECTION_KEYS["target.also"])
+    also = tuple(_target(t, path, "") for t in also_t)
     names = [t.name for t in (target, *also)]
-    for i, t in enumerate(also):
+    for i, (t, at) in enumerate(zip(also, also_t)):
         if not t.name:
-            raise ConfigError(f"{where} [[target.also]] #{i + 1}.name: required (a target name or a .toml profile)")
+            raise ConfigError(f"{at.at('name')}: required (a target name or a .toml profile)")
         if t.name in names[: i + 1]:  # the primary and the earlier extra targets
-            raise ConfigError(f"{where} [[target.also]] #{i + 1}.name: target {t.name!r} is listed twice")
+            raise ConfigError(f"{at.at('name')}: target {t.name!r} is listed twice")
 
-    sp = _Table(top.data.get("space", {}), f"{where} [space]", SECTION_KEYS["space"])
+    sp = top.table("space", SECTION_KEYS["space"])
     defaults = SpaceSpec()
     menus = {k: _menu(k, sp.data[k], sp.where) if k in sp.data else getattr(defaults, k) for k in (*MENU_KEYS, "distill_steps")}
     overrides = []
-    raw_over = sp.data.get("override", [])
-    if not isinstance(raw_over, list):
-        raise ConfigError(f"{where} [space].override: expected [[space.override]] tables")
-    for i, item in enumerate(raw_over):
-        ov = _Table(item, f"{where} [[space.override]] #{i + 1}", SECTION_KEYS["space.override"])
+    for ov in sp.tables("override", SECTION_KEYS["space.override"]):
         glob = ov.str("layers", "")
         if not glob:
-            raise ConfigError(f"{ov.where}.layers: required (a glob such as 'blocks.0.*')")
+            raise ConfigError(f"{ov.at('layers')}: required (a glob such as 'blocks.0.*')")
         menu = tuple((k, _menu(k, ov.data[k], ov.where)) for k in MENU_KEYS if k in ov.data)
         overrides.append(Override(glob, menu))
-    space = SpaceSpec(**menus, overrides=tuple(overrides), ties=_ties(sp.data.get("tie", []), where))
+    space = SpaceSpec(**menus, overrides=tuple(overrides), ties=_ties(sp))
     methods = CompressionMethods.from_dict(top.data.get("compression", {}), f"{where} [compression]")
-    se = _Table(top.data.get("search", {}), f"{where} [search]", SECTION_KEYS["search"])
+    se = top.table("search", SECTION_KEYS["search"])
     search = SearchSpec(
         mode=se.str("mode", "pareto", MODES),
         warm_start=se.bool("warm_start", True),
@@ -371,9 +321,9 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         accuracy_shards=se.int("accuracy_shards", 4, minimum=1),
     )
     if search.min_fidelity > 1.0:
-        raise ConfigError(f"{where} [search].min_fidelity: expected a share in [0, 1], got {search.min_fidelity!r}")
+        raise ConfigError(f"{se.at('min_fidelity')}: expected a share in [0, 1], got {search.min_fidelity!r}")
     if search.mode == "constrained" and not any(t.budget_ms > 0 for t in (target, *also)):
-        raise ConfigError(f"{where} [target].budget_ms: mode = \"constrained\" needs a latency budget in ms (e.g. budget_ms = 1.0)")
+        raise ConfigError(f"{tg.at('budget_ms')}: mode = \"constrained\" needs a latency budget in ms (e.g. budget_ms = 1.0)")
 
     return StudySpec(
         path=path.resolve(),
@@ -393,14 +343,14 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     )
 
 
-def _target(tg: "_Table", path: Path, default_name: str) -> TargetSpec:
+def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
     from vitune.costmodels import latency_sources
 
     target = TargetSpec(
         name=tg.str("name", default_name),
         latency=tg.str("latency", "measured", tuple(latency_sources())),
         remeasure_every=tg.int("remeasure_every", 0),
-        tuning=tg.str("tuning", "off", ("off", "database", "tune")),
+        tuning=tg.str("tuning", "off", TUNING_MODES),
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),
         budget_ms=tg.float("budget_ms", 0.0),
@@ -410,18 +360,15 @@ def _target(tg: "_Table", path: Path, default_name: str) -> TargetSpec:
     return target
 
 
-def _ties(raw, where: str) -> tuple[Tie, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where} [space].tie: expected [[space.tie]] tables")
+def _ties(sp: Table) -> tuple[Tie, ...]:
     ties = []
-    for i, item in enumerate(raw):
-        tt = _Table(item, f"{where} [[space.tie]] #{i + 1}", SECTION_KEYS["space.tie"])
+    for tt in sp.tables("tie", SECTION_KEYS["space.tie"]):
         glob = tt.str("layers", "")
         knobs = tt.data.get("knobs", [])
         if not glob:
-            raise ConfigError(f"{tt.where}.layers: required (a glob such as 'blocks.*.mlp.fc1')")
+            raise ConfigError(f"{tt.at('layers')}: required (a glob such as 'blocks.*.mlp.fc1')")
         if not isinstance(knobs, list) or not knobs or any(k not in MENU_KEYS for k in knobs):
-            raise ConfigError(f"{tt.where}.knobs: expected a non-empty list of {', '.join(MENU_KEYS)}, got {knobs!r}")
+            raise ConfigError(f"{tt.at('knobs')}: expected a non-empty list of {', '.join(MENU_KEYS)}, got {knobs!r}")
         ties.append(Tie(glob, tuple(knobs)))
     return tuple(ties)
 

@@ -43,7 +43,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 
-from vitune.errors import short_reason
+from vitune.errors import message_line, short_reason
 from vitune.targets.profile import CandidateLimits
 
 DEFAULT_BUILD = "vitune.targets.msworker:build_candidate"
@@ -182,7 +182,7 @@ class CandidateWorker:
         if not ok:
             tail = self._stderr_tail()
             self._kill()
-            raise RuntimeError(f"the tuning worker did not start within {self.limits.start_s:.0f} s: {tail.strip().splitlines()[-1:] or 'no output'}")
+            raise RuntimeError(f"the tuning worker did not start within {self.limits.start_s:.0f} s: {message_line(tail) or 'no output'}")
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitune.errors import ConfigError
+from vitune.errors import ConfigError, message_line
+from vitune.tables import Table, check_choice
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 TARGET_ENTRY_POINTS = "vitune.targets"
@@ -157,7 +158,7 @@ class TargetProfile:
                 return tvm.target.Target(self.tvm_target, host=self.tvm_host)
             return tvm.target.Target(self.tvm_target)
         except Exception as err:  # TVM raises its own error types
-            raise ConfigError(f"{self.source}: [tvm] target {self.tvm_target} is rejected by TVM: {str(err).splitlines()[-1]}") from None
+            raise ConfigError(f"{self.source}: [tvm] target {self.tvm_target} is rejected by TVM: {message_line(err)}") from None
 
     @property
     def runner(self) -> str:
@@ -257,37 +258,6 @@ def load_target(ref: str | os.PathLike) -> TargetProfile:
     return parse_target(data, str(path))
 
 
-def _check_keys(table: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(table) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _int(table: dict, key: str, default: int, where: str, minimum: int = 0) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where} {key}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _choice(table: dict, key: str, default: str, allowed: tuple[str, ...], where: str) -> str:
-    value = table.get(key, default)
-    if value not in allowed:
-        raise ConfigError(f"{where} {key}: expected one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _table(data: dict, key: str, where: str, required: bool = False) -> dict:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{where}: missing table [{key}]")
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table, got {type(value).__name__}")
-    return value
-
-
 def resolve_auto(target: dict[str, Any]) -> dict[str, Any]:
     """Replace ``"auto"`` values: ``mcpu`` → LLVM's host CPU, ``num-cores`` → CPU count."""
     out = dict(target)
@@ -301,45 +271,38 @@ def resolve_auto(target: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
-    _check_keys(data, {"name", "description", "tvm", "runner", "protocol", "hardware", "tuning"}, source)
+    top = Table(data, source, ("name", "description", "tvm", "runner", "protocol", "hardware", "tuning"))
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: 'name' must be a non-empty string")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"{source}: 'description' must be a string")
-    tvm_t = _table(data, "tvm", source, required=True)
-    _check_keys(tvm_t, {"target", "host", "cross_compiler"}, f"{source} [tvm]")
+        raise ConfigError(f"{top.at('name')}: expected a non-empty string, got {name!r}")
+    description = top.str("description", "")
+    tvm_t = top.table("tvm", ("target", "host", "cross_compiler"), required=True)
     target = tvm_t.get("target")
     if not isinstance(target, dict) or not isinstance(target.get("kind"), str):
-        raise ConfigError(f"{source} [tvm] target: expected a table with a 'kind', e.g. {{ kind = \"llvm\" }}")
+        raise ConfigError(f"{tvm_t.at('target')}: expected a table with a 'kind', e.g. {{ kind = \"llvm\" }}")
     host = tvm_t.get("host")
     if host is not None and not isinstance(host, dict):
-        raise ConfigError(f"{source} [tvm] host: expected a table, e.g. {{ kind = \"llvm\" }}")
+        raise ConfigError(f"{tvm_t.at('host')}: expected a table, e.g. {{ kind = \"llvm\" }}")
     cross = tvm_t.get("cross_compiler", "")
     if not isinstance(cross, str):
-        raise ConfigError(f"{source} [tvm] cross_compiler: expected a command name, got {cross!r}")
-    runner = _runner_spec(_table(data, "runner", source, required=True), f"{source} [runner]")
-    proto_t = _table(data, "protocol", source)
-    where = f"{source} [protocol]"
-    _check_keys(proto_t, set(Protocol.__dataclass_fields__), where)
+        raise tvm_t.fail("cross_compiler", "a command name")
+    runner = _runner_spec(top.table("runner", required=True))
+    proto_t = top.table("protocol", tuple(Protocol.__dataclass_fields__))
     protocol = Protocol(
-        warmup=_int(proto_t, "warmup", 3, where),
-        number=_int(proto_t, "number", 0, where),
-        repeat=_int(proto_t, "repeat", 7, where, minimum=1),
-        min_repeat_ms=_int(proto_t, "min_repeat_ms", 40, where),
-        cooldown_ms=_int(proto_t, "cooldown_ms", 0, where),
-        threads=_int(proto_t, "threads", 0, where),
-        statistic=_choice(proto_t, "statistic", "median", STATISTICS, where),
+        warmup=proto_t.int("warmup", 3),
+        number=proto_t.int("number", 0),
+        repeat=proto_t.int("repeat", 7, minimum=1),
+        min_repeat_ms=proto_t.int("min_repeat_ms", 40),
+        cooldown_ms=proto_t.int("cooldown_ms", 0),
+        threads=proto_t.int("threads", 0),
+        statistic=proto_t.str("statistic", "median", STATISTICS),
     )
-    hardware = _hardware(_table(data, "hardware", source), f"{source} [hardware]")
-    tuning_t = _table(data, "tuning", source)
-    where = f"{source} [tuning]"
-    _check_keys(tuning_t, {"min_timeout_s", "timeout_factor", "first_timeout_s"}, where)
+    hardware = _hardware(top.table("hardware", ("cores", "precisions", "clock_ghz", "peak_gflops", "memory_bandwidth_gbs", "memory_gb")))
+    tuning_t = top.table("tuning", ("min_timeout_s", "timeout_factor", "first_timeout_s"))
     limits = CandidateLimits(
-        min_timeout_s=_float(tuning_t, "min_timeout_s", where, minimum=0.1, default=CandidateLimits.min_timeout_s),
-        timeout_factor=_float(tuning_t, "timeout_factor", where, minimum=1.0, default=CandidateLimits.timeout_factor),
-        first_timeout_s=_float(tuning_t, "first_timeout_s", where, minimum=0.1, default=CandidateLimits.first_timeout_s),
+        min_timeout_s=tuning_t.float("min_timeout_s", CandidateLimits.min_timeout_s, minimum=0.1),
+        timeout_factor=tuning_t.float("timeout_factor", CandidateLimits.timeout_factor, minimum=1.0),
+        first_timeout_s=tuning_t.float("first_timeout_s", CandidateLimits.first_timeout_s, minimum=0.1),
     )
     profile = TargetProfile(
         name=name,
@@ -387,56 +350,41 @@ def check_llvm_target(target: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where} mattr: LLVM does not know the feature {attr!r} for {triple}")
 
 
-def _float(table: dict, key: str, where: str, minimum: float = 0.0, default: float = 0.0) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{where} {key}: expected a number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _hardware(hw_t: dict, where: str) -> Hardware:
-    _check_keys(hw_t, {"cores", "precisions", "clock_ghz", "peak_gflops", "memory_bandwidth_gbs", "memory_gb"}, where)
-    precisions = hw_t.get("precisions", ["fp32"])
-    if not isinstance(precisions, list) or not all(isinstance(p, str) for p in precisions):
-        raise ConfigError(f"{where} precisions: expected a list of strings")
-    peaks = hw_t.get("peak_gflops", {})
+def _hardware(hw: Table) -> Hardware:
+    peaks = hw.get("peak_gflops", {})
     if not isinstance(peaks, dict):
-        raise ConfigError(f"{where} peak_gflops: expected a table such as {{ fp32 = 100.0 }}")
+        raise hw.fail("peak_gflops", "a table such as { fp32 = 100.0 }")
+    peak_t = Table(peaks, hw.at("peak_gflops"))
     return Hardware(
-        cores=_int(hw_t, "cores", 0, where) or (os.cpu_count() or 1),
-        precisions=tuple(precisions),
-        clock_ghz=_float(hw_t, "clock_ghz", where),
-        peak_gflops=tuple(sorted((k, _float(peaks, k, f"{where} peak_gflops")) for k in peaks)),
-        memory_bandwidth_gbs=_float(hw_t, "memory_bandwidth_gbs", where),
-        memory_gb=_float(hw_t, "memory_gb", where),
+        cores=hw.int("cores", 0) or (os.cpu_count() or 1),
+        precisions=hw.strings("precisions", ("fp32",)),
+        clock_ghz=hw.float("clock_ghz", 0.0),
+        peak_gflops=tuple(sorted((k, peak_t.float(k, 0.0)) for k in peaks)),
+        memory_bandwidth_gbs=hw.float("memory_bandwidth_gbs", 0.0),
+        memory_gb=hw.float("memory_gb", 0.0),
     )
 
 
-def _runner_spec(runner_t: dict, where: str) -> RunnerSpec:
+def _runner_spec(runner_t: Table) -> RunnerSpec:
     from vitune.targets.runner import runner_kinds
 
-    kind = runner_t.get("kind")
-    kinds = runner_kinds()
-    if kind not in kinds:
-        raise ConfigError(f"{where} kind: expected one of {', '.join(sorted(kinds))}, got {kind!r}")
+    kind = check_choice(runner_t.get("kind"), tuple(sorted(runner_kinds())), runner_t.at("kind"))
     if kind == "local":
-        _check_keys(runner_t, {"kind"}, where)
+        Table(runner_t.data, runner_t.where, ("kind",))
         return RunnerSpec("local")
     if kind != "rpc":  # a plug-in runner: its own keys, passed through
-        return RunnerSpec(kind, options=tuple(sorted((k, v) for k, v in runner_t.items() if k != "kind")))
-    _check_keys(runner_t, {"kind", "tracker", "key", "host", "port", "timeout_s"}, where)
-    tracker, key, host = (runner_t.get(k, "") for k in ("tracker", "key", "host"))
-    for name, value in (("tracker", tracker), ("key", key), ("host", host)):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} {name}: expected a string, got {value!r}")
-    port = _int(runner_t, "port", 0, where)
-    timeout = _float(runner_t, "timeout_s", where, minimum=1.0, default=60.0)
+        return RunnerSpec(kind, options=tuple(sorted((k, v) for k, v in runner_t.data.items() if k != "kind")))
+    runner_t = Table(runner_t.data, runner_t.where, ("kind", "tracker", "key", "host", "port", "timeout_s"))
+    tracker, key, host = (runner_t.str(k, "") for k in ("tracker", "key", "host"))
+    port = runner_t.int("port", 0)
+    timeout = runner_t.float("timeout_s", 60.0, minimum=1.0)
+    where = runner_t.where
     if tracker:
         host_part, _, port_part = tracker.rpartition(":")
         if not host_part or not port_part.isdigit():
-            raise ConfigError(f"{where} tracker: expected \"host:port\", got {tracker!r}")
+            raise ConfigError(f"{runner_t.at('tracker')}: expected \"host:port\", got {tracker!r}")
         if not key:
-            raise ConfigError(f"{where} key: required with a tracker (the device key the RPC server registered)")
+            raise ConfigError(f"{runner_t.at('key')}: required with a tracker (the device key the RPC server registered)")
         if host or port:
             raise ConfigError(f"{where}: give either tracker + key or host + port, not both")
     elif not (host and port):
