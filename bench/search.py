@@ -76,7 +76,7 @@ def _evaluate_all(evaluator, configs, label):
     for config in tqdm(configs, desc=label, unit="config"):
         r = evaluator.evaluate(config)
         if r.ok:
-            points.append((r.metrics["accuracy"], r.metrics["latency_ms"]))
+            points.append((r.metrics.accuracy, r.metrics.latency_ms))
         else:
             failed += 1
     return {"points": points, "seconds": time.perf_counter() - t0, "evaluated": len(configs), "stopped_early": 0, "failed": failed}
@@ -139,7 +139,7 @@ def main() -> None:
     layout = discover(ws.model)
     space = SearchSpace.build(base.space, layout, base.methods)
     ref = evaluator.evaluate(space.to_config(space.identity_params()))
-    acc0, ms0 = ref.metrics["accuracy"], ref.metrics["latency_ms"]
+    acc0, ms0 = ref.metrics.accuracy, ref.metrics.latency_ms
 
     results = {}
     for method in args.methods.split(","):

@@ -53,7 +53,7 @@ def main() -> None:
         result = evaluator.evaluate(config)
         total = time.perf_counter() - t0
         study.tell(trial, state=optuna.trial.TrialState.COMPLETE if result.ok else optuna.trial.TrialState.FAIL,
-                   values=[result.metrics["accuracy"], result.metrics["latency_ms"]] if result.ok else None)
+                   values=[result.metrics.accuracy, result.metrics.latency_ms] if result.ok else None)
         row = {"trial": i, "total_s": total, "ok": result.ok, "error": result.error, **{k: result.timings.get(k, 0.0) for k in STAGES}}
         rows.append(row)
         print(f"trial {i:>3}: total {total:6.2f} s  " + "  ".join(f"{k[:-2]} {row[k]:6.3f}" for k in STAGES) + ("" if result.ok else f"  FAILED {result.error}"))

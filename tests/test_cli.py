@@ -27,6 +27,24 @@ def test_apply_rejects_bad_export(tmp_path, capsys):
     assert "not a vitune export" in capsys.readouterr().err
 
 
+def test_apply_of_an_export_whose_model_was_edited_names_the_model(tmp_path, capsys):
+    """An export searched on the default digits model, its [model] edited to a timm model by hand:
+    apply says the named model cannot be rebuilt (and what the search compressed), in one line."""
+    import json
+
+    from vitune.search.export import FORMAT
+
+    record = {"format": FORMAT, "model": {"source": "timm", "name": "deit_tiny_patch16_224", "checkpoint_sha256": "4ada296c9988" + "0" * 52},
+              "data": {"source": "digits", "seed": 0}, "target": {"name": "local-cpu"}, "config": {}, "metrics": {}}
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(record))
+    assert main(["apply", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"{path} model: the model it names (timm 'deit_tiny_patch16_224') cannot be rebuilt" in err and "weights 4ada296c9988" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_compress_greedy_baseline_then_apply(tmp_path, capsys, default_workspace, fast_target_file):
     import json
     import shutil

@@ -55,9 +55,10 @@ def apply(record: dict | str | Path, out: str | Path, member: int | None = None,
     from vitune.apply import apply_record
     from vitune.search.export import load_record
 
+    where = "export"
     if not isinstance(record, dict):
-        record = load_record(Path(record), member)
-    return apply_record(record, Path(out), distill_steps, progress=progress)
+        where, record = str(record), load_record(Path(record), member)
+    return apply_record(record, Path(out), distill_steps, progress=progress, where=where)
 
 
 def report(spec, out: str | Path):

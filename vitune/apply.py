@@ -37,7 +37,8 @@ def _specs(record: dict):
     return model, data
 
 
-def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, progress: bool = True) -> dict:
+def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, progress: bool = True, where: str = "export") -> dict:
+    """``where``: the export file (or a name for the record), for messages."""
     import torch
 
     from vitune.compression.calibrate import Calibration
@@ -58,8 +59,14 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
     model_spec, data_spec = _specs(record)
     target = record["target"]
     profile = load_target(target.get("source") or target["name"])
-    ws = load_workspace(model_spec, data_spec, progress=progress)
     want = record["model"].get("checkpoint_sha256")
+    try:
+        ws = load_workspace(model_spec, data_spec, progress=progress)
+    except ConfigError as err:  # say it is the model that cannot be rebuilt, not only what failed
+        searched = f"weights {want[:12]}" if want else "another model"
+        raise ConfigError(f"{where} model: the model it names ({model_spec.source} {model_spec.name!r}) cannot be rebuilt for its data "
+                          f"({data_spec.source}): {err}. The search compressed {searched}; export again from the study rather than "
+                          "editing the export's model") from None
     if want and want != ws.ref.checkpoint_sha256:
         raise ConfigError(
             f"the original model's weights ({ws.ref.checkpoint_sha256[:12]}) differ from those the export was "

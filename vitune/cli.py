@@ -103,7 +103,7 @@ def _apply(args) -> int:
     from vitune.search.export import load_record
 
     record = load_record(Path(args.export), args.member)
-    metrics = apply_record(record, Path(args.out), args.distill_steps, progress=not args.quiet)
+    metrics = apply_record(record, Path(args.out), args.distill_steps, progress=not args.quiet, where=args.export)
     agree, seen = metrics["tvm_vs_torch"], metrics["exported_metrics"]
     seen_ms = f"{seen['latency_ms']:.4f} ms" if seen.get("latency_ms") is not None else "not measured"
     lat = f"{metrics['latency_ms']:.4f} ms" if metrics["latency_ms"] is not None else "not measured"

@@ -117,8 +117,8 @@ def test_sharded_accuracy_stops_a_dominated_candidate_early(default_workspace, f
     result = ev.evaluate(config, front=[(0.999, 0.0)])  # a perfect, free model is on the front: nothing can escape
     assert result.pruned and "hopeless after" in result.pruned
     total = len(default_workspace.data.val)
-    assert result.metrics["accuracy_seen"] == round(total / 4)
-    assert result.metrics["accuracy_bound"] < 0.999
+    assert result.metrics.accuracy_seen == round(total / 4)
+    assert result.metrics.accuracy_bound < 0.999
     assert ev.evaluate(config, front=[]).ok
 
 

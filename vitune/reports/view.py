@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from vitune.errors import ConfigError, message_line
+from vitune.search.records import has_metrics, metrics_of
 from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, speed_reference, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
@@ -131,23 +132,23 @@ def recipe_of(trial, choices: list, ties: dict) -> dict:
 
 def _row(trial, origin_of_number: dict, choices, ties, primary: str) -> TrialRow:
     attrs = trial.user_attrs
-    metrics = attrs.get("metrics") or attrs.get("partial_metrics") or {}
+    metrics = metrics_of(trial)
     state = trial.state.name.lower()
-    complete = state == "complete" and "metrics" in attrs
+    complete = state == "complete" and has_metrics(trial)
     try:
         config = json.loads(attrs["config"]) if "config" in attrs else {}
     except json.JSONDecodeError:
         config = {}
     duration = trial.duration.total_seconds() if trial.duration is not None else None
-    latency = latency_of(trial) if complete else metrics.get("latency_ms")
+    latency = metrics.latency_ms
     return TrialRow(
         number=trial.number,
         state=state,
-        accuracy=accuracy_of(trial) if complete else metrics.get("accuracy"),
+        accuracy=metrics.accuracy if complete else None,
         latency_ms=latency,
-        latencies=dict(metrics.get("latencies_ms") or ({primary: latency} if latency is not None else {})),
-        params=metrics.get("params"),
-        size_bytes=metrics.get("size_bytes"),
+        latencies=dict(metrics.latencies_ms or ({primary: latency} if latency is not None else {})),
+        params=metrics.params,
+        size_bytes=metrics.size_bytes,
         summary=attrs.get("summary", ""),
         origin=attrs.get("origin") or origin_of_number.get(attrs.get("cached_from"), "sampled"),
         reason=attrs.get("error") or attrs.get("pruned") or "",
@@ -248,7 +249,7 @@ def param_importances(spec, limit: int = 15) -> tuple[dict[str, dict[str, float]
     from vitune.search.study import open_study
 
     study = open_study(spec, create=False)
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "metrics" in t.user_attrs]
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and has_metrics(t)]
     if len(done) < 4:
         return {}, f"parameter importance needs at least 4 complete trials (the study has {len(done)})"
     out = {}

@@ -21,8 +21,8 @@ import hashlib
 import json
 
 from vitune.jsontable import JsonTable
+from vitune.search.records import Metrics
 
-ACCURACY_FIELDS = ("accuracy", "params", "size_bytes")
 
 
 def _hash(obj) -> str:
@@ -50,15 +50,22 @@ class ResultCache:
         self.table = JsonTable(cache_dir() / "results" / f"{model_sha256[:16]}.json")
         self.data, self.target = data, target
 
-    def lookup(self, config_key: str) -> tuple[dict | None, dict | None]:
-        """The cached (accuracy, measurement) of a configuration, each None when unknown; one read
-        of what other processes saved since."""
+    def lookup(self, config_key: str) -> tuple[Metrics | None, Metrics | None]:
+        """The cached figures of a configuration: (accuracy with parameters and size, measured
+        latency), each None when unknown; one read of what other processes saved since."""
         self.table.refresh()
-        latency = self.table.get(f"lat:{self.target}:{config_key}") if self.target is not None else None
-        return self.table.get(f"acc:{self.data}:{config_key}"), latency
+        acc = self.table.get(f"acc:{self.data}:{config_key}")
+        lat = self.table.get(f"lat:{self.target}:{config_key}") if self.target is not None else None
+        try:
+            accuracy = Metrics(accuracy=float(acc["accuracy"]), params=int(acc["params"]), size_bytes=int(acc["size_bytes"])) if acc else None
+            latency = Metrics(latency_ms=float(lat["latency_ms"]), latency_spread_ms=float(lat["spread_ms"]),
+                              latency_samples_ms=tuple(float(v) for v in lat["samples_ms"]), latency_source="measured") if lat else None
+        except (KeyError, TypeError, ValueError):  # an entry this version cannot read is recomputed
+            return None, None
+        return accuracy, latency
 
-    def put_accuracy(self, config_key: str, metrics: dict) -> None:
-        self.table.put(f"acc:{self.data}:{config_key}", {k: metrics[k] for k in ACCURACY_FIELDS})
+    def put_accuracy(self, config_key: str, metrics: Metrics) -> None:
+        self.table.put(f"acc:{self.data}:{config_key}", {"accuracy": metrics.accuracy, "params": metrics.params, "size_bytes": metrics.size_bytes})
         self.table.save()
 
     def put_latency(self, config_key: str, measurement) -> None:

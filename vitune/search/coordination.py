@@ -111,7 +111,9 @@ class Heartbeat:
 def reusable(trial) -> bool:
     """Whether a finished trial's outcome stands for its configuration (not an interrupted run)."""
     if trial.state.name == "COMPLETE":
-        return "metrics" in trial.user_attrs
+        from vitune.search.records import has_metrics
+
+        return has_metrics(trial)
     if trial.state.name == "FAIL":
         return "error" in trial.user_attrs and not trial.user_attrs.get("interrupted")
     if trial.state.name == "PRUNED":  # the front only improves, so a hopeless candidate stays hopeless

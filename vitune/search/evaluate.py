@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 
 from vitune.compression.config import CompressionConfig
 from vitune.errors import VituneError, short_reason
-from vitune.search.front import dominated, latencies_in
+from vitune.search.front import dominated
+from vitune.search.records import Metrics
 
 
 @dataclass
 class CandidateResult:
-    metrics: dict = field(default_factory=dict)  # accuracy, latency_ms, params, size_bytes, fidelity, ...
+    metrics: Metrics = field(default_factory=Metrics)  # filled stage by stage
     timings: dict = field(default_factory=dict)  # compress_s, fidelity_s, accuracy_s, export_s, build_s, run_s, lock_wait_s
     error: str | None = None
     pruned: str | None = None  # why the candidate was stopped early (not a failure)
@@ -117,7 +118,7 @@ class Evaluator:
         if cached_acc and cached_lat:
             self._latency(None, config, cached_lat, result)  # no model needed: both results are known
             if self._more_latencies(None, config, result):
-                result.metrics.update(cached_acc, cached=True)
+                result.metrics = result.metrics.merged(cached_acc).with_(cached=True)
             return result
         stage = "compress"
         try:
@@ -129,7 +130,7 @@ class Evaluator:
                     stage = "fidelity"
                     t0 = time.perf_counter()
                     fid = self.fidelity(model)
-                    result.metrics["fidelity"] = fid
+                    result.metrics = result.metrics.with_(fidelity=fid)
                     result.timings["fidelity_s"] = time.perf_counter() - t0
                     if fid < self.early.min_fidelity:
                         result.pruned = f"fidelity {fid:.3f} < {self.early.min_fidelity} (top-1 agreement with the uncompressed model on calib)"
@@ -143,7 +144,7 @@ class Evaluator:
         if not self._latency(model, config, cached_lat, result) or not self._more_latencies(model, config, result):
             return result
         if cached_acc:
-            result.metrics.update(cached_acc)
+            result.metrics = result.metrics.merged(cached_acc)
             return result
         try:
             self._accuracy(model, config, front, result)
@@ -153,8 +154,7 @@ class Evaluator:
 
     def _latency(self, model, config, cached, result: CandidateResult) -> bool:
         if cached:
-            result.metrics.update(latency_ms=cached["latency_ms"], latency_spread_ms=cached["spread_ms"],
-                                  latency_samples_ms=cached["samples_ms"], latency_source="measured")
+            result.metrics = result.metrics.merged(cached)
             return True
         with self._lock(True, result):
             t0 = time.perf_counter()
@@ -165,19 +165,19 @@ class Evaluator:
             return False
         if self.cache and m.source == "measured":
             self.cache.put_latency(config.key, m)
-        result.metrics.update(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms, latency_samples_ms=list(m.samples_ms),
-                              latency_source=m.source)
+        result.metrics = result.metrics.with_(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms,
+                                              latency_samples_ms=tuple(m.samples_ms), latency_source=m.source)
         return True
 
     def _more_latencies(self, model, config, result: CandidateResult) -> bool:
         """Latency on every other target (``latencies_ms``: target → ms, the primary first)."""
         if not self.more:
             return True
-        latencies = {self.profile.name: result.metrics["latency_ms"]}
+        latencies = {self.profile.name: result.metrics.latency_ms}
         for target in self.more:
             cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.measures else None
             if cached:
-                latencies[target.name] = cached["latency_ms"]
+                latencies[target.name] = cached.latency_ms
                 continue
             if model is None:  # every result so far came from the cache
                 try:
@@ -196,15 +196,15 @@ class Evaluator:
             if target.cache is not None and m.source == "measured":
                 target.cache.put_latency(config.key, m)
             latencies[target.name] = m.latency_ms
-        result.metrics["latencies_ms"] = latencies
+        result.metrics = result.metrics.with_(latencies_ms=tuple(latencies.items()))
         return True
 
     def _accuracy(self, model, config, front, result: CandidateResult) -> None:
         from vitune.compression.stats import model_stats
         from vitune.data.splits import accuracy_in_shards
 
-        latency = result.metrics["latency_ms"]
-        mine = latencies_in(result.metrics)
+        latency = result.metrics.latency_ms
+        mine = result.metrics.latencies
         front = list(front)
         with self._lock(False, result):
             t0 = time.perf_counter()
@@ -215,12 +215,12 @@ class Evaluator:
             result.timings["accuracy_s"] = time.perf_counter() - t0
         params, size = model_stats(model)
         total = len(self.workspace.data.get(self.split))
-        result.metrics.update(params=params, size_bytes=size)
+        result.metrics = result.metrics.with_(params=params, size_bytes=size)
         if seen < total:
-            result.metrics.update(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
+            result.metrics = result.metrics.with_(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
             result.pruned = (f"hopeless after {seen}/{total} {self.split} images: even all the rest right gives "
                              f"accuracy <= {best:.4f}, dominated at {latency:.4f} ms")
             return
-        result.metrics["accuracy"] = acc
+        result.metrics = result.metrics.with_(accuracy=acc)
         if self.cache:
             self.cache.put_accuracy(config.key, result.metrics)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vitune.errors import ConfigError
 from vitune.search.front import accuracy_of, latency_of
+from vitune.search.records import metrics_of
 from vitune.versions import versions
 
 FORMAT = "vitune.export/1"
@@ -96,7 +97,7 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) ->
             "accuracy": accuracy_of(trial),
             "latency_ms": latency_of(trial),
             "split": "val",
-            **{k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in ("accuracy", "latency_ms")},
+            **{k: v for k, v in metrics_of(trial).to_dict().items() if k not in ("accuracy", "latency_ms")},
             "speedup_vs_baseline": speedup,
         },
         "baseline": baseline,

@@ -11,29 +11,9 @@ from __future__ import annotations
 
 
 from vitune.compression.config import CompressionConfig
+from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of
 
-
-def accuracy_of(trial) -> float:
-    return trial.user_attrs.get("metrics", {}).get("accuracy", trial.values[0] if trial.values else float("nan"))
-
-
-def latency_of(trial) -> float:
-    m = trial.user_attrs.get("metrics", {})
-    if "latency_ms" in m:
-        return m["latency_ms"]
-    return trial.values[1] if trial.values and len(trial.values) > 1 else float("nan")
-
-
-def latencies_in(metrics: dict) -> tuple[float, ...]:
-    """Latency on each target recorded in ``metrics``, the primary first (() when none is known)."""
-    if "latencies_ms" in metrics:
-        return tuple(metrics["latencies_ms"].values())
-    return (metrics["latency_ms"],) if metrics.get("latency_ms") is not None else ()
-
-
-def latencies_of(trial) -> tuple[float, ...]:
-    """Latency on each of the study's targets, the primary first (one value for a one-target study)."""
-    return latencies_in(trial.user_attrs.get("metrics", {})) or (latency_of(trial),)
+__all__ = ["accuracy_of", "latencies_of", "latency_of"]  # re-exported: the front's readers use them from here
 
 
 def _vec(latency) -> tuple[float, ...]:
@@ -107,7 +87,7 @@ def speed_reference(study, target: str | None = None) -> tuple[float | None, str
 def complete_trials(study) -> list:
     import optuna
 
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if has_metrics(t)]
 
 
 def front(study) -> list:
@@ -151,22 +131,22 @@ def format_front(study) -> str:
         return "".join(f"  {lat:>{w}.4f}" for lat, w in zip(lats, width)) + "".join(f"  {'-':>{w}}" for w in width[len(lats):])
 
     for t in rows:
-        m = t.user_attrs.get("metrics", {})
+        m = metrics_of(t)
         speed = f"{ref_ms / latency_of(t):.2f}x" if ref_ms else "-"
         check = ""
         if checks:
             c = checks.get(str(t.number), {})
             check = f"  {c['measured_ms']:>11.4f}" if c.get("measured_ms") is not None else f"  {'-':>11}"
         lines.append(
-            f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}{extra(t)}  {speed:>8}  {m.get('params', 0):>8}  "
-            f"{m.get('size_bytes', 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
+            f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}{extra(t)}  {speed:>8}  {m.params or 0:>8}  "
+            f"{(m.size_bytes or 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
         )
     if ref is not None:
-        m = ref.user_attrs.get("metrics", {})
+        m = metrics_of(ref)
         speed = f"{ref_ms / latency_of(ref):.2f}x" if ref_ms else "-"
         lines.append(
-            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {latency_of(ref):>10.4f}{extra(ref)}  {speed:>8}  {m.get('params', 0):>8}  "
-            f"{m.get('size_bytes', 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
+            f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {latency_of(ref):>10.4f}{extra(ref)}  {speed:>8}  {m.params or 0:>8}  "
+            f"{(m.size_bytes or 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
         )
     meta = study.user_attrs.get("vitune", {})
     if meta.get("latency", "measured") == "measured" and meta.get("tuning") == "off":
@@ -176,7 +156,7 @@ def format_front(study) -> str:
         lines.append(f"speed-up: against {ref_what}, {ref_ms:.4f} ms")
         if rows and all(latency_of(t) >= ref_ms for t in rows):
             lines.append(f"every front member is slower than {ref_what} ({ref_ms:.4f} ms): on this target the search found no speed-up")
-    sources = {t.user_attrs.get("metrics", {}).get("latency_source", "measured") for t in rows}
+    sources = {metrics_of(t).latency_source for t in rows}
     if sources - {"measured"}:
         lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
     budgets = [(n, b) for n, b in zip(target_names(study), budgets_ms(study)) if b is not None]

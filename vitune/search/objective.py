@@ -19,7 +19,8 @@ import warnings
 
 from vitune.errors import ConfigError
 from vitune.search.coordination import Heartbeat, wait_for_turn
-from vitune.search.front import accuracy_of, complete_trials, latencies_in, latencies_of, within_budget
+from vitune.search.front import accuracy_of, complete_trials, latencies_of, within_budget
+from vitune.search.records import METRICS_ATTR, PARTIAL_ATTR, Metrics
 
 
 class CandidateFailed(Exception):
@@ -64,18 +65,18 @@ class Objective:
         self.mode, self.budgets_ms = mode, tuple(budgets_ms)
         self.log = log or (lambda msg: None)
 
-    def _constrain(self, trial, metrics: dict) -> None:
+    def _constrain(self, trial, metrics: Metrics) -> None:
         if self.mode != "constrained":
             return
-        names = list(metrics.get("latencies_ms", {})) or [None]
-        for i, (lat, budget) in enumerate(zip(latencies_in(metrics), self.budgets_ms)):
+        names = list(metrics.targets) or [None]
+        for i, (lat, budget) in enumerate(zip(metrics.latencies, self.budgets_ms)):
             if budget is not None:
                 trial.set_constraint(constraint_name(i, names[i] if i < len(names) else "?"), float(lat) - budget)
 
-    def _values(self, metrics: dict):
+    def _values(self, metrics: Metrics):
         if self.mode == "pareto":
-            return (metrics["accuracy"], *latencies_in(metrics))
-        return metrics["accuracy"]
+            return (metrics.accuracy, *metrics.latencies)
+        return metrics.accuracy
 
     def _front_points(self) -> list:
         """What a new candidate must escape: the complete trials' (accuracy, latencies) (a
@@ -86,13 +87,13 @@ class Objective:
         feasible = [accuracy_of(t) for t in trials if within_budget(t, self.budgets_ms)]
         return [(max(feasible), (0.0,) * len(self.budgets_ms))] if feasible else []
 
-    def _finish(self, trial, metrics: dict | None, error: str | None = None, pruned: str | None = None):
+    def _finish(self, trial, metrics: Metrics | None, error: str | None = None, pruned: str | None = None):
         """Record a trial's outcome: return its objective values, or raise so Optuna records it as
         failed (``error``) or pruned (``pruned``, stopped early); partial metrics are kept apart."""
         import optuna
 
-        if metrics:
-            trial.set_user_attr("partial_metrics" if error or pruned else "metrics", metrics)
+        if metrics is not None and metrics != Metrics():
+            trial.set_user_attr(PARTIAL_ATTR if error or pruned else METRICS_ATTR, metrics.to_dict())
             self._constrain(trial, metrics)
         if error:
             trial.set_user_attr("error", error)
@@ -113,7 +114,7 @@ class Objective:
             if previous is not None:
                 trial.set_user_attr("cached_from", previous.number)
                 state, attrs = previous.state.name, previous.user_attrs
-                return self._finish(trial, attrs["metrics"] if state == "COMPLETE" else None,
+                return self._finish(trial, Metrics.from_dict(attrs[METRICS_ATTR]) if state == "COMPLETE" else None,
                                     attrs["error"] if state == "FAIL" else None, attrs["pruned"] if state == "PRUNED" else None)
             result = self.evaluator.evaluate(config, self._front_points())
             trial.set_user_attr("timings", {k: round(v, 4) for k, v in result.timings.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 def remeasure_front(study, evaluator, source, log=print) -> int:
     """Measure the front's unchecked members for real, record predicted vs measured, refit; returns how many."""
     from vitune.costmodels.model import default_path
-    from vitune.search.front import front
+    from vitune.search.front import front, latency_of
     from vitune.search.study import trial_config
 
     context = source.context
@@ -21,7 +21,7 @@ def remeasure_front(study, evaluator, source, log=print) -> int:
     configs = [trial_config(t) for t in todo]
     measured = context.measure_candidates([evaluator.compress(c) for c in configs], configs)
     for trial, (sample, m) in zip(todo, measured):
-        predicted = trial.user_attrs.get("metrics", {}).get("latency_ms")
+        predicted = latency_of(trial)
         checks[str(trial.number)] = {"predicted_ms": predicted, "measured_ms": m.latency_ms, "error": m.error, "label": source.model.label()}
         if not m.ok:
             log(f"trial {trial.number}: predicted {predicted:.4f} ms, could not measure: {m.error}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from vitune.compression.config import CompressionConfig
 from vitune.errors import ConfigError, message_line
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
+from vitune.search.records import accuracy_of, latency_of
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
 
 OBJECTIVES = ("accuracy", "latency_ms")
@@ -329,12 +330,12 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             every = spec.target.remeasure_every
             if predicted and every and trial.state == optuna.trial.TrialState.COMPLETE and now.get("complete", 0) % every == 0:
                 recheck()
-            m = trial.user_attrs.get("metrics", {})
             if trial.state == optuna.trial.TrialState.COMPLETE:
-                bar.set_postfix(acc=f"{m.get('accuracy', 0):.3f}", ms=f"{m.get('latency_ms', 0):.3f}")
+                acc, ms = accuracy_of(trial), latency_of(trial)
+                bar.set_postfix(acc=f"{acc:.3f}", ms=f"{ms:.3f}")
                 if bar.disable and progress:  # not a terminal: one line per trial instead of a bar
                     log(
-                        f"trial {trial.number}: accuracy {m.get('accuracy', 0):.4f}, latency {m.get('latency_ms', 0):.4f} ms, "
+                        f"trial {trial.number}: accuracy {acc:.4f}, latency {ms:.4f} ms, "
                         f"{trial.user_attrs.get('summary', '')}" + (f" (as trial {trial.user_attrs['cached_from']})" if "cached_from" in trial.user_attrs else "")
                     )
             elif trial.state == optuna.trial.TrialState.FAIL:

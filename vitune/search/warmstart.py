@@ -113,11 +113,11 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
     uniform_rows = []
     for knob, value, params in uniform:
         r = evaluator.evaluate(space.to_config(params))
-        uniform_rows.append({"knob": knob, "value": value, "params": params, "accuracy": r.metrics.get("accuracy"),
-                             "latency_ms": r.metrics.get("latency_ms"), "error": r.error or r.pruned})
+        uniform_rows.append({"knob": knob, "value": value, "params": params, "accuracy": r.metrics.accuracy,
+                             "latency_ms": r.metrics.latency_ms, "error": r.error or r.pruned})
         bar.update(1)
     bar.close()
-    for k, v in {"identity": {"accuracy": base.metrics["accuracy"], "latency_ms": base.metrics["latency_ms"]},
+    for k, v in {"identity": {"accuracy": base.metrics.accuracy, "latency_ms": base.metrics.latency_ms},
                  "options": options, "uniform": uniform_rows, "complete": True}.items():
         table.put(k, v)
     table.save()
