@@ -15,6 +15,7 @@ A location is ``where`` and a key joined by :func:`key_path`: a space after a TO
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 from typing import Any, Mapping
@@ -92,7 +93,7 @@ class Table:
     ``allowed`` lists the keys the table may have (None: any); an unknown key is refused at
     construction, so a typo is never silently ignored."""
 
-    def __init__(self, data: Any, where: str, allowed: tuple[str, ...] | set[str] | None = None, kind: str = "a table"):
+    def __init__(self, data: Any, where: builtins.str, allowed: tuple[builtins.str, ...] | set[builtins.str] | None = None, kind: builtins.str = "a table"):
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected {kind}, got {type(data).__name__}")
         if allowed is not None:
@@ -102,20 +103,20 @@ class Table:
         self.data: Mapping[str, Any] = data
         self.where = where
 
-    def at(self, key: str) -> str:
+    def at(self, key: builtins.str) -> builtins.str:
         """The location of ``key`` in this table, for a message."""
         return key_path(self.where, key)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: builtins.str) -> builtins.bool:
         return key in self.data
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: builtins.str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
-    def fail(self, key: str, expected: str) -> ConfigError:
+    def fail(self, key: builtins.str, expected: builtins.str) -> ConfigError:
         return ConfigError(f"{self.at(key)}: expected {expected}, got {self.data.get(key)!r}")
 
-    def str(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+    def str(self, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...] | None = None) -> builtins.str:
         value = self.data.get(key, default)
         if not isinstance(value, str):
             raise self.fail(key, "a string")
@@ -123,28 +124,28 @@ class Table:
             check_choice(value, choices, self.at(key))
         return value
 
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
+    def int(self, key: builtins.str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
         return check_int(self.data.get(key, default), self.at(key), minimum)
 
-    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def float(self, key: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
         value = self.data.get(key, default)
         if not is_number(value) or value < minimum:
             raise self.fail(key, f"a number >= {minimum}")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, "true or false")
         return value
 
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    def strings(self, key: builtins.str, default: tuple[builtins.str, ...]) -> tuple[builtins.str, ...]:
         value = self.data.get(key, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, "a list of strings")
         return tuple(value)
 
-    def table(self, key: str, allowed: tuple[str, ...] | set[str] | None = None, required: bool = False) -> "Table":
+    def table(self, key: builtins.str, allowed: tuple[builtins.str, ...] | set[builtins.str] | None = None, required: builtins.bool = False) -> "Table":
         """The sub-table ``[key]`` (an empty one when absent and not ``required``)."""
         if key not in self.data:
             if required:
@@ -152,14 +153,14 @@ class Table:
             return Table({}, self._sub(key), allowed)
         return Table(self.data[key], self._sub(key), allowed)
 
-    def _sub(self, key: str) -> str:
+    def _sub(self, key: builtins.str) -> builtins.str:
         parts = _toml_parts(self.where)
         if parts is None:
             return key_path(self.where, key)
         file, name = parts
         return f"{file} [{name + '.' if name else ''}{key}]"
 
-    def tables(self, key: str, allowed: tuple[str, ...] | set[str] | None = None) -> list["Table"]:
+    def tables(self, key: builtins.str, allowed: tuple[builtins.str, ...] | set[builtins.str] | None = None) -> list["Table"]:
         """The array of tables ``[[key]]``, each named by its position (``file [[space.override]] #2``)."""
         value = self.data.get(key, [])
         parts = _toml_parts(self.where) or (self.where, "")

@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitune.errors import ConfigError
 
@@ -52,7 +53,7 @@ def _builtin() -> dict[str, type]:
     return _KINDS
 
 
-def cost_model_class(kind: str) -> type:
+def cost_model_class(kind: str) -> Any:
     kinds = _builtin()
     if kind not in kinds:
         raise ConfigError(f"unknown cost model {kind!r} (known: {', '.join(sorted(kinds))})")

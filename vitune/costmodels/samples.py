@@ -20,6 +20,8 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,16 +96,16 @@ class SampleStore:
 class CostContext:
     """One model on one target: builds structural candidates and measures them."""
 
-    profile: object
+    profile: Any  # a vitune.targets TargetProfile
     model: nn.Module
     example: torch.Tensor
-    space: object  # vitune.search.space.SearchSpace
+    space: Any  # vitune.search.space.SearchSpace
     tuning: str = "off"  # off | database | tune
-    calibration: object = None  # a Calibration (random images when the model has no data)
+    calibration: Any = None  # a Calibration (random images when the model has no data)
     kernels: KernelCache = field(default_factory=KernelCache)
     rounds: int = 3  # interleaved timing rounds when several candidates are measured together
     batch: int = 8  # configurations built, then timed together, when samples are collected
-    _tuner: object = None
+    _tuner: Any = None
 
     @property
     def key(self) -> str:
@@ -126,7 +128,7 @@ class CostContext:
             self._tuner = Tuner(self.profile, self.tuning)
         return self._tuner
 
-    def random_configs(self, n: int, seed: int, exclude: set[str] = frozenset()):
+    def random_configs(self, n: int, seed: int, exclude: Collection[str] = frozenset()):
         """``n`` distinct configurations drawn uniformly from the space (keys in ``exclude`` skipped)."""
         rng = random.Random(seed)
         out, seen = [], set(exclude)

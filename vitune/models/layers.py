@@ -68,7 +68,7 @@ class ModelLayout:
         return len(self.heads)
 
     def unit_names(self) -> list[str]:
-        return [u.name for u in (*self.linears, *self.heads, *self.mlps)]
+        return [*(u.name for u in self.linears), *(u.name for u in self.heads), *(u.name for u in self.mlps)]
 
     def linear(self, name: str) -> LinearUnit:
         for unit in self.linears:

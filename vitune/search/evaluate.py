@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from vitune.compression.config import CompressionConfig
 from vitune.errors import VituneError, short_reason
@@ -46,8 +47,8 @@ class MoreTarget:
     """One more target of a multi-target study: its latency is read after the primary's."""
 
     name: str
-    source: object  # a vitune.costmodels LatencySource for this target
-    cache: object = None  # a ResultCache keyed by this target (measured latency), or None
+    source: Any  # a vitune.costmodels LatencySource for this target
+    cache: Any = None  # a ResultCache keyed by this target (measured latency), or None
     local: bool = False  # measured on this machine: timing takes the host lock exclusively
 
 
@@ -73,7 +74,7 @@ class Evaluator:
         self.host_lock = host_lock  # a vitune.search.coordination.HostLock when timing runs on this machine
         self.example = workspace.example_input(1)
         self._calibrations: dict = {}
-        self._reference = None
+        self._reference: Any = None  # the uncompressed model's predictions on calib
 
     def calibration(self, images: int):
         """The calibration batch (calib split), built once per size and reused by every trial."""

@@ -113,7 +113,7 @@ def metrics_of(trial) -> Metrics:
     figures, accuracy and latency from the trial's objective values."""
     attrs = trial.user_attrs
     metrics = Metrics.from_dict(attrs.get(METRICS_ATTR) or attrs.get(PARTIAL_ATTR))
-    values = trial.values or ()
+    values = list(trial.values or [])
     if metrics.accuracy is None and values:
         metrics = metrics.with_(accuracy=float(values[0]))
     if metrics.latency_ms is None and len(values) > 1:

@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,15 +29,15 @@ ARTIFACT_META = "artifact.json"
 class CompiledModel:
     """A built TVM executable with its weights, ready for a runner."""
 
-    executable: object  # tvm.relax.VMExecutable (what export_library writes)
+    executable: Any  # tvm.relax.VMExecutable (what export_library writes)
     params: list[np.ndarray]
     input_shape: tuple[int, ...]
     input_dtype: str
     target: dict
     timings: dict[str, float] = field(default_factory=dict)  # export_s, build_s, codegen_s
-    module: object = None  # the linked runtime module, for targets this process can run
-    prepared: object = None  # what the runner's prepare() left (a VM, an RPC session...)
-    tuning: object = None  # the TuneReport of the build (None: untuned)
+    module: Any = None  # the linked runtime module, for targets this process can run
+    prepared: Any = None  # what the runner's prepare() left (a VM, an RPC session...)
+    tuning: Any = None  # the TuneReport of the build (None: untuned)
 
     def runtime_module(self):
         """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""

@@ -12,6 +12,7 @@ session is reopened for the next candidate.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
@@ -30,7 +31,7 @@ class RemoteRunner(PyRunner):
         self.number, self.repeat, self.min_repeat_ms = number, repeat, min_repeat_ms
         self.measured = 0
         self.failures: dict[str, int] = {}  # error line → candidates that failed with it
-        self._session = None
+        self._session: Any = None  # a tvm.rpc session, opened on first use
 
     def _time(self, item) -> list[float]:
         from tvm.s_tir.meta_schedule.runner.rpc_runner import default_alloc_argument
