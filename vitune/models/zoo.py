@@ -57,6 +57,9 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+RANDOM_INIT_SEED = 0  # a timm model without pretrained weights or a checkpoint is initialised from this seed
+
+
 def _timm_model(spec):
     import timm
 
@@ -68,7 +71,12 @@ def _timm_model(spec):
             kwargs["img_size"] = spec.img_size
         if spec.checkpoint:
             kwargs["checkpoint_path"] = spec.checkpoint
-        model = timm.create_model(spec.name, **kwargs)
+        if spec.pretrained or spec.checkpoint:
+            model = timm.create_model(spec.name, **kwargs)
+        else:  # random init: the same weights in every process, so a study resumes and its exports apply
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                model = timm.create_model(spec.name, **kwargs)
     except (RuntimeError, TypeError) as err:
         if "Unknown model" in str(err):
             raise ConfigError(f"unknown timm model {spec.name!r} (see timm.list_models('*vit*'))") from None
