@@ -70,3 +70,18 @@ def test_no_module_reads_trial_figures_by_key():
                 if isinstance(node.slice, ast.Constant) and node.slice.value in (METRICS_ATTR, PARTIAL_ATTR):
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_time_split_adds_up_to_the_wall_time():
+    import re
+
+    from vitune.search.records import time_split
+
+    rows = [{"suggest_s": 0.1, "wait_s": 0.0, "front_s": 0.2, "compress_s": 1.0, "latency_s": 2.0, "build_s": 1.5, "accuracy_s": 0.5, "trial_s": 4.0},
+            {"suggest_s": 0.1, "compress_s": 2.0, "latency_s": 2.0, "latency_s@arm-a72": 1.0, "accuracy_s": 0.7, "trial_s": 6.0}]
+    line = time_split(rows, wall_s=12.0)
+    parts = dict((label.strip(), float(v)) for label, v in re.findall(r"([a-z ]+) (-?\d+\.\d\d)(?=,| =)", line.split(": ", 1)[1]))
+    assert parts["latency"] == 2.5  # the other target's latency counts with the primary's; build_s is inside it
+    assert sum(parts.values()) == pytest.approx(5.0, abs=0.02)
+    assert "= 5.00 in the trial" in line and "+ 1.00 between trials" in line and "= 6.00 of wall time" in line
+    assert time_split([]) == "no trial timed"

@@ -15,6 +15,7 @@ on each trial whose latency is known.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 from vitune.errors import ConfigError
@@ -105,19 +106,37 @@ class Objective:
 
     def __call__(self, trial):
         beat = Heartbeat(self.study, trial._trial_id)
+        start = time.perf_counter()
+        own: dict[str, float] = {}  # the objective's own stages, beside the evaluator's (see records.time_split)
+
+        def lap(stage: str, t0: float) -> float:
+            now = time.perf_counter()
+            own[stage] = now - t0
+            return now
+
         try:
+            t = time.perf_counter()
             config = self.space.suggest(trial)
             trial.set_user_attr("config", config.to_json())
             trial.set_user_attr("summary", config.summary())
             trial.set_user_attr("config_key", config.key)  # last: announces the choice (see wait_for_turn)
+            t = lap("suggest_s", t)
             previous = wait_for_turn(self.study, trial.number, config.key, self.log)
+            t = lap("wait_s", t)
             if previous is not None:
                 trial.set_user_attr("cached_from", previous.number)
+                trial.set_user_attr("timings", {**_rounded(own), "trial_s": round(time.perf_counter() - start, 4)})
                 state, attrs = previous.state.name, previous.user_attrs
                 return self._finish(trial, Metrics.from_dict(attrs[METRICS_ATTR]) if state == "COMPLETE" else None,
                                     attrs["error"] if state == "FAIL" else None, attrs["pruned"] if state == "PRUNED" else None)
-            result = self.evaluator.evaluate(config, self._front_points())
-            trial.set_user_attr("timings", {k: round(v, 4) for k, v in result.timings.items()})
+            front = self._front_points()
+            t = lap("front_s", t)
+            result = self.evaluator.evaluate(config, front)
+            trial.set_user_attr("timings", {**_rounded(result.timings), **_rounded(own), "trial_s": round(time.perf_counter() - start, 4)})
             return self._finish(trial, result.metrics, result.error, result.pruned)
         finally:
             beat.stop()
+
+
+def _rounded(timings: dict) -> dict:
+    return {k: round(v, 4) for k, v in timings.items()}

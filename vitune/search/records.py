@@ -136,4 +136,49 @@ def latencies_of(trial) -> tuple[float, ...]:
     return metrics_of(trial).latencies or (latency_of(trial),)
 
 
-__all__ = ["METRICS_ATTR", "PARTIAL_ATTR", "Metrics", "accuracy_of", "has_metrics", "latencies_of", "latency_of", "metrics_of"]
+# A trial's time split (``user_attrs["timings"]``, seconds): the stages :func:`time_split` shows,
+# each of which is the sum of the finer ones beside it (export_s, build_s, tune_s, codegen_s, run_s
+# are inside latency_s)
+TIME_STAGES = (
+    ("suggest_s", "sample"),  # the sampler's choices, recorded on the trial
+    ("wait_s", "wait"),  # for another worker evaluating the same configuration
+    ("front_s", "front"),  # reading the completed trials that early stopping must beat
+    ("compress_s", "compress"),
+    ("fidelity_s", "fidelity"),
+    ("latency_s", "latency"),  # export, build (with tuning), code generation and timing runs, on the primary target
+    ("accuracy_s", "accuracy"),
+    ("lock_wait_s", "lock wait"),  # for the host lock (another worker timing on this machine)
+)
+
+
+def time_split(timings: list[dict], wall_s: float | None = None) -> str:
+    """One line: the mean seconds per trial of each stage over the trials' ``timings``, what is
+    left of a trial's own time (``trial_s``) as "other", and, given the run's ``wall_s``, what the
+    trials leave of it (the sampler's relative step and storage between trials). Means, so the
+    parts add up to the trial's time and to the wall time per trial; the median trial beside."""
+    import statistics
+
+    rows = [t for t in timings if t.get("trial_s")]
+    if not rows:
+        return "no trial timed"
+
+    def mean(values) -> float:
+        return sum(values) / len(rows)
+
+    parts = []
+    for key, label in TIME_STAGES:
+        value = mean(t.get(key, 0.0) + sum(v for k, v in t.items() if k.startswith(f"{key}@")) for t in rows)
+        if value:
+            parts.append(f"{label} {value:.2f}")
+    named = [sum(t.get(k, 0.0) for k, _ in TIME_STAGES) + sum(v for k, v in t.items() if "_s@" in k) for t in rows]
+    trial = mean(t["trial_s"] for t in rows)
+    parts.append(f"other {trial - mean(named):.2f}")
+    line = (f"seconds per trial (mean of {len(rows)}): " + ", ".join(parts) + f" = {trial:.2f} in the trial "
+            f"(median {statistics.median(t['trial_s'] for t in rows):.2f})")
+    if wall_s is not None:
+        per = wall_s / len(rows)
+        line += f" + {per - trial:.2f} between trials (sampler, storage) = {per:.2f} of wall time"
+    return line
+
+
+__all__ = ["METRICS_ATTR", "PARTIAL_ATTR", "TIME_STAGES", "Metrics", "time_split", "accuracy_of", "has_metrics", "latencies_of", "latency_of", "metrics_of"]

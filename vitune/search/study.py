@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from vitune.compression.config import CompressionConfig
 from vitune.errors import ConfigError, message_line
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
-from vitune.search.records import accuracy_of, latency_of
+from vitune.search.records import accuracy_of, latency_of, time_split
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
 
 OBJECTIVES = ("accuracy", "latency_ms")
@@ -311,6 +311,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         on_ready()
     objective = Objective(space, evaluator, study, spec.search.mode, tuple(t.budget_ms or None for t in spec.targets), log=log)
     mine: dict[str, int] = {}  # this process's trials by state (other workers' are not counted)
+    timed: list[dict] = []  # this process's trials' time splits
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)
     say = bar.write if not bar.disable else log
 
@@ -325,6 +326,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
         def on_trial(study_, trial):
             bar.update(1)
+            timed.append(trial.user_attrs.get("timings", {}))
             mine[trial.state.name.lower()] = mine.get(trial.state.name.lower(), 0) + 1
             now = count_states(study_)
             every = spec.target.remeasure_every
@@ -351,6 +353,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         logging.getLogger("optuna").setLevel(logging.ERROR)
         try:
             study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
+            if timed:
+                log(time_split(timed, time.perf_counter() - t0))
             if predicted and not stop.requested:
                 recheck(final=True)
         finally:
