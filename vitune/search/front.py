@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 from vitune.compression.config import CompressionConfig
-from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of
+from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of, time_split
 
 __all__ = ["accuracy_of", "latencies_of", "latency_of"]  # re-exported: the front's readers use them from here
 
@@ -187,4 +187,6 @@ def status_text(spec) -> str:
     failures = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"][-3:]
     tail = "".join(f"\n  failed trial {t.number}: {t.user_attrs.get('error', '?')}" for t in failures)
     title = "best within the budget" if budgets_ms(study) else "Pareto front (validated accuracy vs latency)"
-    return f"{head}{tail}\n{title}:\n{format_front(study)}"
+    timed = [t.user_attrs.get("timings", {}) for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    split = time_split(timed)
+    return f"{head}{tail}\n{title}:\n{format_front(study)}" + (f"\n{split}" if split != "no trial timed" else "")
