@@ -110,6 +110,29 @@ def export_onnx(model, example, path: Path) -> Path:
     return Path(path)
 
 
+_ONNX_FILES: dict[tuple, Path] = {}  # (weights hash, class, input shape) → exported file, for this process's life
+_ONNX_DIR: list[Path] = []
+
+
+def onnx_file(model, example) -> Path:
+    """The model exported to ONNX once per process (every ONNX-based peer of a baseline reads the
+    same file), keyed by its weights, class and input shape."""
+    import atexit
+    import shutil
+
+    from vitune.models.zoo import state_dict_sha256
+
+    key = (state_dict_sha256(model), type(model).__qualname__, tuple(example.shape))
+    path = _ONNX_FILES.get(key)
+    if path is None or not path.is_file():
+        if not _ONNX_DIR:
+            _ONNX_DIR.append(Path(tempfile.mkdtemp(prefix="vitune-peer-")))
+            atexit.register(shutil.rmtree, _ONNX_DIR[0], True)
+        path = export_onnx(model, example, _ONNX_DIR[0] / f"model-{len(_ONNX_FILES)}.onnx")
+        _ONNX_FILES[key] = path
+    return path
+
+
 def _ort_session(path: Path, threads: int) -> PeerSession:
     import onnxruntime as ort
 
@@ -137,8 +160,7 @@ class OnnxRuntime(PeerRuntime):
     packages, install = ("onnxruntime", "onnx"), "installed with vitune: pip install onnxruntime onnx"
 
     def load(self, model, example, threads, calibration=None):
-        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
-            return _ort_session(export_onnx(model, example, Path(tmp) / "model.onnx"), threads)
+        return _ort_session(onnx_file(model, example), threads)
 
 
 @register_peer
@@ -152,7 +174,7 @@ class OnnxRuntimeInt8(PeerRuntime):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
-            fp32 = export_onnx(model, example, Path(tmp) / "model.onnx")
+            fp32 = onnx_file(model, example)
             int8 = Path(tmp) / "model-int8.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -168,9 +190,7 @@ class OpenVino(PeerRuntime):
     def load(self, model, example, threads, calibration=None):
         import openvino as ov
 
-        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
-            ov_model = ov.Core().read_model(str(export_onnx(model, example, Path(tmp) / "model.onnx")))
-            return _ov_session(ov_model, threads)
+        return _ov_session(ov.Core().read_model(str(onnx_file(model, example))), threads)
 
 
 @register_peer
@@ -186,11 +206,10 @@ class OpenVinoNncfInt8(PeerRuntime):
 
         if not calibration:
             raise ValueError(f"{self.label} needs calibration inputs")
-        with tempfile.TemporaryDirectory(prefix="vitune-peer-") as tmp:
-            ov_model = ov.Core().read_model(str(export_onnx(model, example, Path(tmp) / "model.onnx")))
-            data = nncf.Dataset([np.ascontiguousarray(c, dtype=np.float32) for c in calibration])
-            quantized = nncf.quantize(ov_model, data, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
-            return _ov_session(quantized, threads)
+        ov_model = ov.Core().read_model(str(onnx_file(model, example)))
+        data = nncf.Dataset([np.ascontiguousarray(c, dtype=np.float32) for c in calibration])
+        quantized = nncf.quantize(ov_model, data, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
+        return _ov_session(quantized, threads)
 
 
 def _torch_session(module, threads: int) -> PeerSession:
