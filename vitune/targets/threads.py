@@ -7,6 +7,17 @@ import logging
 import os
 
 _SHORT: set[int] = set()  # thread counts use_threads has already warned about
+# The process's CPU set when vitune loaded (taskset or a container may have narrowed it).
+_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+def _unpin_caller() -> None:
+    """Give the calling thread the process's CPU set back. TVM pins the thread that sizes its pool
+    (it works as the pool's thread 0; with a pool of one thread it is pinned to one core), and
+    every process started from it afterwards — the tuning worker, MetaSchedule's builders, a
+    peer runtime's threads — would inherit that one core."""
+    if _CPUS and os.sched_getaffinity(0) != _CPUS:
+        os.sched_setaffinity(0, _CPUS)
 
 
 def use_threads(threads: int, dev=None) -> int:
@@ -15,11 +26,12 @@ def use_threads(threads: int, dev=None) -> int:
     With ``dev``, only when it is the CPU (a GPU's kernels do not use the pool)."""
     import tvm
 
-    in_use = tvm.get_global_func("runtime.NumThreads")
+    in_use = tvm.get_global_func("runtime.NumThreads")  # (creating the pool, on first use)
     if dev is not None and dev.dlpack_device_type() != 1:  # 1: kDLCPU
         return int(in_use())
     if in_use() != threads:
         tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: all cores, pinned
+    _unpin_caller()
     got = int(in_use())
     if got < threads and threads not in _SHORT:
         _SHORT.add(threads)
