@@ -190,5 +190,7 @@ def test_a_duplicate_configuration_is_served_from_the_study(tmp_path, fast_targe
     run_study(spec, n_trials=2, progress=False, log=lambda *_: None)
     a, b = open_study(spec, create=False).trials[:2]
     assert a.user_attrs["config_key"] == b.user_attrs["config_key"]
-    assert b.user_attrs["cached_from"] == a.number and "timings" not in b.user_attrs
+    assert b.user_attrs["cached_from"] == a.number
+    assert not {"compress_s", "latency_s", "accuracy_s"} & set(b.user_attrs["timings"])  # not evaluated again
+    assert b.user_attrs["timings"]["trial_s"] < a.user_attrs["timings"]["trial_s"]  # its own time is still on record
     assert b.values == a.values
