@@ -45,7 +45,7 @@ def digits():
 
 @pytest.fixture(scope="session")
 def default_workspace():
-    """The real embedded default model, trained once per session (about a minute on 2 cores)."""
+    """The real embedded default model (its shipped weights; trained once per session if they do not fit)."""
     from vitune.models.zoo import load_workspace
     from vitune.search.studyfile import DataSpec, ModelSpec
 
