@@ -197,6 +197,8 @@ def test_status_prints_counts_and_front(ran, capsys):
 
 def test_failed_candidate_is_recorded_and_study_goes_on(tmp_path, fast_target_file, default_workspace):
     spec = write_study(tmp_path, fast_target_file, name="flaky", n=6, latency="test-fails-on-fp16")
+    spec.path.write_text(spec.path.read_text() + "[search]\nwarm_start = false\n")  # no sweep: failures are the subject
+    spec = load_study_file(spec.path)
     summary = run_study(spec, progress=False, log=lambda *_: None)
     study = open_study(spec, create=False)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
