@@ -17,6 +17,29 @@ def test_local_measurement_is_a_record(tiny_vit, fast_target):
     assert {"export_s", "build_s", "run_s"} <= set(m.timings)
 
 
+def test_a_measurement_builds_beside_other_work_and_times_alone(tiny_vit, fast_target):
+    """Under host_hold, CPU work (export, build, code generation) holds the lock shared, so other
+    workers on this machine build at the same time; only the timing runs hold it exclusively."""
+    from contextlib import contextmanager
+
+    from vitune.targets.measure import host_hold
+
+    held = []
+
+    @contextmanager
+    def hold(exclusive: bool):
+        held.append("exclusive" if exclusive else "shared")
+        yield
+
+    with host_hold(hold):
+        m = measure(tiny_vit, torch.randn(1, 1, 8, 8), fast_target)
+    assert m.ok, m.error
+    assert held == ["shared", "shared", "exclusive"]  # build, code generation, timing
+    held.clear()
+    measure(tiny_vit, torch.randn(1, 1, 8, 8), fast_target)
+    assert held == []  # outside host_hold: no lock (apply, the benches)
+
+
 def test_tvm_build_computes_what_torch_computes(tiny_vit, tiny_calib, fast_target, tmp_path):
     layout = discover(tiny_vit)
     cfg = CompressionConfig.make(

@@ -19,7 +19,9 @@ Contract of a :class:`LatencySource` (every built-in and plug-in source subclass
   its :class:`~vitune.targets.compile.CompiledModel` to ``compiled_out`` when given. It **never
   raises**: failures come back as ``Measurement.error``. It is called from one thread; several
   processes (workers) may each hold a source for the same target, so state kept in files (a
-  fitted model, a lookup table) must be written atomically.
+  fitted model, a lookup table) must be written atomically. The search calls it inside
+  :func:`vitune.targets.measure.host_hold`: a source that builds and times through
+  :mod:`vitune.targets.measure` builds beside other workers' CPU work and times alone.
 """
 
 from __future__ import annotations

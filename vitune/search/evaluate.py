@@ -28,6 +28,7 @@ from vitune.compression.config import CompressionConfig
 from vitune.errors import VituneError, short_reason
 from vitune.search.front import dominated
 from vitune.search.records import Metrics
+from vitune.targets.measure import host_hold
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Evaluator:
         if cached:
             result.metrics = result.metrics.merged(cached)
             return True
-        with self._lock(True, result):
+        with host_hold(lambda exclusive: self._lock(exclusive, result)):  # build shared, time alone
             t0 = time.perf_counter()
             m = self.latency_source.latency(model, config, self.example)
             result.timings.update(m.timings, latency_s=time.perf_counter() - t0)
@@ -187,7 +188,7 @@ class Evaluator:
                 except Exception as err:
                     result.error = f"compress failed: {short_reason(err)}"
                     return False
-            with self._lock(target.local, result):
+            with host_hold(lambda exclusive: self._lock(exclusive and target.local, result)):  # a remote device times alone there
                 t0 = time.perf_counter()
                 m = target.source.latency(model, config, self.example)
                 result.timings[f"latency_s@{target.name}"] = time.perf_counter() - t0

@@ -10,6 +10,7 @@ the current trial (twice: at once), and the study keeps everything finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -273,20 +274,23 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     for _, src, t in every:
         src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
 
-    if "baseline" not in study.user_attrs:  # the speed-up reference, timed once per study
-        study.set_user_attr("baseline", time_baselines(workspace, [(p, t) for p, _, t in every], log))
-
     def cache(p, t):
         return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning) if t.latency == "measured" else None)
 
     def local(p, t) -> bool:
         return t.latency == "measured" and p.runner == "local"
 
+    host_lock = HostLock() if any(local(p, t) for p, _, t in every) else None
+    if "baseline" not in study.user_attrs:  # the speed-up reference, timed once per study
+        with host_lock.exclusive() if host_lock is not None else contextlib.nullcontext():  # alone on this machine
+            if "baseline" not in study.user_attrs:  # another worker may have timed it meanwhile
+                study.set_user_attr("baseline", time_baselines(workspace, [(p, t) for p, _, t in every], log))
+
     evaluator = Evaluator(
         workspace, profile, source,
         early=EarlyStop(spec.search.min_fidelity, spec.search.fidelity_images, spec.search.accuracy_shards),
         cache=cache(profile, spec.target),
-        host_lock=HostLock() if any(local(p, t) for p, _, t in every) else None,
+        host_lock=host_lock,
         more=tuple(MoreTarget(p.name, src, cache(p, t), local(p, t)) for p, src, t in every[1:]),
     )
     counts = count_states(study)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -38,6 +41,30 @@ class Measurement:
         return data
 
 
+# How measurements in this context share the machine with other processes: hold(False) around CPU
+# work (export, build, code generation: other processes may do CPU work too, none may time),
+# hold(True) around timing runs (nothing else runs). None: no other process to share with.
+_HOLD: ContextVar[Callable[[bool], AbstractContextManager] | None] = ContextVar("vitune_host_hold", default=None)
+
+
+@contextmanager
+def host_hold(hold: Callable[[bool], AbstractContextManager] | None):
+    """Within this block, :func:`measure` and :func:`time_compiled` build under ``hold(False)``
+    and time under ``hold(True)`` (e.g. a :class:`~vitune.search.coordination.HostLock`'s shared
+    and exclusive locks); tuning, which times candidates as it goes, holds ``hold(True)``
+    throughout. So parallel workers on one machine compile side by side and time alone."""
+    token = _HOLD.set(hold)
+    try:
+        yield
+    finally:
+        _HOLD.reset(token)
+
+
+def _held(exclusive: bool) -> AbstractContextManager:
+    hold = _HOLD.get()
+    return hold(exclusive) if hold is not None else nullcontext()
+
+
 def _iqr(samples: list[float]) -> float:
     if len(samples) < 2:
         return 0.0
@@ -50,7 +77,8 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
 
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
     """
-    compiled, failed = _compile(model, example, profile, tuner)
+    with _held(tuner is not None and tuner.mode == "tune"):  # tuning times candidates: nothing else may run
+        compiled, failed = _compile(model, example, profile, tuner)
     if failed is not None:
         return failed
     if compiled_out is not None:
@@ -78,7 +106,8 @@ def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list
     is taken across a window of ``rounds`` x (models x one timing). Use it where several
     latencies are compared with each other (cost-model samples, block tables).
     """
-    pairs = [_compile(model, example, profile, tuner) for model, example in zip(models, examples)]
+    with _held(tuner is not None and tuner.mode == "tune"):
+        pairs = [_compile(model, example, profile, tuner) for model, example in zip(models, examples)]
     built = [compiled for compiled, _ in pairs]
     out: list[Measurement | None] = [failed for _, failed in pairs]
     samples: list[list[float]] = [[] for _ in models]
@@ -112,12 +141,14 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
     try:
         runner = runner_for(profile)
         t0 = time.perf_counter()
-        runner.prepare(compiled)  # local: LLVM codegen; rpc: link, upload (compile cost, not timing)
+        with _held(False):
+            runner.prepare(compiled)  # local: LLVM codegen; rpc: link, upload (compile cost, not timing)
         timings["codegen_s"] = time.perf_counter() - t0
         stage = "run"
-        t0 = time.perf_counter()
-        samples = runner.time(compiled, example.numpy(), profile.protocol)
-        timings["run_s"] = time.perf_counter() - t0
+        with _held(True):
+            t0 = time.perf_counter()
+            samples = runner.time(compiled, example.numpy(), profile.protocol)
+            timings["run_s"] = time.perf_counter() - t0
         if compiled.tuning is not None:
             timings.update(tuned_workloads=compiled.tuning.from_database + compiled.tuning.tuned, untuned_workloads=compiled.tuning.untuned)
         return Measurement(
