@@ -99,9 +99,9 @@ class CompressionMethods:
         """Read a ``[compression]`` table (or a configuration's ``methods`` object), naming ``where``
         and the key in errors; every check of :meth:`validate` is made with that location."""
         table = Table(data, where, tuple(f.name for f in fields(cls)))
-        values = {}
+        values, defaults = {}, cls()
         for key, value in table.data.items():
-            want = type(getattr(cls(), key))
+            want = type(getattr(defaults, key))
             if want is float and is_number(value):
                 value = float(value)
             if not isinstance(value, want) or isinstance(value, bool):

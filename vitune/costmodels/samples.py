@@ -18,9 +18,9 @@ import dataclasses
 import json
 import os
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any
 
 import torch

@@ -150,29 +150,33 @@ def shipped_weights(recipe: DigitsRecipe, num_classes: int = 10):
 def load_or_train_default(splits: DataSplits, recipe: DigitsRecipe = DigitsRecipe(), progress: bool = True):
     """Return ``(model, info)``: the cached checkpoint when present, else a freshly trained one."""
     path = checkpoint_path(recipe)
-    model = build_digits_vit(recipe, splits.num_classes)
     info: dict = {"recipe": dataclasses.asdict(recipe), "checkpoint": str(path)}
-    shipped, found = (None, "") if path.exists() else shipped_weights(recipe, splits.num_classes)
     if path.exists():
+        model = build_digits_vit(recipe, splits.num_classes)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["state_dict"])
         info.update(blob.get("meta", {}), cached=True)
-    elif shipped is not None:
-        model = shipped
+        return model.eval(), info
+    shipped, found = shipped_weights(recipe, splits.num_classes)
+    if shipped is not None:
         info.update(found, checkpoint=found["shipped"], cached=True)  # found: the shipped checkpoint's meta
-    else:
-        if progress:
-            print(f"training the default model ({found})")  # found: why the shipped weights do not serve
-        t0 = time.perf_counter()
-        model = train_digits_vit(splits, recipe, progress)
-        meta = {"train_seconds": round(time.perf_counter() - t0, 2), "val_accuracy": accuracy(model, splits.val)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-        tmp.replace(path)  # atomic: a concurrent worker never reads a half-written file
-        info.update(meta, cached=False)
-    model.eval()
+        return shipped, info
+    if progress:
+        print(f"training the default model ({found})")  # found: why the shipped weights do not serve
+    model, meta = _trained(splits, recipe, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    tmp.replace(path)  # atomic: a concurrent worker never reads a half-written file
+    info.update(meta, cached=False)
     return model, info
+
+
+def _trained(splits: DataSplits, recipe: DigitsRecipe, progress: bool):
+    """``(model, meta)``: trained from scratch, with its training time and validation accuracy."""
+    t0 = time.perf_counter()
+    model = train_digits_vit(splits, recipe, progress)
+    return model, {"train_seconds": round(time.perf_counter() - t0, 2), "val_accuracy": accuracy(model, splits.val)}
 
 
 def main() -> None:
@@ -187,10 +191,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the checkpoint here (e.g. vitune/models/weights/digits-vit-<key>.pt)")
     args = parser.parse_args()
     recipe = DigitsRecipe()
-    splits = load_digits_splits()
-    t0 = time.perf_counter()
-    model = train_digits_vit(splits, recipe)
-    meta = {"train_seconds": round(time.perf_counter() - t0, 2), "val_accuracy": accuracy(model, splits.val)}
+    model, meta = _trained(load_digits_splits(), recipe, progress=True)
     print(f"recipe {recipe.key}: weights {state_dict_sha256(model)[:16]}, validation accuracy {meta['val_accuracy']:.4f}, {meta['train_seconds']} s")
     if args.out:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, args.out)

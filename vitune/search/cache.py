@@ -24,7 +24,6 @@ from vitune.jsontable import JsonTable
 from vitune.search.records import Metrics
 
 
-
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -24,7 +24,10 @@ peer class). Registering a name twice is an error.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
+import shutil
 import tempfile
 import time
 import warnings
@@ -111,24 +114,25 @@ def export_onnx(model, example, path: Path) -> Path:
 
 
 _ONNX_FILES: dict[tuple, Path] = {}  # (weights hash, class, input shape) → exported file, for this process's life
-_ONNX_DIR: list[Path] = []
+
+
+@functools.cache
+def _onnx_dir() -> Path:
+    """A scratch folder for this process's ONNX exports, removed when it exits."""
+    path = Path(tempfile.mkdtemp(prefix="vitune-peer-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def onnx_file(model, example) -> Path:
     """The model exported to ONNX once per process (every ONNX-based peer of a baseline reads the
     same file), keyed by its weights, class and input shape."""
-    import atexit
-    import shutil
-
     from vitune.models.zoo import state_dict_sha256
 
     key = (state_dict_sha256(model), type(model).__qualname__, tuple(example.shape))
     path = _ONNX_FILES.get(key)
     if path is None or not path.is_file():
-        if not _ONNX_DIR:
-            _ONNX_DIR.append(Path(tempfile.mkdtemp(prefix="vitune-peer-")))
-            atexit.register(shutil.rmtree, _ONNX_DIR[0], True)
-        path = export_onnx(model, example, _ONNX_DIR[0] / f"model-{len(_ONNX_FILES)}.onnx")
+        path = export_onnx(model, example, _onnx_dir() / f"model-{len(_ONNX_FILES)}.onnx")
         _ONNX_FILES[key] = path
     return path
 
