@@ -58,7 +58,8 @@ class ResultCache:
         try:
             accuracy = Metrics(accuracy=float(acc["accuracy"]), params=int(acc["params"]), size_bytes=int(acc["size_bytes"])) if acc else None
             latency = Metrics(latency_ms=float(lat["latency_ms"]), latency_spread_ms=float(lat["spread_ms"]),
-                              latency_samples_ms=tuple(float(v) for v in lat["samples_ms"]), latency_source="measured") if lat else None
+                              latency_samples_ms=tuple(float(v) for v in lat["samples_ms"]), latency_source="measured",
+                              peak_memory_bytes=int(lat["peak_memory_bytes"]) if lat.get("peak_memory_bytes") is not None else None) if lat else None
         except (KeyError, TypeError, ValueError):  # an entry this version cannot read is recomputed
             return None, None
         return accuracy, latency
@@ -72,5 +73,6 @@ class ResultCache:
             return
         self.table.put(f"lat:{self.target}:{config_key}", {
             "latency_ms": measurement.latency_ms, "spread_ms": measurement.spread_ms, "samples_ms": list(measurement.samples_ms),
+            "peak_memory_bytes": measurement.peak_memory_bytes,
         })
         self.table.save()

@@ -29,6 +29,7 @@ from vitune.errors import VituneError, short_reason
 from vitune.search.front import dominated
 from vitune.search.records import Metrics
 from vitune.targets.measure import host_hold
+from vitune.targets.memory import over_limit
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Evaluator:
     def _latency(self, model, config, cached, result: CandidateResult) -> bool:
         if cached:
             result.metrics = result.metrics.merged(cached)
-            return True
+            return self._fits(cached.peak_memory_bytes, self.profile, result)
         with host_hold(lambda exclusive: self._lock(exclusive, result)):  # build shared, time alone
             t0 = time.perf_counter()
             m = self.latency_source.latency(model, config, self.example)
@@ -168,8 +169,17 @@ class Evaluator:
         if self.cache and m.source == "measured":
             self.cache.put_latency(config.key, m)
         result.metrics = result.metrics.with_(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms,
-                                              latency_samples_ms=tuple(m.samples_ms), latency_source=m.source)
-        return True
+                                              latency_samples_ms=tuple(m.samples_ms), latency_source=m.source,
+                                              peak_memory_bytes=m.peak_memory_bytes)
+        return self._fits(m.peak_memory_bytes, self.profile, result)
+
+    @staticmethod
+    def _fits(peak_bytes, profile, result: CandidateResult) -> bool:
+        """A build that needs more memory than the target has fails, with the reason."""
+        why = over_limit(peak_bytes, profile)
+        if why:
+            result.error = why
+        return why is None
 
     def _more_latencies(self, model, config, result: CandidateResult) -> bool:
         """Latency on every other target (``latencies_ms``: target → ms, the primary first)."""
@@ -179,6 +189,8 @@ class Evaluator:
         for target in self.more:
             cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.measures else None
             if cached:
+                if not self._fits(cached.peak_memory_bytes, target.source.profile, result):
+                    return False
                 latencies[target.name] = cached.latency_ms
                 continue
             if model is None:  # every result so far came from the cache
@@ -197,6 +209,8 @@ class Evaluator:
                 return False
             if target.cache is not None and m.source == "measured":
                 target.cache.put_latency(config.key, m)
+            if not self._fits(m.peak_memory_bytes, target.source.profile, result):
+                return False
             latencies[target.name] = m.latency_ms
         result.metrics = result.metrics.with_(latencies_ms=tuple(latencies.items()))
         return True

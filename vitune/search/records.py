@@ -29,7 +29,8 @@ class Metrics:
     latency_spread_ms: float | None = None
     latency_samples_ms: tuple[float, ...] = ()
     params: int | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = None  # what the model ships: every stored tensor at its stored dtype
+    peak_memory_bytes: int | None = None  # the primary target's build: weights + planned storages + input, one batch-1 run
     fidelity: float | None = None  # top-1 agreement with the uncompressed model on calibration images
     partial_accuracy: float | None = None  # a candidate stopped while its accuracy was read in shards:
     accuracy_seen: int | None = None  # ... the images read so far
@@ -91,7 +92,7 @@ class Metrics:
                 value = tuple((str(k), float(v)) for k, v in dict(value).items())
             elif f.name == "latency_samples_ms":
                 value = tuple(float(v) for v in value)
-            elif f.name in ("params", "size_bytes", "accuracy_seen"):
+            elif f.name in ("params", "size_bytes", "peak_memory_bytes", "accuracy_seen"):
                 value = int(value)
             elif f.name in ("latency_source",):
                 value = str(value)

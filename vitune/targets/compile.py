@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitune.targets.memory import MemoryPlan
 from vitune.targets.native import captured_native_stderr
 
 ARTIFACT_LIB = "model.so"
@@ -38,6 +39,7 @@ class CompiledModel:
     module: Any = None  # the linked runtime module, for targets this process can run
     prepared: Any = None  # what the runner's prepare() left (a VM, an RPC session...)
     tuning: Any = None  # the TuneReport of the build (None: untuned)
+    memory: Any = None  # its vitune.targets.memory.MemoryPlan (None: not planned, e.g. loaded from disk)
 
     def runtime_module(self):
         """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""
@@ -112,7 +114,8 @@ def filtered_native_stderr():
 
 
 def build(mod, profile, tuner=None):
-    """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report)``.
+    """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
+    (planned storage bytes, storages))``.
 
     With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
     target's database (tuning unseen ones if the tuner's mode and budget allow).
@@ -120,6 +123,7 @@ def build(mod, profile, tuner=None):
     import tvm
 
     from vitune.targets.graph import optimize
+    from vitune.targets.memory import planned_storage
     from vitune.targets.schedule import schedule_data_movement
 
     target = profile.tvm()
@@ -129,7 +133,8 @@ def build(mod, profile, tuner=None):
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied
         mod = schedule_data_movement(mod, target)  # CPU: parallel, vectorised data movement
-        return tvm.compile(mod, target=target), report
+        storage = planned_storage(mod, target)
+        return tvm.compile(mod, target=target), report, storage
 
 
 def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None) -> CompiledModel:
@@ -139,7 +144,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable, report = build(mod, profile, tuner)
+    executable, report, (storage_bytes, storages) = build(mod, profile, tuner)
     t3 = time.perf_counter()
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
@@ -147,6 +152,8 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
         timings["build_s"] -= report.seconds
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
+    compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in params)), activations_bytes=storage_bytes,
+                                 io_bytes=int(example.numel() * example.element_size()), storages=storages)
     return compiled
 
 
@@ -195,6 +202,7 @@ def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, 
         "target_host": profile.tvm_host,
         "target_name": profile.name,
         "device": profile.device_kind,
+        "memory": compiled.memory.to_dict() if compiled.memory is not None else None,
     }
     (out_dir / ARTIFACT_META).write_text(json.dumps(meta, indent=2))
     return {"library": str(lib), "params": str(out_dir / ARTIFACT_PARAMS), "meta": str(out_dir / ARTIFACT_META)}
