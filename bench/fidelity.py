@@ -16,14 +16,15 @@ first), each compressed once:
 * **what ships**: the same configuration built with the tuned database (what ``vitune tune`` +
   ``vitune apply`` produce), every configuration's build timed in ``--rounds`` interleaved
   rounds at the end (a burst of load falls on all alike), the protocol's statistic over all
-  rounds' repeats.
+  rounds' repeats. The first half of the rounds against the second half is the noise floor:
+  how well the shipped latencies rank themselves (``shipped_first_vs_last_rounds``).
 
 Per proxy: Spearman's rho and Kendall's tau of its latencies against the shipped ones, MAPE
 (mean of |recorded - shipped| / shipped), and whether the proxy's fastest configuration is the
 shipped fastest. A scatter plot per proxy (``--plot``).
 
     python bench/fidelity.py [--study studies/quickstart.toml] [--configs 30] [--seed 0]
-                             [--proxies untuned,tuned] [--trials-per-task 64] [--budget-s 0] [--rounds 3]
+                             [--proxies untuned,tuned] [--trials-per-task 64] [--budget-s 0] [--rounds 4]
                              [--deit 8] [--fresh] [--json F] [--plot F.png]
 
 ``--deit N`` adds N configurations of a random-init ``deit_tiny_patch16_224`` at 224 px (the
@@ -161,18 +162,26 @@ def model_row(label: str, original, workspace, example, space, configs, profile,
                   f"[{tuner.report.line()}]", flush=True)
     finally:
         tuner.close()
-    samples: list[list[float]] = [[] for _ in builds]
+    by_round: list[list[list[float]]] = [[] for _ in builds]  # per build, per round: the repeats
     for _ in range(max(1, rounds)):  # the shipped builds, interleaved
         for i, shipped in enumerate(builds):
             if shipped is None or "shipped_timing" in rows[i]["errors"]:
                 continue
             m = time_compiled(shipped, example, profile)
             if m.ok:
-                samples[i].extend(m.samples_ms)
+                by_round[i].append(list(m.samples_ms))
             else:
                 rows[i]["errors"]["shipped_timing"] = m.error
-    for row, s in zip(rows, samples):
-        row["shipped_ms"] = profile.protocol.latency_ms(s) if s and "shipped_timing" not in row["errors"] else None
+
+    def statistic(rounds_: list[list[float]]) -> float | None:
+        flat = [v for r in rounds_ for v in r]
+        return profile.protocol.latency_ms(flat) if flat else None
+
+    half = max(1, rounds // 2)
+    for row, r in zip(rows, by_round):
+        ok = r and "shipped_timing" not in row["errors"]
+        row["shipped_ms"] = statistic(r) if ok else None
+        row["shipped_halves_ms"] = [statistic(r[:half]), statistic(r[half:])] if ok and len(r) > 1 else None
     shipped_ms = [r["shipped_ms"] for r in rows]
     out = {"model": label, "target": profile.name, "configs": len(configs), "rounds": rounds, "statistic": profile.protocol.statistic,
            "trials_per_task": trials_per_task, "tuning": tuner.report.line(), "seconds": time.perf_counter() - t_start,
@@ -180,6 +189,9 @@ def model_row(label: str, original, workspace, example, space, configs, profile,
            "partly_untuned": sum(1 for r in rows if "kernels" in r and r["kernels"] != "vitune's TVM build, tuned")}
     for name in proxies.names:
         out["proxies"][name] = agreement([r["recorded_ms"].get(name) for r in rows], shipped_ms)
+    if rounds > 1:  # the noise floor: the shipped builds' first rounds against their last rounds
+        halves = [r["shipped_halves_ms"] or [None, None] for r in rows]
+        out["shipped_first_vs_last_rounds"] = agreement([h[0] for h in halves], [h[1] for h in halves])
     return out
 
 
@@ -262,7 +274,8 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload (as vitune tune)")
     parser.add_argument("--budget-s", type=float, default=0.0, help="tuning time per model; past it, unseen workloads stay untuned "
                         "(each row's kernels say so); 0 = no limit")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the shipped builds (their first half "
+                        "against their second half is the noise floor)")
     parser.add_argument("--deit", type=int, default=0, help="also N configurations of deit_tiny at 224 px")
     parser.add_argument("--fresh", action="store_true", help="tune into an empty database")
     parser.add_argument("--json", default=None)
@@ -313,6 +326,10 @@ def main() -> None:
             print(f"{m['model']:<46} {name:<10} {f['n']:>3} {f['spearman']:>9.3f} {f['kendall']:>8.3f} {100 * f['mape']:>7.1f}%  {f['fastest_agrees']}")
         for name, err in m["proxy_errors"].items():
             print(f"{m['model']:<46} {name:<10} not run: {err}")
+        floor = m.get("shipped_first_vs_last_rounds")
+        if floor and floor["spearman"] is not None:
+            print(f"{m['model']:<46} {'noise':<10} {floor['n']:>3} {floor['spearman']:>9.3f} {floor['kendall']:>8.3f} "
+                  f"{100 * floor['mape']:>7.1f}%  {floor['fastest_agrees']}  (shipped builds: first rounds against last rounds)")
         untuned = f"; {m['partly_untuned']} shipped builds partly untuned (--budget-s)" if m["partly_untuned"] else ""
         print(f"{'':<46} tuning: {m['tuning']}; {m['seconds']:.0f} s{untuned}")
     if report["spearman_search_vs_shipped"] is not None:
