@@ -115,7 +115,7 @@ def filtered_native_stderr():
 
 def build(mod, profile, tuner=None):
     """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
-    (planned storage bytes, storages))``.
+    (planned storage bytes, storages) or None)``.
 
     With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
     target's database (tuning unseen ones if the tuner's mode and budget allow).
@@ -144,7 +144,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable, report, (storage_bytes, storages) = build(mod, profile, tuner)
+    executable, report, storage = build(mod, profile, tuner)
     t3 = time.perf_counter()
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
@@ -152,8 +152,9 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
         timings["build_s"] -= report.seconds
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
-    compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in params)), activations_bytes=storage_bytes,
-                                 io_bytes=int(example.numel() * example.element_size()), storages=storages)
+    if storage is not None:
+        compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in params)), activations_bytes=storage[0],
+                                     io_bytes=int(example.numel() * example.element_size()), storages=storage[1])
     return compiled
 
 
