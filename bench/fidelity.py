@@ -31,8 +31,9 @@ shipped fastest. A scatter plot per proxy (``--plot``).
 quickstart's menu, the first block fp32; plain SVD for rank, random calibration images: the
 latency of a configuration does not depend on the weights' values). JSON keys:
 ``spearman_search_vs_shipped`` and ``mape_search_vs_shipped`` (the study's own proxy: its
-``[target] tuning`` mode, over every model), ``proxies`` (name → ``spearman``, ``kendall``,
-``mape``, ``fastest_agrees``), ``models`` (per-model rows: the same figures and one row per
+``[target] tuning`` mode: the worst model's Spearman, MAPE over every configuration),
+``proxies`` (name → ``spearman``, ``kendall``, ``mape``, ``fastest_agrees`` across models the
+same way), ``models`` (per-model rows: the same figures, the noise floor and one row per
 configuration).
 """
 
@@ -296,24 +297,11 @@ def main() -> None:
         report["models"].append(deit_model(spec.target.name, args.deit, args.seed, proxy_names, args.trials_per_task, args.rounds,
                                            args.budget_s))
     own = "untuned" if spec.target.tuning == "off" else "tuned"
-    recorded, shipped = [], []
-    for m in report["models"]:
-        for r in m["rows"]:
-            recorded.append(r["recorded_ms"].get(own))
-            shipped.append(r.get("shipped_ms"))
-    pooled = agreement(recorded, shipped)
-    report["search_proxy"] = own
-    report["spearman_search_vs_shipped"] = pooled["spearman"]
-    report["mape_search_vs_shipped"] = pooled["mape"]
     names = sorted({n for m in report["models"] for n in m["proxies"]}, key=PROXIES.index)
-    report["proxies"] = {}
-    for name in names:
-        rec, shp = [], []
-        for m in report["models"]:
-            if name in m["proxies"]:
-                rec += [r["recorded_ms"].get(name) for r in m["rows"]]
-                shp += [r.get("shipped_ms") for r in m["rows"]]
-        report["proxies"][name] = agreement(rec, shp)
+    report["proxies"] = {name: across_models(report["models"], name) for name in names}
+    report["search_proxy"] = own
+    report["spearman_search_vs_shipped"] = report["proxies"].get(own, {}).get("spearman")
+    report["mape_search_vs_shipped"] = report["proxies"].get(own, {}).get("mape")
 
     print(f"\nranking fidelity: the latency the search records against the tuned build apply ships, "
           f"{profile_line(report)}")
@@ -333,14 +321,31 @@ def main() -> None:
         untuned = f"; {m['partly_untuned']} shipped builds partly untuned (--budget-s)" if m["partly_untuned"] else ""
         print(f"{'':<46} tuning: {m['tuning']}; {m['seconds']:.0f} s{untuned}")
     if report["spearman_search_vs_shipped"] is not None:
-        print(f"the study's own proxy ({own}, [target] tuning = {spec.target.tuning!r}): Spearman {report['spearman_search_vs_shipped']:.3f}, "
-              f"MAPE {100 * report['mape_search_vs_shipped']:.1f} %")
+        print(f"the study's own proxy ({own}, [target] tuning = {spec.target.tuning!r}): Spearman {report['spearman_search_vs_shipped']:.3f} "
+              f"(the worst model's), MAPE {100 * report['mape_search_vs_shipped']:.1f} % (every configuration)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         plot(report, Path(args.plot))
         print(f"wrote {args.plot}")
+
+
+def across_models(models: list[dict], name: str) -> dict:
+    """One proxy's figures over every model: rank agreement is a per-model question (pooled, the
+    models' different scales would rank themselves), so Spearman and Kendall are the worst
+    model's and fastest-agrees must hold on each; MAPE is over every configuration."""
+    per = [m["proxies"][name] for m in models if name in m["proxies"] and m["proxies"][name]["spearman"] is not None]
+    errors = [(r["recorded_ms"].get(name), r.get("shipped_ms")) for m in models if name in m["proxies"] for r in m["rows"]]
+    errors = [(a, b) for a, b in errors if a is not None and b]
+    return {
+        "models": len(per),
+        "n": sum(p["n"] for p in per),
+        "spearman": min(p["spearman"] for p in per) if per else None,
+        "kendall": min(p["kendall"] for p in per) if per else None,
+        "mape": sum(abs(a - b) / b for a, b in errors) / len(errors) if errors else None,
+        "fastest_agrees": all(p["fastest_agrees"] for p in per) if per else None,
+    }
 
 
 def profile_line(report: dict) -> str:

@@ -42,3 +42,17 @@ def test_agreement_figures(fidelity):
     partial = fidelity.agreement([1.0, None, 3.0, 4.0], shipped)
     assert partial["n"] == 3 and partial["mape"] == pytest.approx(0.0)
     assert fidelity.agreement([1.0, None], [1.0, 2.0])["spearman"] is None
+
+
+def test_rank_agreement_across_models_is_the_worst_models_not_a_pooled_one(fidelity):
+    """Pooled, a 1 ms model and a 30 ms model rank each other perfectly whatever each proxy does
+    inside a model; across models the figure is the worst model's."""
+    def model(recorded, shipped):
+        rows = [{"recorded_ms": {"untuned": r}, "shipped_ms": s} for r, s in zip(recorded, shipped)]
+        return {"rows": rows, "proxies": {"untuned": fidelity.agreement(recorded, shipped)}}
+
+    small = model([1.0, 2.0, 3.0], [0.3, 0.2, 0.1])  # reversed inside the model
+    large = model([30.0, 40.0, 50.0], [10.0, 20.0, 30.0])
+    out = fidelity.across_models([small, large], "untuned")
+    assert out["spearman"] == pytest.approx(-1.0) and out["fastest_agrees"] is False and out["models"] == 2 and out["n"] == 6
+    assert out["mape"] == pytest.approx(sum([0.7 / 0.3, 1.8 / 0.2, 2.9 / 0.1, 2.0, 1.0, 20 / 30]) / 6)
