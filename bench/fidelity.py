@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -52,24 +51,16 @@ PROXIES = ("untuned", "tuned", "lut", "learned", "analytical")
 
 
 def sample_configs(space, n: int, seed: int) -> list:
-    """The uncompressed configuration, then ``n - 1`` distinct random ones (each knob drawn
-    uniformly from its menu, as Optuna's random sampler does)."""
-    rng = random.Random(seed)
-    configs = [space.to_config(space.identity_params())]
-    seen = {configs[0].key}
-    for _ in range(200 * n):
-        if len(configs) >= n:
-            break
-        config = space.to_config({name: rng.choice(menu) for name, menu in space.choices})
-        if config.key not in seen:
-            seen.add(config.key)
-            configs.append(config)
-    return configs
+    """The uncompressed configuration, then ``n - 1`` distinct random ones."""
+    identity = space.to_config(space.identity_params())
+    return [identity, *space.random_configs(n - 1, seed, exclude={identity.key})]
 
 
 def agreement(recorded: list[float], shipped: list[float]) -> dict:
     """Spearman, Kendall, MAPE and fastest-agrees of ``recorded`` against ``shipped``."""
-    from scipy.stats import kendalltau, spearmanr
+    from scipy.stats import kendalltau
+
+    from vitune.costmodel_workflow import spearman
 
     pairs = [(r, s) for r, s in zip(recorded, shipped) if r is not None and s is not None and math.isfinite(r)]
     if len(pairs) < 3:
@@ -77,7 +68,7 @@ def agreement(recorded: list[float], shipped: list[float]) -> dict:
     rec, shp = [p[0] for p in pairs], [p[1] for p in pairs]
     return {
         "n": len(pairs),
-        "spearman": float(spearmanr(rec, shp).statistic),
+        "spearman": spearman(rec, shp),
         "kendall": float(kendalltau(rec, shp).statistic),
         "mape": sum(abs(r - s) / s for r, s in pairs) / len(pairs),
         "fastest_agrees": min(range(len(rec)), key=rec.__getitem__) == min(range(len(shp)), key=shp.__getitem__),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,19 +128,9 @@ class CostContext:
         return self._tuner
 
     def random_configs(self, n: int, seed: int, exclude: Collection[str] = frozenset()):
-        """``n`` distinct configurations drawn uniformly from the space (keys in ``exclude`` skipped)."""
-        rng = random.Random(seed)
-        out, seen = [], set(exclude)
-        for _ in range(200 * max(n, 1)):
-            if len(out) == n:
-                break
-            values = {name: rng.choice(menu) for name, menu in self.space.choices}
-            values["distill_steps"] = 0
-            config = self.space.to_config(values)
-            if config.key not in seen:
-                seen.add(config.key)
-                out.append(config)
-        return out
+        """``n`` distinct configurations drawn uniformly from the space (keys in ``exclude`` skipped;
+        no distillation: it does not change a build)."""
+        return self.space.random_configs(n, seed, exclude, fixed={"distill_steps": 0})
 
     def build(self, config) -> nn.Module:
         """The structural candidate of ``config`` (same shapes and dtypes as the real one)."""

@@ -8,6 +8,8 @@ and ``distill_steps``. A knob whose menu has one value is fixed, not sampled.
 from __future__ import annotations
 
 import fnmatch
+import random
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig, LinearConfig
@@ -87,6 +89,24 @@ class SearchSpace:
         for name, menu in self.choices:
             values[name] = trial.suggest_categorical(name, list(menu)) if len(menu) > 1 else menu[0]
         return self.to_config(values)
+
+    def random_configs(self, n: int, seed: int, exclude: Collection[str] = frozenset(), fixed: Mapping | None = None) -> list[CompressionConfig]:
+        """``n`` distinct configurations, each knob drawn uniformly from its menu (as Optuna's random
+        sampler does), seeded; keys in ``exclude`` are skipped and ``fixed`` values override the
+        draws (e.g. ``{"distill_steps": 0}``)."""
+        rng = random.Random(seed)
+        out: list[CompressionConfig] = []
+        seen = set(exclude)
+        for _ in range(200 * max(n, 1)):
+            if len(out) == n:
+                break
+            values = {name: rng.choice(menu) for name, menu in self.choices}
+            values.update(fixed or {})
+            config = self.to_config(values)
+            if config.key not in seen:
+                seen.add(config.key)
+                out.append(config)
+        return out
 
     def identity_params(self) -> dict:
         """Parameters of the uncompressed model, where the menu allows it (for enqueueing)."""

@@ -41,6 +41,11 @@ class CompiledModel:
     tuning: Any = None  # the TuneReport of the build (None: untuned)
     memory: Any = None  # its vitune.targets.memory.MemoryPlan (None: not planned, e.g. loaded from disk)
 
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        """What one batch-1 run of the build needs (its :class:`MemoryPlan`'s peak), None unplanned."""
+        return self.memory.peak_bytes if self.memory is not None else None
+
     def runtime_module(self):
         """The runtime module, made once from the executable (artifacts loaded from disk carry it)."""
         if self.module is None:

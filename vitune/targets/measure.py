@@ -128,7 +128,7 @@ def measure_many(models, examples, profile, tuner=None, rounds: int = 3) -> list
         out[i] or Measurement(
             target=profile.name, latency_ms=profile.protocol.latency_ms(samples[i]), samples_ms=tuple(samples[i]),
             spread_ms=_iqr(samples[i]), timings=timings[i],
-            peak_memory_bytes=built[i].memory.peak_bytes if built[i] is not None and built[i].memory is not None else None,
+            peak_memory_bytes=built[i].peak_memory_bytes if built[i] is not None else None,
         )
         for i in range(len(models))
     ]
@@ -159,7 +159,7 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
             samples_ms=tuple(samples),
             spread_ms=_iqr(samples),
             timings=timings,
-            peak_memory_bytes=compiled.memory.peak_bytes if compiled.memory is not None else None,
+            peak_memory_bytes=compiled.peak_memory_bytes,
         )
     except Exception as err:  # a measurement is a record, never an exception into the search
         return Measurement(target=profile.name, error=f"{stage} failed on {profile.name}: {short_reason(err)}", timings=timings)

@@ -66,11 +66,6 @@ def planned_storage(mod, target) -> tuple[int, int] | None:
 
     passes = [relax.transform.LegalizeOps(), relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
               relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(), relax.transform.StaticPlanBlockMemory()]
-    try:
-        with target:
-            planned = tvm.transform.Sequential(passes)(mod)
-    except Exception:  # the plan is a figure, never a reason for a build to fail
-        return None
     storage_op = Op.get("relax.memory.alloc_storage")
     tensor_op = Op.get("relax.builtin.alloc_tensor")
     found: list[int] = []
@@ -84,10 +79,12 @@ def planned_storage(mod, target) -> tuple[int, int] | None:
             found.append(_nbytes(expr.args[0].values, expr.args[1].value))
 
     try:
+        with target:
+            planned = tvm.transform.Sequential(passes)(mod)
         for gvar, func in planned.functions_items():
             if gvar.name_hint == "main" and isinstance(func, relax.Function):
                 relax.analysis.post_order_visit(func, visit)
-    except Exception:  # a dynamic size (a symbolic shape has no int)
+    except Exception:  # a pass that fails, a dynamic size: the plan is a figure, never a reason for a build to fail
         return None
     return sum(-(-size // PAGE) * PAGE for size in found), len(found)
 
@@ -141,24 +138,24 @@ def runtime_heap_bytes(compiled, profile) -> int | None:
 
 
 def _measure_artifact(folder: str) -> int:
-    """In a fresh process (TVM and numpy only): load an artifact, then the heap bytes its
-    weights, input and first run add."""
-    import json
+    """In a fresh process: load an artifact, then the heap bytes its weights, input and first
+    run add."""
     from pathlib import Path
 
     import tvm
     from tvm import relax
 
-    meta = json.loads((Path(folder) / "artifact.json").read_text())
+    from vitune.targets.compile import load_artifact
+    from vitune.targets.runner import _input, _weights
+
+    compiled = load_artifact(Path(folder))
     dev = tvm.cpu(0)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(Path(folder) / meta["library"])), dev)
-    with np.load(Path(folder) / meta["params"]) as npz:
-        params = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-    x = np.zeros(meta["input_shape"], dtype=meta["input_dtype"])
+    vm = relax.VirtualMachine(compiled.runtime_module(), dev)
+    x = np.zeros(compiled.input_shape, dtype=compiled.input_dtype)
     tvm.get_global_func("runtime.NumThreads")()  # the CPU thread pool is made here: runtime state, not the model's
     before = heap_in_use() or 0
-    weights = [tvm.runtime.tensor(p, dev) for p in params]
-    out = vm["main"](tvm.runtime.tensor(x, dev), *weights)
+    weights = _weights(compiled, dev)
+    out = vm["main"](_input(x, dev), *weights)
     after = heap_in_use() or 0
     del out, weights
     return after - before
