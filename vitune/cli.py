@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         c = cm.add_parser(name, help=text)
         c.add_argument("target", help="target name or path to a .toml profile")
-        c.add_argument("--model", default="default", help="a study file, 'default' (the digits ViT) or a timm model name (random init)")
+        c.add_argument("--model", default="default", help="a study file, 'default' (the embedded default model), an embedded model (digits_vit, digits_vit_base) or a timm model name (random init)")
         c.add_argument("--samples", type=int, default=default_n, help=f"configurations to measure in all (default {default_n})")
         c.add_argument("--tuning", choices=TUNING_MODES, default=None, help="kernels to measure with (default: the study's, else off)")
         c.add_argument("--img-size", type=int, default=0, help="timm models: input resolution (0 = the model's default)")

@@ -40,12 +40,15 @@ def make_context(model: str, target: str, tuning: str | None = None, img_size: i
         space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
         calib = Calibration.from_dataset(ws.data.calib, min(32, spec.methods.calib_images))
         return CostContext(profile, ws.model, ws.example_input(1), space, tuning or spec.target.tuning, calib)
-    if model == "default":
+    from vitune.models.default import RECIPES
+
+    if model == "default" or model in RECIPES:  # an embedded model ("default": the study files' default name)
         from vitune.data.digits import load_digits_splits
         from vitune.models.default import load_or_train_default
 
-        net, _ = load_or_train_default(load_digits_splits(0), progress=progress)
-        example_shape = (1, 1, 8, 8)
+        recipe = RECIPES[ModelSpec.name if model == "default" else model]
+        net, _ = load_or_train_default(load_digits_splits(0, recipe.image_size), recipe, progress=progress)
+        example_shape = (1, 1, recipe.image_size, recipe.image_size)
     else:
         from vitune.models.zoo import _timm_model
 

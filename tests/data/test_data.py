@@ -21,6 +21,20 @@ def test_digits_splits_are_disjoint_and_deterministic(digits):
     assert sum(sizes.values()) == 1797 and sizes["test"] > 250 and sizes["val"] > 250
 
 
+def test_upscaled_digits_are_the_same_images_and_splits_larger(digits):
+    from vitune.data.digits import load_digits_splits
+
+    big = load_digits_splits(image_size=32)
+    assert big.input_shape == (1, 32, 32) and big.name == "digits32"
+    for name in SPLIT_NAMES:
+        x, y = big.get(name).tensors
+        assert x.shape[1:] == (1, 32, 32) and torch.equal(y, digits.get(name).tensors[1])
+        pooled = torch.nn.functional.avg_pool2d(x, 4).flatten()  # bilinear 4x up, then 4x4 means: a blur of the 8x8 image
+        assert torch.corrcoef(torch.stack([pooled, digits.get(name).tensors[0].flatten()]))[0, 1] > 0.95
+    with pytest.raises(ValueError, match="8 or more"):
+        load_digits_splits(image_size=4)
+
+
 def test_split_indices_partition():
     labels = np.repeat(np.arange(5), 40)
     parts = split_indices(labels, {"train": 0.5, "calib": 0.1, "val": 0.2, "test": 0.2}, seed=3)

@@ -8,18 +8,25 @@ import pytest
 import torch
 
 from vitune.models import default
-from vitune.models.default import DigitsRecipe, load_or_train_default, shipped_weights
+from vitune.data.digits import load_digits_splits
+from vitune.data.splits import accuracy
+from vitune.models.default import RECIPES, DigitsRecipe, load_or_train_default, shipped_weights
 from vitune.models.zoo import state_dict_sha256
 
 
-def test_the_shipped_weights_are_the_recipes_and_load_without_training(digits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_embedded_model_ships_weights_that_load_without_training(name, tmp_path, monkeypatch):
     monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
-    model, meta = shipped_weights(DigitsRecipe())
+    recipe = RECIPES[name]
+    model, meta = shipped_weights(recipe)
     assert model is not None, meta
-    assert meta["weights_sha256"] == default.SHIPPED[DigitsRecipe().key] == state_dict_sha256(model)[:16]
+    assert meta["weights_sha256"] == default.SHIPPED[recipe.key] == state_dict_sha256(model)[:16]
     monkeypatch.setattr(default, "train_digits_vit", lambda *a, **k: pytest.fail("trained although weights ship"))
-    loaded, info = load_or_train_default(digits, progress=False)
+    splits = load_digits_splits(image_size=recipe.image_size)
+    loaded, info = load_or_train_default(splits, recipe, progress=False)
     assert state_dict_sha256(loaded)[:16] == meta["weights_sha256"] and info["checkpoint"] == meta["shipped"]
+    assert accuracy(loaded, splits.val) == pytest.approx(meta["val_accuracy"])  # the data it reads is the data it was trained on
+    assert accuracy(loaded, splits.val) > 0.95
 
 
 TINY = DigitsRecipe(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, epochs=1)
@@ -41,10 +48,12 @@ def test_weights_that_do_not_match_their_hash_are_not_used_the_model_is_trained(
 
 
 @pytest.mark.slow
-def test_training_from_scratch_reproduces_the_shipped_weights(digits):
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_training_from_scratch_reproduces_the_shipped_weights(name):
     """The committed training is what made the shipped file (same torch, 2 threads; minutes)."""
-    model = default.train_digits_vit(digits, DigitsRecipe(), progress=False)
-    assert state_dict_sha256(model)[:16] == default.SHIPPED[DigitsRecipe().key]
+    recipe = RECIPES[name]
+    model = default.train_digits_vit(load_digits_splits(image_size=recipe.image_size), recipe, progress=False)
+    assert state_dict_sha256(model)[:16] == default.SHIPPED[recipe.key]
 
 
 def test_a_changed_recipe_has_no_shipped_weights():

@@ -75,6 +75,7 @@ def test_compression_methods_table(tmp_path):
         ("[study]\nname='x'\n[[space.override]]\nprecision=['fp32']\n", r"override\]\] #1 layers: required"),
         ("[study]\nname='x'\n[data]\nsource='imagefolder'\n", r"\[data\] root: required"),
         ("[study]\nname='x'\n[model]\nsource='timm'\n", r"a timm model name is required"),
+        ("[study]\nname='x'\n[model]\nname='digits_vit_huge'\n", r"\[model\] name: no embedded model 'digits_vit_huge' \(known: digits_vit, "),
         ("[study]\nname='x'\nstorage='not a url'\n", r"storage 'not a url' is not a URL"),
         ("[study\nname='x'\n", r"not valid TOML"),
         ("[study]\nname='x'\n[compression]\nlowrank='tucker'\n", r"\[compression\] lowrank: expected one of svd, aa, aa-residual, got 'tucker'"),

@@ -90,10 +90,11 @@ def load_workspace(model_spec, data_spec, progress: bool = True) -> Workspace:
     fractions = dict(data_spec.fractions)
     if model_spec.source == "default":
         from vitune.data.digits import load_digits_splits
-        from vitune.models.default import load_or_train_default
+        from vitune.models.default import RECIPES, load_or_train_default
 
-        data = load_digits_splits(data_spec.seed)
-        model, info = load_or_train_default(data, progress=progress)
+        recipe = RECIPES[model_spec.name]  # the study file's reader checked the name
+        data = load_digits_splits(data_spec.seed, recipe.image_size)
+        model, info = load_or_train_default(data, recipe, progress=progress)
     elif model_spec.source == "timm":
         model = _timm_model(model_spec)
         info = {}

@@ -265,6 +265,11 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     )
     if model.source == "timm" and model.name == "digits_vit":
         raise ConfigError(f"{md.at('name')}: a timm model name is required when source = \"timm\"")
+    if model.source == "default":
+        from vitune.models.default import RECIPES
+
+        if model.name not in RECIPES:
+            raise ConfigError(f"{md.at('name')}: no embedded model {model.name!r} (known: {', '.join(RECIPES)})")
     if model.checkpoint and not Path(model.checkpoint).is_file():
         raise ConfigError(f"{md.at('checkpoint')}: file {model.checkpoint!r} does not exist")
 
