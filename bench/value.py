@@ -13,8 +13,11 @@ vitune ships.
    builds of the uncompressed model, against vitune's tuned build of a fixed compressed
    configuration (``w8a8`` on every linear layer but the first block's, rank 0.5 of full).
 
-    python bench/value.py [--study studies/quickstart.toml] [--max-drop 0.01] [--rounds 3]
+    python bench/value.py [--study studies/quickstart.toml] [--max-drop 0.01] [--config F] [--rounds 3]
                           [--trials-per-task 64] [--no-deit] [--json F]
+
+``--config F`` ships the configuration in ``F`` (a ``vitune study export`` record or a bare
+configuration) instead of running the study: the peers against a configuration you already have.
 
 Needs ``pip install -e ".[bench]"`` (NNCF); a peer that cannot be loaded is reported with its
 error, the others go on. JSON keys per model: ``peers`` (name → ``latency_ms``,
@@ -123,7 +126,21 @@ def compare(label, original, shipped, example, profile, trials_per_task, rounds,
     return row
 
 
-def default_model_row(study_path: Path, max_drop: float, trials_per_task: int, rounds: int) -> dict:
+def read_config(path: Path):
+    """A compression configuration from ``path``: a ``vitune study export`` record (single pick)
+    or a bare configuration as ``CompressionConfig.to_dict`` writes it."""
+    from vitune.compression.config import CompressionConfig
+    from vitune.search.export import load_record
+
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict) and "format" in doc:
+        return CompressionConfig.from_dict(load_record(path)["config"], where=f"{path} config")
+    return CompressionConfig.from_dict(doc, where=str(path))
+
+
+def default_model_row(study_path: Path, max_drop: float, trials_per_task: int, rounds: int, config_path: Path | None = None) -> dict:
+    """The study's model against the peers; what ships is the study's fastest front member within
+    ``max_drop`` (the study run or resumed first), or the configuration in ``config_path``."""
     import tempfile
 
     from vitune.compression.calibrate import Calibration
@@ -136,21 +153,27 @@ def default_model_row(study_path: Path, max_drop: float, trials_per_task: int, r
     from vitune.targets import load_target
 
     spec = load_study_file(study_path)
-    t0 = time.perf_counter()
-    run_study(spec, progress=False, log=lambda line: print(f"  study: {line}", flush=True))
-    study_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        record = export(spec, "fastest", Path(tmp) / "fastest.json", max_drop=max_drop)
     ws = load_workspace(spec.model, spec.data, progress=False)
-    config = CompressionConfig.from_dict(record["config"], where="export config")
+    if config_path is None:
+        t0 = time.perf_counter()
+        run_study(spec, progress=False, log=lambda line: print(f"  study: {line}", flush=True))
+        study_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            record = export(spec, "fastest", Path(tmp) / "fastest.json", max_drop=max_drop)
+        config = CompressionConfig.from_dict(record["config"], where="export config")
+        about = {"summary": record["summary"], "trial": record["study"]["trial"], "val_accuracy": record["metrics"]["accuracy"]}
+        study = {"file": str(study_path), "seconds": study_s, "pick": f"fastest within {max_drop:g} of the uncompressed validation accuracy"}
+    else:
+        config = read_config(config_path)
+        about = {"summary": config.summary(), "file": str(config_path)}
+        study = {"file": str(study_path), "pick": f"the configuration in {config_path} (no study run)"}
     calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
     shipped = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
     calibration = [ws.data.calib[i][0].unsqueeze(0).numpy() for i in range(min(CALIBRATION_IMAGES, len(ws.data.calib)))]
     profile = load_target(spec.target.name)
-    row = compare("default model", ws.model.eval(), shipped.eval(), ws.example_input(1), profile, trials_per_task, rounds,
-                  calibration=calibration, test=ws.data.test, config={"summary": record["summary"], "trial": record["study"]["trial"],
-                                                                      "val_accuracy": record["metrics"]["accuracy"]})
-    row["study"] = {"file": str(study_path), "seconds": study_s, "pick": f"fastest within {max_drop:g} of the uncompressed validation accuracy"}
+    row = compare(f"{spec.model.name} ({study_path.name})", ws.model.eval(), shipped.eval(), ws.example_input(1), profile, trials_per_task,
+                  rounds, calibration=calibration, test=ws.data.test, config=about)
+    row["study"] = study
     return row
 
 
@@ -203,6 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="studies/quickstart.toml")
     parser.add_argument("--max-drop", type=float, default=0.01)
+    parser.add_argument("--config", default=None, help="ship this configuration (an export record or a bare configuration "
+                        "JSON) instead of running the study and picking from its front")
     parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-deit", action="store_true")
@@ -214,7 +239,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     doc = {"versions": versions(), "models": []}
-    doc["models"].append(default_model_row(Path(args.study), args.max_drop, args.trials_per_task, args.rounds))
+    doc["models"].append(default_model_row(Path(args.study), args.max_drop, args.trials_per_task, args.rounds,
+                                           Path(args.config) if args.config else None))
     _print(doc["models"][-1])
     if not args.no_deit:
         doc["models"].append(deit_row(args.target, args.trials_per_task, args.rounds))

@@ -20,8 +20,6 @@ class TuneRun:
 
 
 def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0) -> TuneRun:
-    import optuna
-
     from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress
     from vitune.models.layers import discover
@@ -38,12 +36,9 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     if configs:
         space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
         calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=sampler)
-        for i in range(configs):
-            config = space.suggest(study.ask())
-            models.append((f"random config {i + 1}: {config.summary()}", compress(ws.model, config.replace(distill_steps=0), ws.data.train, calib)))
+        identity = space.to_config(space.identity_params())
+        for i, config in enumerate(space.random_configs(configs, seed, exclude={identity.key}, fixed={"distill_steps": 0})):
+            models.append((f"random config {i + 1}: {config.summary()}", compress(ws.model, config, ws.data.train, calib)))
     untuned = measure(ws.model, example, profile)
     run.untuned_ms = untuned.latency_ms
     try:

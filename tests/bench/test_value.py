@@ -1,0 +1,49 @@
+"""bench/value.py: the configuration a user brings (``--config``), in either form it may come in."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from vitune.errors import ConfigError
+from vitune.models.default import RECIPES, build_digits_vit
+from vitune.models.layers import discover
+from vitune.search.space import SearchSpace
+from vitune.search.studyfile import SpaceSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def value():
+    spec = importlib.util.spec_from_file_location("bench_value", ROOT / "bench" / "value.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_configuration_reads_bare_or_from_an_export_record(value, tmp_path):
+    from vitune.search.export import FORMAT
+
+    space = SearchSpace.build(SpaceSpec(rank_fraction=(1.0, 0.5)), discover(build_digits_vit()))
+    config = space.to_config({**space.identity_params(), "blocks.1.mlp.fc1:rank_fraction": 0.5})
+    bare = tmp_path / "bare.json"
+    bare.write_text(config.to_json())
+    assert value.read_config(bare).key == config.key
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"format": FORMAT, "model": {}, "data": {}, "target": {}, "metrics": {}, "config": config.to_dict()}))
+    assert value.read_config(record).key == config.key
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lienar": {}}))  # a misspelt key
+    with pytest.raises(ConfigError, match="bad.json"):
+        value.read_config(bad)
+
+
+def test_the_committed_configuration_fits_the_model_it_names(value):
+    """bench/configs/digits_base-lowrank.json: the fixed configuration the README's digits_vit_base
+    figures ship (rank 0.25 of full on every fc1 and fc2, 0.5 on every qkv)."""
+    config = value.read_config(ROOT / "bench" / "configs" / "digits_base-lowrank.json")
+    config.validate(discover(build_digits_vit(RECIPES["digits_vit_base"])))
+    ranks = {name: spec.rank for name, spec in config.linear_items}
+    assert ranks["blocks.3.mlp.fc1"] == 48 and ranks["blocks.0.attn.qkv"] == 96 and config.summary() == "lowrank:12"
