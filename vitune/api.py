@@ -42,12 +42,13 @@ def view(spec):
 
 
 def export(spec, pick: str = "best", out: str | Path = "best.json", max_latency_ms: float | None = None, max_drop: float = 0.01,
-           trial: int | None = None) -> dict:
+           trial: int | None = None, max_model_mb: float | None = None, max_peak_mb: float | None = None) -> dict:
     """``pick``: best, knee, pareto, fastest (within ``max_drop`` of the uncompressed validation
-    accuracy) or trial (``trial``, by number)."""
+    accuracy) or trial (``trial``, by number); ``max_model_mb`` / ``max_peak_mb`` (MiB): pick from
+    the front of the trials within them."""
     from vitune.search.export import export as _export
 
-    return _export(spec, pick, Path(out), max_latency_ms, max_drop, trial)
+    return _export(spec, pick, Path(out), max_latency_ms, max_drop, trial, max_model_mb, max_peak_mb)
 
 
 def apply(record: dict | str | Path, out: str | Path, member: int | None = None, distill_steps: int | None = None, progress: bool = False) -> dict:

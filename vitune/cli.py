@@ -88,7 +88,8 @@ def _study_export(args) -> int:
     pick = "trial" if args.trial is not None else args.pick
     if args.trial is not None and args.pick != "best":
         raise VituneError("--trial N exports trial N: leave --pick out")
-    doc = export(load_study_file(args.study), pick, Path(args.out), args.max_latency_ms, args.max_drop, args.trial)
+    doc = export(load_study_file(args.study), pick, Path(args.out), args.max_latency_ms, args.max_drop, args.trial,
+                 args.max_model_mb, args.max_peak_mb)
     members = doc.get("members", [doc])
     for rec in members:
         m = rec["metrics"]
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "within --max-drop of the uncompressed accuracy")
     exp.add_argument("--max-latency-ms", type=float, default=None)
     exp.add_argument("--max-drop", type=float, default=0.01, help="with --pick fastest: accuracy drop allowed (0.01 = one point)")
+    exp.add_argument("--max-model-mb", type=float, default=None, help="pick among trials whose model (stored bytes) is at most this many MiB")
+    exp.add_argument("--max-peak-mb", type=float, default=None, help="pick among trials whose build needs at most this many MiB at run time "
+                     "(the primary target's, batch 1)")
     exp.add_argument("--trial", type=int, default=None, help="export this trial (complete, on the front or not)")
     exp.add_argument("--out", required=True)
     exp.set_defaults(func=_study_export)

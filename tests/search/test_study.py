@@ -146,6 +146,32 @@ def test_export_fastest_within_an_accuracy_drop_and_one_trial_by_number(ran):
     assert main(["study", "export", str(spec.path), "--trial", "0", "--pick", "knee", "--out", str(out)]) == 2
 
 
+def test_export_under_a_memory_limit_picks_from_the_trials_within_it(ran, capsys):
+    from vitune.search.front import accuracy_of, complete_trials, front, latency_of
+    from vitune.search.records import metrics_of
+
+    spec, _, tmp = ran
+    study = open_study(spec, create=False)
+    trials = complete_trials(study)
+    sizes = sorted({metrics_of(t).size_bytes for t in trials})
+    assert len(sizes) > 1 and all(metrics_of(t).peak_memory_bytes for t in trials)
+    limit = sizes[len(sizes) // 2]  # some trials over it, some within
+    within = [t for t in trials if metrics_of(t).size_bytes <= limit]
+    out = tmp / "small.json"
+    assert main(["study", "export", str(spec.path), "--max-model-mb", str(limit / 2**20), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["metrics"]["size_bytes"] <= limit and doc["metrics"]["accuracy"] == max(accuracy_of(t) for t in within)
+    assert doc["pick"]["max_model_mb"] == pytest.approx(limit / 2**20)
+    peaks = sorted(metrics_of(t).peak_memory_bytes for t in trials)
+    assert main(["study", "export", str(spec.path), "--pick", "fastest", "--max-drop", "1", "--max-peak-mb", str(peaks[-1] / 2**20),
+                 "--out", str(out)]) == 0  # every trial within: the plain pick
+    assert json.loads(out.read_text())["metrics"]["latency_ms"] == min(latency_of(t) for t in front(study))
+    capsys.readouterr()
+    assert main(["study", "export", str(spec.path), "--max-model-mb", str(sizes[0] / 2**20 / 2), "--out", str(out)]) == 2
+    assert f"smallest model is {sizes[0] / 2**20:.3f} MiB" in capsys.readouterr().err
+    assert main(["study", "export", str(spec.path), "--trial", "0", "--max-model-mb", "1", "--out", str(out)]) == 2
+
+
 def test_apply_rebuilds_and_matches_exported_metrics(ran, capsys):
     spec, _, tmp = ran
     exported = tmp / "apply-best.json"

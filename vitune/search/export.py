@@ -11,6 +11,11 @@ Picks:
   (absolute, 0.01 = one point) of the uncompressed model's (the study's uncompressed trial);
 * ``trial`` — one complete trial, by number (on the front or not).
 
+Memory limits (``max_model_mb``: the model's stored bytes, ``max_peak_mb``: the primary
+target's build at batch 1, both in MiB) narrow every pick but ``trial`` to the front of the
+trials within them: a smaller configuration that a larger one dominates on accuracy and latency
+becomes a member when the larger one is over the limit.
+
 A record holds the model reference (name, checkpoint hash, how to rebuild it), the data it
 was scored on, the target, the per-layer configuration, ``metrics`` (``accuracy``,
 ``latency_ms``, ``params``, ``size_bytes``, ...) and library versions.
@@ -105,7 +110,30 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) ->
     }
 
 
-def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_drop: float = 0.01, trial: int | None = None) -> dict:
+MIB = 2**20
+
+
+def memory_limit(max_model_mb: float | None = None, max_peak_mb: float | None = None):
+    """``(keep, why)``: a predicate on trials for :func:`vitune.search.front.front` (None when no
+    limit is given) and the limits in words. A trial whose figure was not recorded (a study
+    from before peak memory was measured) does not pass a limit on it."""
+    limits = [(key, mb, label) for key, mb, label in (("size_bytes", max_model_mb, "model"), ("peak_memory_bytes", max_peak_mb, "peak memory"))
+              if mb is not None]
+    if not limits:
+        return None, ""
+    for _, mb, label in limits:
+        if mb <= 0:
+            raise ConfigError(f"the {label} limit must be positive, got {mb:g} MiB")
+
+    def keep(t) -> bool:
+        figures = metrics_of(t)
+        return all(getattr(figures, key) is not None and getattr(figures, key) <= mb * MIB for key, mb, _ in limits)
+
+    return keep, " and ".join(f"{label} <= {mb:g} MiB" for _, mb, label in limits)
+
+
+def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_drop: float = 0.01, trial: int | None = None,
+           max_model_mb: float | None = None, max_peak_mb: float | None = None) -> dict:
     from vitune.search.front import baseline_of, complete_trials, front, uncompressed_trial
     from vitune.search.study import open_study
 
@@ -113,9 +141,19 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
         raise ConfigError(f"unknown pick {pick!r} (expected {', '.join(PICKS)})")
     if (pick == "trial") != (trial is not None):
         raise ConfigError("--trial N exports trial N: give it alone (it is its own pick)")
+    keep, limits = memory_limit(max_model_mb, max_peak_mb)
+    if keep is not None and pick == "trial":
+        raise ConfigError("--trial N exports trial N whatever its size: leave the memory limits out")
     study = open_study(spec, create=False)
-    members = front(study)
+    members = front(study, keep)
     if not members:
+        if keep is not None and front(study):
+            sizes = [metrics_of(t) for t in complete_trials(study)]
+            smallest = min((m.size_bytes for m in sizes if m.size_bytes is not None), default=None)
+            lowest = min((m.peak_memory_bytes for m in sizes if m.peak_memory_bytes is not None), default=None)
+            seen = ", ".join(f"the {what} is {v / MIB:.3f} MiB" for what, v in (("smallest model", smallest), ("lowest peak", lowest))
+                             if v is not None)
+            raise ConfigError(f"study {spec.name!r} has no complete trial with {limits}" + (f"; {seen}" if seen else ""))
         raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
     meta = study.user_attrs.get("vitune", {})
     base = baseline_of(study)
@@ -137,7 +175,8 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
             chosen_trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
         doc = trial_record(chosen_trial, spec, meta, base)
         doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms, **({"max_drop": max_drop} if pick == "fastest" else {}),
-                       **({"trial": trial} if pick == "trial" else {})}
+                       **({"trial": trial} if pick == "trial" else {}),
+                       **({"max_model_mb": max_model_mb, "max_peak_mb": max_peak_mb} if keep is not None else {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -169,4 +208,4 @@ def load_record(path: Path, member: int | None = None) -> dict:
     return doc
 
 
-__all__ = ["export", "load_record", "pick_best", "pick_fastest", "pick_knee", "trial_record", "asdict"]
+__all__ = ["export", "load_record", "memory_limit", "pick_best", "pick_fastest", "pick_knee", "trial_record", "asdict"]

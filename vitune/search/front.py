@@ -90,11 +90,13 @@ def complete_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if has_metrics(t)]
 
 
-def front(study) -> list:
+def front(study, keep=None) -> list:
     """Non-dominated complete trials (within the budget of a constrained study), fastest first;
-    duplicates of one configuration appear once."""
+    duplicates of one configuration appear once. ``keep``: only trials it accepts take part (the
+    front of those, e.g. of the trials under a memory limit: a member may be dominated by a
+    trial that ``keep`` leaves out)."""
     budgets = budgets_ms(study)
-    trials = [t for t in complete_trials(study) if within_budget(t, budgets)]
+    trials = [t for t in complete_trials(study) if within_budget(t, budgets) and (keep is None or keep(t))]
     points = [(accuracy_of(t), latencies_of(t)) for t in trials]
     members = [t for t, (a, lat) in zip(trials, points) if not dominated(a, lat, points)]
     seen, out = set(), []
