@@ -2,8 +2,8 @@
 
 Pixels (0..16) are scaled to [0, 1] then standardised with the training split's mean/std.
 Splits (stratified by class, seed 0): train 60 %, calib 10 %, val 15 %, test 15 %.
-``image_size`` above 8 upscales every image bilinearly (after standardising): the larger default
-model reads digits at 32×32, so that it has 64 patches of 4×4 as DeiT has 196 of 16×16.
+``image_size`` above 8 upscales every image bilinearly (after standardising): the embedded
+``digits_vit_base`` reads digits at 32×32, so that it has 64 patches of 4×4 as DeiT has 196 of 16×16.
 """
 
 from __future__ import annotations

@@ -64,13 +64,6 @@ RECIPES = {
 }
 
 
-def recipe_named(name: str) -> DigitsRecipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise ValueError(f"no embedded model {name!r} (known: {', '.join(RECIPES)})") from None
-
-
 def build_digits_vit(recipe: DigitsRecipe = DigitsRecipe(), num_classes: int = 10):
     from timm.models.vision_transformer import VisionTransformer
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from vitune.errors import ConfigError
 from vitune.search.front import accuracy_of, latency_of
 from vitune.search.records import metrics_of
+from vitune.targets.memory import MIB
 from vitune.versions import versions
 
 FORMAT = "vitune.export/1"
@@ -108,9 +109,6 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) ->
         "baseline": baseline,
         "versions": versions(),
     }
-
-
-MIB = 2**20
 
 
 def memory_limit(max_model_mb: float | None = None, max_peak_mb: float | None = None):

@@ -25,6 +25,7 @@ import numpy as np
 
 
 PAGE = 4096  # the VM's pooled allocator hands out whole pages (its default page size)
+MIB = 2**20  # memory limits and budgets are in MiB (and [hardware] memory_gb in GiB)
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,9 @@ def over_limit(peak_bytes: int | None, profile) -> str | None:
     """Why a build whose run needs ``peak_bytes`` cannot run on ``profile``'s device (its
     ``[hardware] memory_gb``, when the profile states one), or None."""
     limit_gb = float(getattr(profile.hardware, "memory_gb", 0.0) or 0.0)
-    if peak_bytes is None or limit_gb <= 0 or peak_bytes <= limit_gb * 2**30:
+    if peak_bytes is None or limit_gb <= 0 or peak_bytes <= limit_gb * 1024 * MIB:
         return None
-    return (f"peak memory {peak_bytes / 2**20:.1f} MiB exceeds target {profile.name}'s [hardware] memory_gb = {limit_gb:g} "
+    return (f"peak memory {peak_bytes / MIB:.1f} MiB exceeds target {profile.name}'s [hardware] memory_gb = {limit_gb:g} "
             f"({limit_gb * 1024:.0f} MiB)")
 
 
