@@ -76,7 +76,7 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
     facts = [
         ["model", f"{model.get('name', '?')} (checkpoint {str(model.get('checkpoint_sha256', '?'))[:12]})"],
         ["target", ", ".join(view.targets) + f" (latency {meta.get('latency', 'measured')}, tuning {meta.get('tuning', 'off')})"],
-        ["mode", view.mode + (f", latency budget {view.budgets_text()}" if view.mode == "constrained" else "")],
+        ["mode", view.mode + (f", budgets {view.budgets_text()}" if view.mode == "constrained" else "")],
         ["trials", view.counts_text()],
         ["storage", view.storage],
         ["study file", study_file],

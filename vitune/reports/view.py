@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from vitune.errors import ConfigError, message_line
 from vitune.search.records import has_metrics, metrics_of
-from vitune.search.front import accuracy_of, budgets_ms, front, latency_of, speed_reference, target_names, uncompressed_trial
+from vitune.search.budgets import budgets_text, fits
+from vitune.search.front import accuracy_of, budgets_ms, front, study_budgets, latency_of, speed_reference, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "w8a8": 8, "int4": 4}
@@ -38,6 +39,7 @@ class TrialRow:
     ranks: dict = field(default_factory=dict, compare=False)  # linear unit → kept rank (None = full)
     duration_s: float | None = None
     cached_from: int | None = None
+    within_budgets: bool = True  # a constrained study: within every budget of every target
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class StudyView:
     checks: tuple[dict, ...]  # predicted vs measured latency of front members (predicted studies)
     units: dict  # knob → unit names carrying it, in model order
     speed_refs: dict = field(default_factory=dict)  # target → (ms, what it is): the speed-up reference
+    budgets: tuple = ()  # per target, the primary first: vitune.search.budgets.Budget; () in a Pareto study
 
     @property
     def budget_ms(self) -> float | None:
@@ -75,11 +78,11 @@ class StudyView:
         return out
 
     def feasible(self, row: TrialRow) -> bool:
-        """Within every target's budget (always, in a Pareto study)."""
-        return all(b is None or row.latencies.get(n, float("inf")) <= b for n, b in zip(self.targets, self.budgets_ms))
+        """Within every target's budgets (always, in a Pareto study)."""
+        return row.within_budgets
 
     def budgets_text(self) -> str:
-        return ", ".join(f"{b:g} ms on {n}" for n, b in zip(self.targets, self.budgets_ms) if b is not None)
+        return budgets_text(self.budgets, self.targets)
 
     def source_of(self, target: str) -> str:
         """How latency on ``target`` was read: measured, or the cost model's name."""
@@ -130,7 +133,8 @@ def recipe_of(trial, choices: list, ties: dict) -> dict:
     return out
 
 
-def _row(trial, origin_of_number: dict, choices, ties, primary: str) -> TrialRow:
+def _row(trial, origin_of_number: dict, choices, ties, targets: tuple, budgets: tuple) -> TrialRow:
+    primary = targets[0]
     attrs = trial.user_attrs
     metrics = metrics_of(trial)
     state = trial.state.name.lower()
@@ -156,6 +160,7 @@ def _row(trial, origin_of_number: dict, choices, ties, primary: str) -> TrialRow
         ranks={k: v.get("rank") for k, v in config.get("linear", {}).items()},
         duration_s=duration,
         cached_from=attrs.get("cached_from"),
+        within_budgets=fits(budgets, metrics, targets),
     )
 
 
@@ -169,7 +174,8 @@ def load_view(spec) -> StudyView:
     choices, ties = _space_of(study, trials[0]) if trials else ([], {})
     meta = study.user_attrs.get("vitune", {})
     names = target_names(study) if meta else (spec.target.name,)
-    rows = {t.number: _row(t, origins, choices, ties, names[0]) for t in trials}
+    budgets = study_budgets(study)
+    rows = {t.number: _row(t, origins, choices, ties, names, budgets) for t in trials}
     ref = uncompressed_trial(study)
     units: dict[str, list[str]] = {k: [] for k in KNOBS}
     for name, _ in choices:
@@ -180,7 +186,7 @@ def load_view(spec) -> StudyView:
                     units[knob].append(u)
     checks = [{"trial": int(n), **c} for n, c in sorted(study.user_attrs.get("latency_checks", {}).items(), key=lambda kv: int(kv[0]))]
     return StudyView(
-        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budgets_ms=budgets_ms(study), meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
+        name=spec.name, storage=spec.storage, mode=meta.get("mode", spec.search.mode), budgets_ms=budgets_ms(study), budgets=budgets, meta=meta, targets=names, trials=tuple(rows[t.number] for t in trials),
         front=tuple(rows[t.number] for t in front(study)), reference=rows[ref.number] if ref else None,
         checks=tuple(checks), units={k: v for k, v in units.items() if v},
         speed_refs={n: speed_reference(study, n) for n in names} if meta else {},

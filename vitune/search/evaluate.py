@@ -186,12 +186,14 @@ class Evaluator:
         if not self.more:
             return True
         latencies = {self.profile.name: result.metrics.latency_ms}
+        peaks = {self.profile.name: result.metrics.peak_memory_bytes}
         for target in self.more:
             cached = target.cache.lookup(config.key)[1] if target.cache is not None and target.source.measures else None
             if cached:
                 if not self._fits(cached.peak_memory_bytes, target.source.profile, result):
                     return False
                 latencies[target.name] = cached.latency_ms
+                peaks[target.name] = cached.peak_memory_bytes
                 continue
             if model is None:  # every result so far came from the cache
                 try:
@@ -212,7 +214,9 @@ class Evaluator:
             if not self._fits(m.peak_memory_bytes, target.source.profile, result):
                 return False
             latencies[target.name] = m.latency_ms
-        result.metrics = result.metrics.with_(latencies_ms=tuple(latencies.items()))
+            peaks[target.name] = m.peak_memory_bytes
+        result.metrics = result.metrics.with_(latencies_ms=tuple(latencies.items()),
+                                              peaks_bytes=tuple((k, v) for k, v in peaks.items() if v is not None))
         return True
 
     def _accuracy(self, model, config, front, result: CandidateResult) -> None:

@@ -86,20 +86,21 @@ class EvolutionSampler(BaseSampler):
 
     # -- breeding ------------------------------------------------------------------------------
     def _parents(self, study) -> list:
-        from vitune.search.front import accuracy_of, budgets_ms, complete_trials, front, latencies_of, within_budget
+        from vitune.search.budgets import relative_excess
+        from vitune.search.front import accuracy_of, complete_trials, front, study_budgets, target_names, within_budget
+        from vitune.search.records import metrics_of
 
-        budgets = budgets_ms(study)
+        budgets = study_budgets(study)
         if not budgets:
             return front(study)
+        targets = target_names(study)
 
-        def excess(t) -> float:  # how far over the budgets, relatively
-            return sum(max(0.0, lat / b - 1.0) for lat, b in zip(latencies_of(t), budgets) if b)
-
-        # constrained: the most accurate within the budget, and the ones just over it (a step
+        # constrained: the most accurate within the budgets, and the ones just over them (a step
         # from a feasible configuration that keeps more accuracy)
         trials = complete_trials(study)
-        feasible = sorted((t for t in trials if within_budget(t, budgets)), key=lambda t: -accuracy_of(t))[:5]
-        over = sorted((t for t in trials if not within_budget(t, budgets)), key=excess)[:2]
+        feasible = sorted((t for t in trials if within_budget(t, budgets, targets)), key=lambda t: -accuracy_of(t))[:5]
+        over = sorted((t for t in trials if not within_budget(t, budgets, targets)),
+                      key=lambda t: relative_excess(budgets, metrics_of(t), targets))[:2]
         return feasible + over
 
     @staticmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 from vitune.compression.config import CompressionConfig
+from vitune.search.budgets import Budget, budgets_text, fits
 from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of, time_split
 
 __all__ = ["accuracy_of", "latencies_of", "latency_of"]  # re-exported: the front's readers use them from here
@@ -42,17 +43,23 @@ def hypervolume(points, ref_accuracy: float, ref_latency_ms: float) -> float:
     return area
 
 
-def budgets_ms(study) -> tuple[float | None, ...]:
-    """The budget on each target, the primary first (None: that target does not constrain), in a
-    constrained study; () in a Pareto study."""
+def study_budgets(study) -> tuple[Budget, ...]:
+    """Each target's budgets, the primary first, in a constrained study; () in a Pareto study."""
     meta = study.user_attrs.get("vitune", {})
     if meta.get("mode") != "constrained":
         return ()
-    return (meta.get("budget_ms"), *(t.get("budget_ms") for t in meta.get("also", [])))
+    return (Budget.from_meta(meta), *(Budget.from_meta(t) for t in meta.get("also", [])))
 
 
-def within_budget(trial, budgets) -> bool:
-    return all(b is None or lat <= b for lat, b in zip(latencies_of(trial), budgets))
+def budgets_ms(study) -> tuple[float | None, ...]:
+    """The latency budget on each target, the primary first (None: none on that target), in a
+    constrained study; () in a Pareto study."""
+    return tuple(b.latency_ms for b in study_budgets(study))
+
+
+def within_budget(trial, budgets, targets) -> bool:
+    """Whether ``trial`` is within every budget (one per target of ``targets``; () : always)."""
+    return fits(budgets, metrics_of(trial), targets)
 
 
 def target_names(study) -> tuple[str, ...]:
@@ -95,8 +102,8 @@ def front(study, keep=None) -> list:
     duplicates of one configuration appear once. ``keep``: only trials it accepts take part (the
     front of those, e.g. of the trials under a memory limit: a member may be dominated by a
     trial that ``keep`` leaves out)."""
-    budgets = budgets_ms(study)
-    trials = [t for t in complete_trials(study) if within_budget(t, budgets) and (keep is None or keep(t))]
+    budgets, targets = study_budgets(study), target_names(study)
+    trials = [t for t in complete_trials(study) if within_budget(t, budgets, targets) and (keep is None or keep(t))]
     points = [(accuracy_of(t), latencies_of(t)) for t in trials]
     members = [t for t, (a, lat) in zip(trials, points) if not dominated(a, lat, points)]
     seen, out = set(), []
@@ -161,9 +168,9 @@ def format_front(study) -> str:
     sources = {metrics_of(t).latency_source for t in rows}
     if sources - {"measured"}:
         lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
-    budgets = [(n, b) for n, b in zip(target_names(study), budgets_ms(study)) if b is not None]
+    budgets = budgets_text(study_budgets(study), target_names(study))
     if budgets:
-        lines.append("constrained study: only trials within the budget are shown (" + ", ".join(f"{b} ms on {n}" for n, b in budgets) + ")")
+        lines.append(f"constrained study: only trials within the budget are shown ({budgets})")
     return "\n".join(lines)
 
 
@@ -188,7 +195,7 @@ def status_text(spec) -> str:
         return head + "\nno complete trial yet"
     failures = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"][-3:]
     tail = "".join(f"\n  failed trial {t.number}: {t.user_attrs.get('error', '?')}" for t in failures)
-    title = "best within the budget" if budgets_ms(study) else "Pareto front (validated accuracy vs latency)"
+    title = "best within the budget" if study_budgets(study) else "Pareto front (validated accuracy vs latency)"
     timed = [t.user_attrs.get("timings", {}) for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     split = time_split(timed)
     return f"{head}{tail}\n{title}:\n{format_front(study)}" + (f"\n{split}" if split != "no trial timed" else "")

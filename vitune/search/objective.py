@@ -8,9 +8,9 @@ stores, as user attributes, its configuration (``config``), its hash (``config_k
 recorded by Optuna as PRUNED), a reused one ``cached_from``.
 
 Objectives: a Pareto study returns (accuracy, latency_ms on each target, the primary first); a
-constrained study returns accuracy, and its samplers see a constraint ``latency - budget_ms`` per
-target with a budget (``latency_ms``, ``latency_ms@<target>``; feasible when all are ≤ 0), set
-on each trial whose latency is known.
+constrained study returns accuracy, and its samplers see one constraint per budget (see
+:mod:`vitune.search.budgets`: ``latency_ms``, ``model_mb``, ``peak_mb``, with ``@<target>`` on the
+other targets; feasible when all are ≤ 0), set on each trial whose figures are known.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import warnings
 
 from vitune.errors import ConfigError
 from vitune.search.coordination import Heartbeat, wait_for_turn
-from vitune.search.front import accuracy_of, complete_trials, latencies_of, within_budget
-from vitune.search.records import METRICS_ATTR, PARTIAL_ATTR, Metrics
+from vitune.search.budgets import Budget, excess, fits
+from vitune.search.front import accuracy_of, complete_trials, latencies_of
+from vitune.search.records import METRICS_ATTR, PARTIAL_ATTR, Metrics, metrics_of
 
 
 class CandidateFailed(Exception):
@@ -53,26 +54,20 @@ def make_sampler(name: str, seed: int, n_trials: int):
     raise ConfigError(f"unknown sampler {name!r}")
 
 
-def constraint_name(i: int, target: str) -> str:
-    """``latency_ms`` for the primary target, ``latency_ms@<target>`` for the others."""
-    return "latency_ms" if i == 0 else f"latency_ms@{target}"
-
-
 class Objective:
-    """``budgets_ms``: one per target, the primary first (None: no constraint on that target)."""
+    """``budgets``: one :class:`~vitune.search.budgets.Budget` per target of ``targets``, the
+    primary first."""
 
-    def __init__(self, space, evaluator, study, mode: str = "pareto", budgets_ms: tuple = (None,), log=None):
+    def __init__(self, space, evaluator, study, mode: str = "pareto", budgets: tuple = (Budget(),), targets: tuple = ("",), log=None):
         self.space, self.evaluator, self.study = space, evaluator, study
-        self.mode, self.budgets_ms = mode, tuple(budgets_ms)
+        self.mode, self.budgets, self.targets = mode, tuple(budgets), tuple(targets)
         self.log = log or (lambda msg: None)
 
     def _constrain(self, trial, metrics: Metrics) -> None:
         if self.mode != "constrained":
             return
-        names = list(metrics.targets) or [None]
-        for i, (lat, budget) in enumerate(zip(metrics.latencies, self.budgets_ms)):
-            if budget is not None:
-                trial.set_constraint(constraint_name(i, names[i] if i < len(names) else "?"), float(lat) - budget)
+        for name, value in excess(self.budgets, metrics, self.targets).items():
+            trial.set_constraint(name, float(value))
 
     def _values(self, metrics: Metrics):
         if self.mode == "pareto":
@@ -85,8 +80,8 @@ class Objective:
         trials = complete_trials(self.study)
         if self.mode == "pareto":
             return [(accuracy_of(t), latencies_of(t)) for t in trials]
-        feasible = [accuracy_of(t) for t in trials if within_budget(t, self.budgets_ms)]
-        return [(max(feasible), (0.0,) * len(self.budgets_ms))] if feasible else []
+        feasible = [accuracy_of(t) for t in trials if fits(self.budgets, metrics_of(t), self.targets)]
+        return [(max(feasible), (0.0,) * len(self.budgets))] if feasible else []
 
     def _finish(self, trial, metrics: Metrics | None, error: str | None = None, pruned: str | None = None):
         """Record a trial's outcome: return its objective values, or raise so Optuna records it as

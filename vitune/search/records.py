@@ -31,6 +31,7 @@ class Metrics:
     params: int | None = None
     size_bytes: int | None = None  # what the model ships: every stored tensor at its stored dtype
     peak_memory_bytes: int | None = None  # the primary target's build: weights + planned storages + input, one batch-1 run
+    peaks_bytes: tuple[tuple[str, int], ...] = ()  # (target, bytes), the primary first; () in a one-target study
     fidelity: float | None = None  # top-1 agreement with the uncompressed model on calibration images
     partial_accuracy: float | None = None  # a candidate stopped while its accuracy was read in shards:
     accuracy_seen: int | None = None  # ... the images read so far
@@ -52,6 +53,11 @@ class Metrics:
     def latency_on(self, target: str) -> float | None:
         return dict(self.latencies_ms).get(target)
 
+    def peak_on(self, target: str) -> int | None:
+        """Peak memory of ``target``'s build, as a multi-target trial records it (the primary's is
+        also :attr:`peak_memory_bytes`)."""
+        return dict(self.peaks_bytes).get(target)
+
     def with_(self, **changes: Any) -> "Metrics":
         return dataclasses.replace(self, **changes)
 
@@ -67,7 +73,7 @@ class Metrics:
             value = getattr(self, f.name)
             if value == f.default and f.name != "latency_source":
                 continue
-            if f.name == "latencies_ms":
+            if f.name in ("latencies_ms", "peaks_bytes"):
                 value = dict(value)
             elif f.name == "latency_samples_ms":
                 value = list(value)
@@ -90,6 +96,8 @@ class Metrics:
             value = data[f.name]
             if f.name == "latencies_ms":
                 value = tuple((str(k), float(v)) for k, v in dict(value).items())
+            elif f.name == "peaks_bytes":
+                value = tuple((str(k), int(v)) for k, v in dict(value).items())
             elif f.name == "latency_samples_ms":
                 value = tuple(float(v) for v in value)
             elif f.name in ("params", "size_bytes", "peak_memory_bytes", "accuracy_seen"):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig
 from vitune.errors import ConfigError, message_line
+from vitune.search.budgets import META_KEYS as BUDGET_KEYS
+from vitune.search.budgets import Budget
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
 from vitune.search.records import accuracy_of, latency_of, time_split
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
@@ -79,12 +81,12 @@ def open_study(spec, create: bool = True, sampler=None):
 
 def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None:
     meta = study.user_attrs.get("vitune")
-    also = [{"name": p.name, "latency": t.latency, "tuning": t.tuning, "budget_ms": t.budget_ms or None}
+    also = [{"name": p.name, "latency": t.latency, "tuning": t.tuning, **Budget.from_spec(t).to_meta()}
             for p, t in zip(more_profiles, spec.also)]
     expected = {
         "model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES),
         "methods": spec.methods.to_dict(), "tuning": spec.target.tuning, "latency": spec.target.latency,
-        "mode": spec.search.mode, "budget_ms": spec.target.budget_ms or None, "also": also,
+        "mode": spec.search.mode, **Budget.from_spec(spec.target).to_meta(), "also": also,
     }
     if meta is None:
         if study.trials:
@@ -97,8 +99,8 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None
             warnings.simplefilter("ignore")
             study.set_metric_names(names[: len(study.directions)])
         return
-    recorded = [{k: v for k, v in t.items() if k != "budget_ms"} for t in meta.get("also", [])]
-    if recorded != [{k: v for k, v in t.items() if k != "budget_ms"} for t in also]:
+    recorded = [{k: v for k, v in t.items() if k not in BUDGET_KEYS} for t in meta.get("also", [])]
+    if recorded != [{k: v for k, v in t.items() if k not in BUDGET_KEYS} for t in also]:
         raise ConfigError(
             f"study {spec.name!r} in {spec.storage} was run on the extra targets "
             f"{[t['name'] + ' (' + t['latency'] + ')' for t in meta.get('also', [])]}, the study file's [[target.also]] lists "
@@ -127,9 +129,10 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None
             f"[target] latency = {spec.target.latency!r}: predicted and measured latencies are not comparable; "
             "give the study a new name or storage"
         )
-    if spec.search.mode == "constrained" and (meta.get("budget_ms"), meta.get("also", [])) != (expected["budget_ms"], also):
+    budgets = {k: expected[k] for k in BUDGET_KEYS}
+    if spec.search.mode == "constrained" and ({k: meta.get(k) for k in BUDGET_KEYS}, meta.get("also", [])) != (budgets, also):
         # a different budget changes which trials count; the trials themselves stay valid
-        study.set_user_attr("vitune", {**meta, "budget_ms": expected["budget_ms"], "also": also})
+        study.set_user_attr("vitune", {**meta, **budgets, "also": also})
     recorded = meta.get("methods")
     if recorded is not None and recorded != spec.methods.to_dict():
         changed = sorted(k for k in spec.methods.to_dict() if recorded.get(k) != getattr(spec.methods, k))
@@ -313,7 +316,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         return RunSummary(0, 0, 0.0, done)
     if on_ready is not None:
         on_ready()
-    objective = Objective(space, evaluator, study, spec.search.mode, tuple(t.budget_ms or None for t in spec.targets), log=log)
+    objective = Objective(space, evaluator, study, spec.search.mode, tuple(Budget.from_spec(t) for t in spec.targets),
+                          tuple(names), log=log)
     mine: dict[str, int] = {}  # this process's trials by state (other workers' are not counted)
     timed: list[dict] = []  # this process's trials' time splits
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)

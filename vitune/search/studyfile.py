@@ -34,11 +34,13 @@ Reference (every key optional unless marked)::
     tuning = "off"                 # off | database (tuned records only) | tune (tune unseen workloads)
     tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
     tuning_budget_s = 0            # tuning time of one run; 0 = no limit
-    budget_ms = 0                  # latency budget on this target (required by mode = "constrained")
+    budget_ms = 0                  # latency budget on this target (mode = "constrained" needs a budget)
+    budget_model_mb = 0            # the model's stored size, MiB (0 = none)
+    budget_peak_mb = 0             # this target's build at run time, batch 1, MiB (0 = none)
 
     [search]
     mode = "pareto"                # pareto: accuracy vs latency front | constrained: max accuracy
-                                   # subject to latency_ms <= [target].budget_ms (Optuna constraints)
+                                   # subject to every [target] budget (Optuna constraints)
     warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform and
                                    # sensitivity-guided configurations are the first trials
     min_fidelity = 0.5             # stop a candidate whose top-1 agreement with the uncompressed
@@ -96,8 +98,9 @@ SECTION_KEYS = {
     "model": ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"),
     "data": ("source", "root", "fractions", "seed"),
     "data.fractions": ("train", "calib", "val", "test"),
-    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "also"),
-    "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms"),
+    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "budget_model_mb",
+               "budget_peak_mb", "also"),
+    "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms", "budget_model_mb", "budget_peak_mb"),
     "search": ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
@@ -132,6 +135,8 @@ class TargetSpec:
     tuning_budget_s: float = 0.0
     remeasure_every: int = 0
     budget_ms: float = 0.0  # 0 = none
+    budget_model_mb: float = 0.0  # MiB; 0 = none
+    budget_peak_mb: float = 0.0  # MiB; 0 = none
 
 
 @dataclass(frozen=True)
@@ -327,8 +332,9 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     )
     if search.min_fidelity > 1.0:
         raise ConfigError(f"{se.at('min_fidelity')}: expected a share in [0, 1], got {search.min_fidelity!r}")
-    if search.mode == "constrained" and not any(t.budget_ms > 0 for t in (target, *also)):
-        raise ConfigError(f"{tg.at('budget_ms')}: mode = \"constrained\" needs a latency budget in ms (e.g. budget_ms = 1.0)")
+    if search.mode == "constrained" and not any(b > 0 for t in (target, *also) for b in (t.budget_ms, t.budget_model_mb, t.budget_peak_mb)):
+        raise ConfigError(f"{tg.at('budget_ms')}: mode = \"constrained\" needs a budget: latency in ms (e.g. budget_ms = 1.0), "
+                          "or budget_model_mb / budget_peak_mb in MiB")
 
     return StudySpec(
         path=path.resolve(),
@@ -359,7 +365,12 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),
         budget_ms=tg.float("budget_ms", 0.0),
+        budget_model_mb=tg.float("budget_model_mb", 0.0),
+        budget_peak_mb=tg.float("budget_peak_mb", 0.0),
     )
+    if target.budget_peak_mb and target.latency != "measured":
+        raise ConfigError(f"{tg.at('budget_peak_mb')}: peak memory is read from the build, and latency = {target.latency!r} "
+                          "builds nothing: use latency = \"measured\" or leave budget_peak_mb out")
     if target.name.endswith(".toml") or "/" in target.name:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
     return target
