@@ -64,6 +64,8 @@ def test_one_latency_objective_per_target(pareto):
     for t in done:
         lat = t.user_attrs["metrics"]["latencies_ms"]
         assert list(lat) == ["test-cpu", "arm-a72"] and all(v > 0 for v in lat.values())
+        peaks = t.user_attrs["metrics"]["peaks_bytes"]  # per target; the predicted one builds nothing
+        assert list(peaks) == ["test-cpu"] and peaks["test-cpu"] == t.user_attrs["metrics"]["peak_memory_bytes"]
         assert t.values == pytest.approx([t.user_attrs["metrics"]["accuracy"], *lat.values()])
     members = front(study)
     points = [(accuracy_of(t), latencies_of(t)) for t in done]

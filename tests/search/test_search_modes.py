@@ -81,8 +81,39 @@ def test_constrained_mode_never_exports_a_configuration_over_the_budget(tmp_path
     assert all(t.constraints == {"latency_ms": pytest.approx(latency_of(t) - budget)} for t in complete)
 
 
+def test_a_model_size_budget_constrains_the_study_its_front_and_its_exports(tmp_path, fast_target_file, default_workspace):
+    from vitune.search.front import status_text
+    from vitune.search.records import metrics_of
+
+    _, size = model_stats(default_workspace.model)
+    budget = round(0.6 * size / 2**20, 4)  # MiB: the uncompressed model is over it
+
+    def mib(t) -> float:
+        return metrics_of(t).size_bytes / 2**20
+
+    spec = write(tmp_path, fast_target_file, "small", n=10, sampler="tpe", budget=f"budget_model_mb = {budget}",
+                 search='mode = "constrained"\nmin_fidelity = 0.0')
+    run_study(spec, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert any(mib(t) > budget for t in complete) and any(mib(t) <= budget for t in complete)
+    members = front(study)
+    assert members and all(mib(t) <= budget for t in members)
+    for pick in ("best", "knee", "pareto"):
+        doc = export(spec, pick, tmp_path / f"{pick}.json")
+        assert all(rec["metrics"]["size_bytes"] <= budget * 2**20 for rec in doc.get("members", [doc]))
+    assert json.loads((tmp_path / "best.json").read_text())["metrics"]["accuracy"] == max(t.values[0] for t in complete if mib(t) <= budget)
+    assert all(t.constraints == {"model_mb": pytest.approx(mib(t) - budget)} for t in complete)  # what the sampler saw
+    assert f"only trials within the budget are shown (model {budget:g} MiB on test-cpu)" in status_text(spec)
+
+
+def test_a_peak_memory_budget_needs_a_measured_latency(tmp_path, fast_target_file):
+    with pytest.raises(ConfigError, match=r"\[target\] budget_peak_mb: peak memory is read from the build"):
+        write(tmp_path, fast_target_file, "peak", budget="budget_peak_mb = 1.0", search='mode = "constrained"')
+
+
 def test_a_constrained_study_needs_a_budget(tmp_path, fast_target_file):
-    with pytest.raises(ConfigError, match=r"\[target\] budget_ms: mode = \"constrained\" needs a latency budget"):
+    with pytest.raises(ConfigError, match=r"\[target\] budget_ms: mode = \"constrained\" needs a budget: latency in ms"):
         write(tmp_path, fast_target_file, "nobudget", search='mode = "constrained"')
 
 
