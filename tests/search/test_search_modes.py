@@ -104,7 +104,7 @@ def test_a_model_size_budget_constrains_the_study_its_front_and_its_exports(tmp_
         assert all(rec["metrics"]["size_bytes"] <= budget * 2**20 for rec in doc.get("members", [doc]))
     assert json.loads((tmp_path / "best.json").read_text())["metrics"]["accuracy"] == max(t.values[0] for t in complete if mib(t) <= budget)
     assert all(t.constraints == {"model_mb": pytest.approx(mib(t) - budget)} for t in complete)  # what the sampler saw
-    assert f"only trials within the budget are shown (model {budget:g} MiB on test-cpu)" in status_text(spec)
+    assert f"only trials within the budget are shown (model {budget:.10g} MiB on test-cpu)" in status_text(spec)
 
 
 def test_a_peak_memory_budget_needs_a_measured_latency(tmp_path, fast_target_file):

@@ -67,6 +67,7 @@ def build_report(spec, out: str | Path) -> Report:
     made = tuple(f for f in figs.values() if f is not None)
     doc = {
         "study": view.name, "storage": view.storage, "targets": list(view.targets), "mode": view.mode, "budgets_ms": list(view.budgets_ms),
+        "budgets": [b.to_meta() for b in view.budgets],
         "counts": view.counts(), "figures": [asdict(f) for f in made],
         "missing": {k: notes[k] for k, f in figs.items() if f is None},
         "front": [_row_doc(view, t) for t in view.front],

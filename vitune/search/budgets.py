@@ -57,9 +57,9 @@ class Budget:
         return out
 
     def text(self) -> str:
-        parts = [f"{self.latency_ms:g} ms" if self.latency_ms is not None else "",
-                 f"model {self.model_mb:g} MiB" if self.model_mb is not None else "",
-                 f"peak {self.peak_mb:g} MiB" if self.peak_mb is not None else ""]
+        parts = [f"{self.latency_ms:.10g} ms" if self.latency_ms is not None else "",  # as written: 1 ms, 12.345678 ms
+                 f"model {self.model_mb:.10g} MiB" if self.model_mb is not None else "",
+                 f"peak {self.peak_mb:.10g} MiB" if self.peak_mb is not None else ""]
         return ", ".join(p for p in parts if p)
 
 
