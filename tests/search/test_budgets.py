@@ -2,7 +2,8 @@
 
 import pytest
 
-from vitune.search.budgets import MIB, UNKNOWN, Budget, budgets_text, excess, fits, relative_excess
+from vitune.search.budgets import UNKNOWN, Budget, budgets_text, excess, fits, relative_excess
+from vitune.targets.memory import MIB
 from vitune.search.records import Metrics
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIB = 2**20
+from vitune.targets.memory import MIB
+
 UNKNOWN = 1e9  # how far a figure that was not recorded is over its budget (Optuna needs a number)
 META_KEYS = ("budget_ms", "budget_model_mb", "budget_peak_mb")
 
