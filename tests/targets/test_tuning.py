@@ -74,3 +74,36 @@ def test_a_tuning_run_whose_candidates_all_fail_says_why(tiny_mlp, fast_target, 
     assert rep.tuned == 0 and rep.untuned == rep.workloads and rep.trials == 0 and rep.failed > 0
     assert rep.stopped == rep.crashed == 0
     assert "candidates failed, e.g. RuntimeError: LLVM ERROR: Cannot select: intrinsic %llvm.x86.avx512" in rep.line()
+
+
+def test_tuned_kernels_read_weights_laid_out_once(tiny_vit, fast_target, tmp_path, monkeypatch):
+    """Tuned schedules choose their weights' layouts; the build lays the weights out once
+    (main_transform_params), keeps the hand-written attention kernel, and agrees with torch,
+    also after a round trip through the artifact."""
+    from vitune.targets.compile import TRANSFORM_PARAMS, load_artifact, save_artifact
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    x = torch.randn(1, 1, 8, 8)
+    want = tiny_vit(x).detach().numpy()
+    original = [tuple(p.shape) for p in tiny_vit.state_dict().values()]
+    compiled = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    assert compiled.prepacked and compiled.timings["prepack_s"] > 0
+    assert compiled.tuning.tuned > 0
+    # at least one weight now has a tiled layout no torch parameter has
+    assert any(tuple(p.shape) not in original for p in compiled.params)
+    assert compiled.memory.weights_bytes == sum(p.nbytes for p in compiled.params)
+    np.testing.assert_allclose(runner_for(fast_target).run(compiled, x.numpy()), want, atol=1e-4)
+
+    out = tmp_path / "artifact"
+    meta = save_artifact(compiled, out, fast_target)
+    assert '"prepacked": true' in open(meta["meta"]).read()
+    loaded = load_artifact(out)
+    assert loaded.prepacked
+    np.testing.assert_allclose(runner_for(fast_target).run(loaded, x.numpy()), want, atol=1e-4)
+
+    # untuned builds keep torch's layouts and have no layout transform
+    plain = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "off"))
+    assert not plain.prepacked and "prepack_s" not in plain.timings
+    assert all(tuple(p.shape) in original for p in plain.params)
+    with pytest.raises(Exception):
+        plain.runtime_module()[TRANSFORM_PARAMS]

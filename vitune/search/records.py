@@ -146,7 +146,7 @@ def latencies_of(trial) -> tuple[float, ...]:
 
 
 # A trial's time split (``user_attrs["timings"]``, seconds): the stages :func:`time_split` shows,
-# each of which is the sum of the finer ones beside it (export_s, build_s, tune_s, codegen_s, run_s
+# each of which is the sum of the finer ones beside it (export_s, build_s, tune_s, prepack_s, codegen_s, run_s
 # are inside latency_s)
 TIME_STAGES = (
     ("suggest_s", "sample"),  # the sampler's choices, recorded on the trial

@@ -24,6 +24,7 @@ from vitune.targets.native import captured_native_stderr
 ARTIFACT_LIB = "model.so"
 ARTIFACT_PARAMS = "params.npz"
 ARTIFACT_META = "artifact.json"
+TRANSFORM_PARAMS = "main_transform_params"  # what LiftTransformParams names the weights' layout transform
 
 
 @dataclass
@@ -40,6 +41,7 @@ class CompiledModel:
     prepared: Any = None  # what the runner's prepare() left (a VM, an RPC session...)
     tuning: Any = None  # the TuneReport of the build (None: untuned)
     memory: Any = None  # its vitune.targets.memory.MemoryPlan (None: not planned, e.g. loaded from disk)
+    prepacked: bool = False  # params are laid out for the tuned kernels (see prepack_params)
 
     @property
     def peak_memory_bytes(self) -> int | None:
@@ -120,10 +122,12 @@ def filtered_native_stderr():
 
 def build(mod, profile, tuner=None):
     """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
-    (planned storage bytes, storages) or None)``.
+    (planned storage bytes, storages) or None, prepacked)``.
 
     With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
-    target's database (tuning unseen ones if the tuner's mode and budget allow).
+    target's database (tuning unseen ones if the tuner's mode and budget allow). ``prepacked``:
+    the tuned kernels read their weights in the layout their schedules chose, and the executable
+    has ``main_transform_params``, which lays the weights out once (:func:`compile_model` runs it).
     """
     import tvm
 
@@ -137,9 +141,21 @@ def build(mod, profile, tuner=None):
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied
+        prepacked = any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.functions)
         mod = schedule_data_movement(mod, target)  # CPU: parallel, vectorised data movement
         storage = planned_storage(mod, target)
-        return tvm.compile(mod, target=target), report, storage
+        return tvm.compile(mod, target=target), report, storage, prepacked
+
+
+def prepack_params(compiled: CompiledModel) -> list[np.ndarray]:
+    """The weights in the layouts the tuned kernels read: ``main_transform_params`` run once on
+    this machine's CPU (the build is for it: prepacking is on for native CPU targets only)."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(compiled.runtime_module(), tvm.cpu())
+    out = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(p) for p in compiled.params])
+    return [t.numpy() for t in out]
 
 
 def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None) -> CompiledModel:
@@ -149,7 +165,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable, report, storage = build(mod, profile, tuner)
+    executable, report, storage, prepacked = build(mod, profile, tuner)
     t3 = time.perf_counter()
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
@@ -157,8 +173,12 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
         timings["build_s"] -= report.seconds
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
+    if prepacked:
+        t4 = time.perf_counter()
+        compiled.params, compiled.prepacked = prepack_params(compiled), True
+        timings["prepack_s"] = time.perf_counter() - t4  # mostly the code generation the runner would do
     if storage is not None:
-        compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in params)), activations_bytes=storage[0],
+        compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in compiled.params)), activations_bytes=storage[0],
                                      io_bytes=int(example.numel() * example.element_size()), storages=storage[1])
     return compiled
 
@@ -204,6 +224,9 @@ def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, 
         "input_shape": list(compiled.input_shape),
         "input_dtype": compiled.input_dtype,
         "call": "vm['main'](input, *params) with params in the order arr_0, arr_1, ... of params.npz",
+        # prepacked: the weights are already in the layouts the tuned kernels read (made by the
+        # library's main_transform_params from the model's weights); pass them as they are
+        "prepacked": compiled.prepacked,
         "target": profile.tvm_target,
         "target_host": profile.tvm_host,
         "target_name": profile.name,
@@ -222,7 +245,7 @@ def load_artifact(out_dir: Path) -> CompiledModel:
     lib = tvm.runtime.load_module(str(out_dir / meta["library"]))
     with np.load(out_dir / meta["params"]) as npz:
         params = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-    return CompiledModel(lib, params, tuple(meta["input_shape"]), meta["input_dtype"], meta["target"], module=lib)
+    return CompiledModel(lib, params, tuple(meta["input_shape"]), meta["input_dtype"], meta["target"], module=lib, prepacked=bool(meta.get("prepacked", False)))
 
 
 ELF_MACHINES = {0x3E: "x86-64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv"}
