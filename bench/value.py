@@ -14,7 +14,7 @@ vitune ships.
    configuration (``w8a8`` on every linear layer but the first block's, rank 0.5 of full).
 
     python bench/value.py [--study studies/quickstart.toml] [--max-drop 0.01] [--config F] [--rounds 3]
-                          [--trials-per-task 64] [--no-deit] [--json F]
+                          [--trials-per-task 64] [--no-deit | --no-default] [--json F]
 
 ``--config F`` ships the configuration in ``F`` (a ``vitune study export`` record or a bare
 configuration) instead of running the study: the peers against a configuration you already have.
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-deit", action="store_true")
+    parser.add_argument("--no-default", action="store_true", help="the deit_tiny part only")
     parser.add_argument("--target", default="local-cpu", help="target of the deit_tiny part (the study names its own)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -239,9 +240,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     doc = {"versions": versions(), "models": []}
-    doc["models"].append(default_model_row(Path(args.study), args.max_drop, args.trials_per_task, args.rounds,
-                                           Path(args.config) if args.config else None))
-    _print(doc["models"][-1])
+    if not args.no_default:
+        doc["models"].append(default_model_row(Path(args.study), args.max_drop, args.trials_per_task, args.rounds,
+                                               Path(args.config) if args.config else None))
+        _print(doc["models"][-1])
     if not args.no_deit:
         doc["models"].append(deit_row(args.target, args.trials_per_task, args.rounds))
         _print(doc["models"][-1])
