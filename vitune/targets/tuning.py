@@ -220,8 +220,9 @@ class Tuner:
         self.budget_s = float(budget_s)
         self.report = TuneReport()
         # weights laid out once for the tuned kernels (see lift_weight_layouts): the layout
-        # transform runs on this machine when the build is made, so native CPU targets only
-        self.prepack = mode != "off" and profile.device_kind == "cpu" and profile.is_native
+        # transform runs on this machine when the build is made, so only for CPU targets this
+        # machine runs itself (an RPC board may lack instructions its code uses, even on x86)
+        self.prepack = mode != "off" and profile.device_kind == "cpu" and profile.is_native and profile.runner == "local"
         self._db = None
         self._worker = worker
 
