@@ -40,21 +40,28 @@ class Budget:
     def to_meta(self) -> dict:
         return dict(zip(META_KEYS, (self.latency_ms, self.model_mb, self.peak_mb)))
 
-    def excess(self, metrics, index: int, target: str) -> dict[str, float]:
-        """Constraint name → how far ``metrics`` on target number ``index`` (0: the primary) is over
-        each budget set (≤ 0: within). Names: ``latency_ms``, ``model_mb``, ``peak_mb``, with
-        ``@<target>`` on the other targets."""
+    def limits(self, index: int, target: str) -> dict[str, float]:
+        """Constraint name → budget, for each budget set on target number ``index`` (0: the
+        primary). Names: ``latency_ms``, ``model_mb``, ``peak_mb``, with ``@<target>`` on the
+        other targets."""
         at = "" if index == 0 else f"@{target}"
+        named = (("latency_ms", self.latency_ms), ("model_mb", self.model_mb), ("peak_mb", self.peak_mb))
+        return {f"{name}{at}": b for name, b in named if b is not None}
+
+    def excess(self, metrics, index: int, target: str) -> dict[str, float]:
+        """Constraint name (as :meth:`limits`) → how far ``metrics`` on target number ``index`` is
+        over that budget (≤ 0: within)."""
+        lats = metrics.latencies
+        peak = metrics.peak_on(target) if index else metrics.peak_memory_bytes
+        figures = {
+            "latency_ms": lats[index] if index < len(lats) else None,
+            "model_mb": metrics.size_bytes / MIB if metrics.size_bytes is not None else None,
+            "peak_mb": peak / MIB if peak is not None else None,
+        }
         out: dict[str, float] = {}
-        if self.latency_ms is not None:
-            lats = metrics.latencies
-            out[f"latency_ms{at}"] = lats[index] - self.latency_ms if index < len(lats) else UNKNOWN
-        if self.model_mb is not None:
-            size = metrics.size_bytes
-            out[f"model_mb{at}"] = size / MIB - self.model_mb if size is not None else UNKNOWN
-        if self.peak_mb is not None:
-            peak = metrics.peak_on(target) if index else metrics.peak_memory_bytes
-            out[f"peak_mb{at}"] = peak / MIB - self.peak_mb if peak is not None else UNKNOWN
+        for name, limit in self.limits(index, target).items():
+            figure = figures[name.split("@", 1)[0]]
+            out[name] = figure - limit if figure is not None else UNKNOWN
         return out
 
     def text(self) -> str:
@@ -81,9 +88,7 @@ def relative_excess(budgets, metrics, targets) -> float:
     within every budget)."""
     limits: dict[str, float] = {}
     for i, (budget, target) in enumerate(zip(budgets, targets)):
-        at = "" if i == 0 else f"@{target}"
-        limits.update({f"{name}{at}": b for name, b in (("latency_ms", budget.latency_ms), ("model_mb", budget.model_mb),
-                                                       ("peak_mb", budget.peak_mb)) if b is not None})
+        limits.update(budget.limits(i, target))
     return sum(max(0.0, v) / limits[name] for name, v in excess(budgets, metrics, targets).items() if limits[name] > 0)
 
 

@@ -162,7 +162,7 @@ def lift_weight_layouts(mod):
 
     aside = {gv: f for gv, f in mod.functions.items() if not isinstance(f, relax.Function) and not _block_form(f)}
     try:
-        split = mod.clone() if hasattr(mod, "clone") else mod
+        split = mod.clone()  # the fallback below returns mod as it was
         for gv in aside:
             split[gv] = _stand_in(split, gv)
         split = relax.transform.SplitLayoutRewritePreproc()(split)
