@@ -225,3 +225,58 @@ def test_a_duplicate_configuration_is_served_from_the_study(tmp_path, fast_targe
     assert not {"compress_s", "latency_s", "accuracy_s"} & set(b.user_attrs["timings"])  # not evaluated again
     assert b.user_attrs["timings"]["trial_s"] > 0  # its own time is on record (not compared: a cache hit can make the first fast too)
     assert b.values == a.values
+
+
+def test_memory_objectives_make_a_three_objective_study_whose_front_spans_them(tmp_path, fast_target_file, default_workspace):
+    """objectives = accuracy, latency, model size: Optuna stores three values under their names
+    (optuna-dashboard shows them), the model size is the trial's stored size in MiB, and the front
+    is the set no trial beats in all three (an int8 candidate as fast as an fp32 one but smaller
+    stays on it); the study refuses to resume with other objectives."""
+    from vitune.search.front import format_front
+    from vitune.search.records import metrics_of
+
+    spec = write(tmp_path, fast_target_file, "mem3", n=12, sampler="random",
+                 search='objectives = ["accuracy", "latency_ms", "model_mb"]\nmin_fidelity = 0.0\naccuracy_shards = 1')
+    run_study(spec, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "latency_ms", "model_mb"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    for t in complete:
+        m = metrics_of(t)
+        assert t.values == pytest.approx([m.accuracy, m.latency_ms, m.size_bytes / 2**20])
+
+    def beats(a, b) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    points = {t.number: (t.values[0], -t.values[1], -t.values[2]) for t in complete}
+    expected = {n for n, p in points.items() if not any(beats(q, p) for q in points.values())}
+    keys = {t.user_attrs["config_key"]: t.number for t in complete if t.number in expected}
+    assert {t.user_attrs["config_key"] for t in front(study)} == set(keys)
+    assert "objectives: accuracy, latency_ms, model_mb" in format_front(study)
+
+    again = write(tmp_path, fast_target_file, "mem3", n=1, search='objectives = ["accuracy", "latency_ms"]\nmin_fidelity = 0.0')
+    with pytest.raises(ConfigError, match=r"has the objectives \['accuracy', 'latency_ms', 'model_mb'\], the study file asks for"):
+        run_study(again, progress=False, log=lambda *_: None)
+    size_only = write(tmp_path, fast_target_file, "mem2", n=2, search='objectives = ["accuracy", "model_mb"]\nmin_fidelity = 0.0')
+    run_study(size_only, progress=False, log=lambda *_: None)
+    latency_only = write(tmp_path, fast_target_file, "mem2", n=3, search="min_fidelity = 0.0")  # as many objectives, other ones
+    with pytest.raises(ConfigError, match=r"minimises \['model_mb'\] beside accuracy, the study file's \[search\] objectives ask for \['latency_ms'\]"):
+        run_study(latency_only, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("objectives, message", [
+    ('["latency_ms", "accuracy"]', r"\[search\] objectives: the first objective is \"accuracy\""),
+    ('["accuracy", "flops"]', r"\[search\] objectives: unknown objective 'flops' \(expected latency_ms, model_mb, peak_mb\)"),
+    ('["accuracy"]', r"\[search\] objectives: accuracy and at least one of"),
+    ('["accuracy", "model_mb", "model_mb"]', r"\[search\] objectives: accuracy and at least one of"),
+    ('["accuracy", "peak_mb"]', r"\[search\] objectives: peak memory is read from the build, and \[target\] latency"),
+])
+def test_bad_objectives_are_refused_naming_the_key(objectives, message, tmp_path, fast_target_file):
+    with pytest.raises(ConfigError, match=message):
+        write(tmp_path, fast_target_file, "bad", search=f"objectives = {objectives}")
+
+
+def test_a_constrained_study_takes_memory_as_budgets_not_objectives(tmp_path, fast_target_file):
+    with pytest.raises(ConfigError, match=r"\[search\] objectives: a constrained study maximises accuracy within its budgets"):
+        write(tmp_path, fast_target_file, "c", budget="budget_ms = 1.0", search='mode = "constrained"\nobjectives = ["accuracy", "latency_ms", "model_mb"]')

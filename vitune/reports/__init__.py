@@ -56,9 +56,9 @@ def build_report(spec, out: str | Path) -> Report:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     scores, why = param_importances(spec)
-    figs = {"pareto": F.pareto(view, folder), "recipes": F.recipes(view, folder), "history": F.history(view, folder),
+    figs = {"pareto": F.pareto(view, folder), "memory": F.memory(view, folder), "recipes": F.recipes(view, folder), "history": F.history(view, folder),
             "latency_checks": F.latency_checks(view, folder), "importance": F.importance(scores, folder)}
-    notes = {"importance": why,
+    notes = {"importance": why, "memory": "No trial recorded its memory figures.",
              "latency_checks": "Latency was measured on the target for every candidate: no cost model was used."
              if view.meta.get("latency", "measured") == "measured" else "The front has not been re-measured on the target yet."}
     chosen = picks(view)
@@ -81,7 +81,7 @@ def build_report(spec, out: str | Path) -> Report:
 
 def _row_doc(view: StudyView, t: TrialRow) -> dict:
     return {"trial": t.number, "accuracy": t.accuracy, "latency_ms": t.latency_ms, "latencies_ms": t.latencies, "speedup": view.speedup(t), "params": t.params,
-            "size_bytes": t.size_bytes, "origin": t.origin, "summary": t.summary, "recipe": t.recipe}
+            "size_bytes": t.size_bytes, "peak_memory_bytes": t.peak_memory_bytes, "origin": t.origin, "summary": t.summary, "recipe": t.recipe}
 
 
 def show_text(spec, trial: int | None = None) -> str:

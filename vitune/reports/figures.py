@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vitune.reports.view import PRECISION_BITS, StudyView
 from vitune.search.front import hypervolume
+from vitune.targets.memory import MIB
 
 DPI = 100
 FRONT = "#c0392b"
@@ -103,6 +104,53 @@ def pareto(view: StudyView, out: Path) -> Figure:
                "uniform baselines (the same option on every layer) and the uncompressed model (star); the dash-dotted line is the "
                "speed-up reference (the uncompressed model in the best runtime the target has), dotted lines mark 2x and 3x its speed.")
     return _save(fig, out, "pareto.png", "Accuracy vs latency", caption)
+
+
+def memory(view: StudyView, out: Path) -> Figure | None:
+    """Accuracy vs the model's stored size and vs the primary target's peak run-time memory:
+    every complete trial, the front of each panel's two figures, the uncompressed model and the
+    memory budgets of a constrained study."""
+    panels = [("model size (MiB, stored dtypes)", lambda t: t.size_bytes, "model_mb"),
+              (f"peak memory on {view.targets[0]} (MiB, batch 1: weights + live buffers)", lambda t: t.peak_memory_bytes, "peak_mb")]
+    panels = [p for p in panels if any(p[1](t) is not None for t in view.complete)]
+    if not panels:
+        return None
+    fig, axes = _new(600 * len(panels), 560, 1, len(panels))
+    budget = view.budgets[0] if view.budgets else None
+    for ax, (label, figure, key) in zip(axes[0], panels):
+        done = sorted((t for t in view.complete if figure(t) is not None), key=lambda t: (figure(t), -t.accuracy))
+        xs = [figure(t) / MIB for t in done]
+        ax.scatter(xs, [t.accuracy for t in done], s=14, c="#9aa5b1", label=f"trials ({len(done)})", zorder=1)
+        stair_x, stair_y, best = [], [], -1.0
+        for t in done:  # the best accuracy reached at each size or less: this panel's own front
+            if t.accuracy > best:
+                if stair_x:
+                    stair_x.append(figure(t) / MIB)
+                    stair_y.append(best)
+                best = t.accuracy
+                stair_x.append(figure(t) / MIB)
+                stair_y.append(best)
+        if stair_x:
+            ax.plot(stair_x, stair_y, color=FRONT, lw=1.5, label="best accuracy at this memory or less", zorder=2)
+        on_front = [t for t in view.front if figure(t) is not None]
+        if on_front:
+            ax.scatter([figure(t) / MIB for t in on_front], [t.accuracy for t in on_front], s=36, facecolors="none", edgecolors=FRONT,
+                       label=f"study front ({len(on_front)})", zorder=3)
+        ref = view.reference
+        if ref and figure(ref) is not None:
+            ax.scatter([figure(ref) / MIB], [ref.accuracy], marker="*", s=220, c="#f1c40f", edgecolors="black",
+                       label=f"uncompressed ({figure(ref) / MIB:.3g} MiB)", zorder=5)
+        limit = getattr(budget, key, None) if budget is not None else None
+        if limit is not None:
+            ax.axvline(limit, color=FRONT, ls="--", lw=1, label=f"budget {limit:g} MiB")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validated top-1 accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    caption = ("Accuracy against memory: the model's stored size (what the artifact ships) and, where the build's memory plan was "
+               "read, its peak memory at batch 1 on the primary target. The line is the best accuracy reached at each amount of "
+               "memory or less; hollow circles are the study's front (in its own objectives).")
+    return _save(fig, out, "memory.png", "Accuracy vs memory", caption)
 
 
 def _encode(knob: str, value) -> tuple[float, str]:

@@ -98,7 +98,7 @@ def render(view: StudyView, figures: dict[str, Figure | None], notes: dict[str, 
             parts.append(f"<p class=\"note\">Constrained study: only trials within the budget ({_e(view.budgets_text())}) are listed.</p>")
     else:
         parts.append("<p class=\"note\">No complete trial yet.</p>")
-    for key in ("pareto", "recipes"):
+    for key in ("pareto", "memory", "recipes"):
         if figures.get(key):
             parts.append(_figure(figures[key], folder))
 

@@ -40,6 +40,7 @@ class TrialRow:
     duration_s: float | None = None
     cached_from: int | None = None
     within_budgets: bool = True  # a constrained study: within every budget of every target
+    peak_memory_bytes: int | None = None  # the primary target's build at batch 1
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _row(trial, origin_of_number: dict, choices, ties, targets: tuple, budgets: 
         duration_s=duration,
         cached_from=attrs.get("cached_from"),
         within_budgets=fits(budgets, metrics, targets),
+        peak_memory_bytes=metrics.peak_memory_bytes,
     )
 
 

@@ -65,8 +65,9 @@ class Evaluator:
     """Holds what every trial needs: the original model, the splits, the latency source."""
 
     def __init__(self, workspace, profile, latency_source, split: str = "val", early: EarlyStop = EarlyStop(),
-                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = ()):
+                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = (), objectives=None):
         self.more = tuple(more)  # the other targets of a multi-target study
+        self.objectives = objectives  # a vitune.search.objectives.Objectives: the costs early stopping compares
         self.workspace = workspace
         self.profile = profile
         self.latency_source = latency_source
@@ -223,8 +224,10 @@ class Evaluator:
         from vitune.compression.stats import model_stats
         from vitune.data.splits import accuracy_in_shards
 
-        latency = result.metrics.latency_ms
-        mine = result.metrics.latencies
+        params, size = model_stats(model)  # before accuracy: the model's size may be an objective
+        result.metrics = result.metrics.with_(params=params, size_bytes=size)
+        mine = self.objectives.costs_of(result.metrics) if self.objectives else result.metrics.latencies
+        where = self.objectives.text(mine) if self.objectives else f"{result.metrics.latency_ms:.4f} ms"
         front = list(front)
         with self._lock(False, result):
             t0 = time.perf_counter()
@@ -233,13 +236,11 @@ class Evaluator:
                 hopeless=(lambda best_possible: dominated(best_possible, mine, front)) if front else None,
             )
             result.timings["accuracy_s"] = time.perf_counter() - t0
-        params, size = model_stats(model)
         total = len(self.workspace.data.get(self.split))
-        result.metrics = result.metrics.with_(params=params, size_bytes=size)
         if seen < total:
             result.metrics = result.metrics.with_(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
             result.pruned = (f"hopeless after {seen}/{total} {self.split} images: even all the rest right gives "
-                             f"accuracy <= {best:.4f}, dominated at {latency:.4f} ms")
+                             f"accuracy <= {best:.4f}, dominated at {where}")
             return
         result.metrics = result.metrics.with_(accuracy=acc)
         if self.cache:

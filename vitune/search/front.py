@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from vitune.compression.config import CompressionConfig
 from vitune.search.budgets import Budget, budgets_text, fits
+from vitune.search.objectives import study_objectives
+from vitune.targets.memory import MIB
 from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of, time_split
 
 __all__ = ["accuracy_of", "latencies_of", "latency_of"]  # re-exported: the front's readers use them from here
@@ -98,13 +100,14 @@ def complete_trials(study) -> list:
 
 
 def front(study, keep=None) -> list:
-    """Non-dominated complete trials (within the budget of a constrained study), fastest first;
+    """Non-dominated complete trials (within the budget of a constrained study; in the study's
+    objectives, see :func:`~vitune.search.objectives.study_objectives`), fastest first;
     duplicates of one configuration appear once. ``keep``: only trials it accepts take part (the
     front of those, e.g. of the trials under a memory limit: a member may be dominated by a
     trial that ``keep`` leaves out)."""
-    budgets, targets = study_budgets(study), target_names(study)
+    budgets, targets, objectives = study_budgets(study), target_names(study), study_objectives(study)
     trials = [t for t in complete_trials(study) if within_budget(t, budgets, targets) and (keep is None or keep(t))]
-    points = [(accuracy_of(t), latencies_of(t)) for t in trials]
+    points = [(accuracy_of(t), objectives.costs_of(metrics_of(t))) for t in trials]
     members = [t for t, (a, lat) in zip(trials, points) if not dominated(a, lat, points)]
     seen, out = set(), []
     for t in sorted(members, key=lambda t: (latency_of(t), -accuracy_of(t), t.number)):
@@ -130,6 +133,10 @@ def format_front(study) -> str:
     lines = [f"{'trial':>5}  {'accuracy':>8}  {'latency_ms':>10}  {'speed-up':>8}  {'params':>8}  {'size_kB':>8}  config"]
     if checks:
         lines[0] = lines[0].replace("  config", f"  {'measured_ms':>11}  config")
+    objectives = study_objectives(study)
+    peak = "peak_mb" in objectives.costs  # the primary target's peak memory, a column when it is an objective
+    if peak:
+        lines[0] = lines[0].replace("  config", f"  {'peak_MiB':>8}  config")
     more = target_names(study)[1:]  # one more latency column per extra target
     width = [max(10, len(n) + 3) for n in more]
     lines[0] = lines[0].replace("  speed-up", "".join(f"  {'ms@' + n:>{w}}" for n, w in zip(more, width)) + "  speed-up")
@@ -148,14 +155,14 @@ def format_front(study) -> str:
             check = f"  {c['measured_ms']:>11.4f}" if c.get("measured_ms") is not None else f"  {'-':>11}"
         lines.append(
             f"{t.number:>5}  {accuracy_of(t):>8.4f}  {latency_of(t):>10.4f}{extra(t)}  {speed:>8}  {m.params or 0:>8}  "
-            f"{(m.size_bytes or 0) / 1024:>8.1f}{check}  {t.user_attrs.get('summary', '')}"
+            f"{(m.size_bytes or 0) / 1024:>8.1f}{check}{_peak(m) if peak else ''}  {t.user_attrs.get('summary', '')}"
         )
     if ref is not None:
         m = metrics_of(ref)
         speed = f"{ref_ms / latency_of(ref):.2f}x" if ref_ms else "-"
         lines.append(
             f"{'ref':>5}  {accuracy_of(ref):>8.4f}  {latency_of(ref):>10.4f}{extra(ref)}  {speed:>8}  {m.params or 0:>8}  "
-            f"{(m.size_bytes or 0) / 1024:>8.1f}  uncompressed (trial {ref.number})"
+            f"{(m.size_bytes or 0) / 1024:>8.1f}{'  ' + ' ' * 11 if checks else ''}{_peak(m) if peak else ''}  uncompressed (trial {ref.number})"
         )
     meta = study.user_attrs.get("vitune", {})
     if meta.get("latency", "measured") == "measured" and meta.get("tuning") == "off":
@@ -168,10 +175,16 @@ def format_front(study) -> str:
     sources = {metrics_of(t).latency_source for t in rows}
     if sources - {"measured"}:
         lines.append(f"latency: {', '.join(sorted(sources))}" + (" (measured_ms: the same candidate measured on the target)" if checks else ""))
+    if objectives.memory:
+        lines.append(f"objectives: {', '.join(objectives.names())} (the front: no other trial is as good in all of them and better in one)")
     budgets = budgets_text(study_budgets(study), target_names(study))
     if budgets:
         lines.append(f"constrained study: only trials within the budget are shown ({budgets})")
     return "\n".join(lines)
+
+
+def _peak(m) -> str:
+    return f"  {m.peak_memory_bytes / MIB:>8.2f}" if m.peak_memory_bytes is not None else f"  {'-':>8}"
 
 
 def count_states(study) -> dict[str, int]:

@@ -7,8 +7,9 @@ stores, as user attributes, its configuration (``config``), its hash (``config_k
 ``heartbeat``; a failed trial stores ``error``, a trial stopped early ``pruned`` (the reason,
 recorded by Optuna as PRUNED), a reused one ``cached_from``.
 
-Objectives: a Pareto study returns (accuracy, latency_ms on each target, the primary first); a
-constrained study returns accuracy, and its samplers see one constraint per budget (see
+Objectives: a Pareto study returns (accuracy, *costs), the costs of its ``[search] objectives``
+(:class:`~vitune.search.objectives.Objectives`: by default latency_ms on each target, the primary
+first; the model's size and peak memory when asked); a constrained study returns accuracy, and its samplers see one constraint per budget (see
 :mod:`vitune.search.budgets`: ``latency_ms``, ``model_mb``, ``peak_mb``, with ``@<target>`` on the
 other targets; feasible when all are ≤ 0), set on each trial whose figures are known.
 """
@@ -21,7 +22,8 @@ import warnings
 from vitune.errors import ConfigError
 from vitune.search.coordination import Heartbeat, wait_for_turn
 from vitune.search.budgets import Budget, excess, fits
-from vitune.search.front import accuracy_of, complete_trials, latencies_of
+from vitune.search.front import accuracy_of, complete_trials
+from vitune.search.objectives import Objectives
 from vitune.search.records import METRICS_ATTR, PARTIAL_ATTR, Metrics, metrics_of
 
 
@@ -29,9 +31,9 @@ class CandidateFailed(Exception):
     """Raised inside the objective so Optuna records the trial as FAIL; the study goes on."""
 
 
-def directions(mode: str, n_targets: int = 1) -> list[str]:
-    """Accuracy up, and in a Pareto study each target's latency down."""
-    return ["maximize", *["minimize"] * n_targets] if mode == "pareto" else ["maximize"]
+def directions(mode: str, objectives: Objectives = Objectives()) -> list[str]:
+    """Accuracy up, and in a Pareto study each of its costs down."""
+    return objectives.directions() if mode == "pareto" else ["maximize"]
 
 
 def make_sampler(name: str, seed: int, n_trials: int):
@@ -58,9 +60,11 @@ class Objective:
     """``budgets``: one :class:`~vitune.search.budgets.Budget` per target of ``targets``, the
     primary first."""
 
-    def __init__(self, space, evaluator, study, mode: str = "pareto", budgets: tuple = (Budget(),), targets: tuple = ("",), log=None):
+    def __init__(self, space, evaluator, study, mode: str = "pareto", budgets: tuple = (Budget(),), targets: tuple = ("",), log=None,
+                 objectives: Objectives | None = None):
         self.space, self.evaluator, self.study = space, evaluator, study
         self.mode, self.budgets, self.targets = mode, tuple(budgets), tuple(targets)
+        self.objectives = objectives or Objectives(targets=self.targets)
         self.log = log or (lambda msg: None)
 
     def _constrain(self, trial, metrics: Metrics) -> None:
@@ -71,17 +75,17 @@ class Objective:
 
     def _values(self, metrics: Metrics):
         if self.mode == "pareto":
-            return (metrics.accuracy, *metrics.latencies)
+            return (metrics.accuracy, *self.objectives.costs_of(metrics))
         return metrics.accuracy
 
     def _front_points(self) -> list:
-        """What a new candidate must escape: the complete trials' (accuracy, latencies) (a
-        constrained study: the best accuracy within every budget, at any latency)."""
+        """What a new candidate must escape: the complete trials' (accuracy, costs) (a
+        constrained study: the best accuracy within every budget, at any cost)."""
         trials = complete_trials(self.study)
         if self.mode == "pareto":
-            return [(accuracy_of(t), latencies_of(t)) for t in trials]
+            return [(accuracy_of(t), self.objectives.costs_of(metrics_of(t))) for t in trials]
         feasible = [accuracy_of(t) for t in trials if fits(self.budgets, metrics_of(t), self.targets)]
-        return [(max(feasible), (0.0,) * len(self.budgets))] if feasible else []
+        return [(max(feasible), (0.0,) * len(self.objectives.names()[1:]))] if feasible else []
 
     def _finish(self, trial, metrics: Metrics | None, error: str | None = None, pruned: str | None = None):
         """Record a trial's outcome: return its objective values, or raise so Optuna records it as

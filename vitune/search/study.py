@@ -25,8 +25,16 @@ from vitune.search.budgets import Budget
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
 from vitune.search.records import accuracy_of, latency_of, time_split
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
+from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from vitune.search.objectives import Objectives
 
-OBJECTIVES = ("accuracy", "latency_ms")
+
+
+def spec_objectives(spec, primary: str = "", others=None) -> Objectives:
+    """The study file's ``[search] objectives`` on its targets (names as the profiles spell them
+    when given; the study file's target names otherwise)."""
+    targets = (primary or spec.target.name, *(others if others is not None else (t.name for t in spec.also)))
+    return Objectives.from_names(spec.search.objectives, targets)
 
 
 @dataclass
@@ -62,7 +70,8 @@ def open_study(spec, create: bool = True, sampler=None):
         raise ConfigError(f"storage {spec.storage} cannot be read as an Optuna storage: {message_line(err, last=False)}") from None
     if spec.name not in names and not create:
         raise ConfigError(f"no study {spec.name!r} in {spec.storage} (run 'vitune study run {spec.path}' first)")
-    wanted = directions(spec.search.mode, len(spec.targets))
+    objectives = spec_objectives(spec)
+    wanted = directions(spec.search.mode, objectives)
     if spec.name in names:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
         got = [d.name.lower() for d in study.directions]
@@ -73,8 +82,9 @@ def open_study(spec, create: bool = True, sampler=None):
             if mode != spec.search.mode:
                 raise ConfigError(f"study {spec.name!r} in {spec.storage} was created with [search] mode = {mode!r}, the study file "
                                   f"says {spec.search.mode!r}: give the study a new name or storage")
-            raise ConfigError(f"study {spec.name!r} in {spec.storage} has latency objectives for {len(got) - 1} target(s), the study "
-                              f"file names {len(spec.targets)}: give the study a new name or storage")
+            raise ConfigError(f"study {spec.name!r} in {spec.storage} has the objectives {study.metric_names or got}, the study file "
+                              f"asks for {objectives.names()} ([search] objectives, one latency per target): give the study a new "
+                              "name or storage")
         return study
     return optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
 
@@ -84,7 +94,7 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None
     also = [{"name": p.name, "latency": t.latency, "tuning": t.tuning, **Budget.from_spec(t).to_meta()}
             for p, t in zip(more_profiles, spec.also)]
     expected = {
-        "model": ref.to_dict(), "target": profile.name, "objectives": list(OBJECTIVES),
+        "model": ref.to_dict(), "target": profile.name, "objectives": spec_objectives(spec).to_meta(),
         "methods": spec.methods.to_dict(), "tuning": spec.target.tuning, "latency": spec.target.latency,
         "mode": spec.search.mode, **Budget.from_spec(spec.target).to_meta(), "also": also,
     }
@@ -94,11 +104,16 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None
         from vitune import __version__
 
         study.set_user_attr("vitune", {**expected, "version": __version__, "study_file": str(spec.path)})
-        names = ["accuracy", "latency_ms", *(f"latency_ms@{t['name']}" for t in also)]
+        names = spec_objectives(spec, profile.name, [t["name"] for t in also]).names()
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard shows these names
             warnings.simplefilter("ignore")
             study.set_metric_names(names[: len(study.directions)])
         return
+    if meta.get("objectives", list(DEFAULT_OBJECTIVES)) != expected["objectives"]:
+        raise ConfigError(
+            f"study {spec.name!r} in {spec.storage} minimises {meta.get('objectives', list(DEFAULT_OBJECTIVES))[1:]} beside accuracy, "
+            f"the study file's [search] objectives ask for {expected['objectives'][1:]}: give the study a new name or storage"
+        )
     recorded = [{k: v for k, v in t.items() if k not in BUDGET_KEYS} for t in meta.get("also", [])]
     if recorded != [{k: v for k, v in t.items() if k not in BUDGET_KEYS} for t in also]:
         raise ConfigError(
@@ -267,6 +282,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         log(f"marked {len(reaped)} trial(s) left running by a stopped worker as failed: {', '.join(map(str, reaped))}")
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others))
+    objectives = spec_objectives(spec, profile.name, [p.name for p, _, _ in others])
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
         study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
@@ -295,6 +311,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         cache=cache(profile, spec.target),
         host_lock=host_lock,
         more=tuple(MoreTarget(p.name, src, cache(p, t), local(p, t)) for p, src, t in every[1:]),
+        objectives=objectives,
     )
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
@@ -317,7 +334,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     if on_ready is not None:
         on_ready()
     objective = Objective(space, evaluator, study, spec.search.mode, tuple(Budget.from_spec(t) for t in spec.targets),
-                          tuple(names), log=log)
+                          tuple(names), log=log, objectives=objectives)
     mine: dict[str, int] = {}  # this process's trials by state (other workers' are not counted)
     timed: list[dict] = []  # this process's trials' time splits
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)

@@ -41,6 +41,8 @@ Reference (every key optional unless marked)::
     [search]
     mode = "pareto"                # pareto: accuracy vs latency front | constrained: max accuracy
                                    # subject to every [target] budget (Optuna constraints)
+    objectives = ["accuracy", "latency_ms"]  # pareto: accuracy and what to minimise beside it,
+                                   # any of latency_ms, model_mb, peak_mb (MiB; per target)
     warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform and
                                    # sensitivity-guided configurations are the first trials
     min_fidelity = 0.5             # stop a candidate whose top-1 agreement with the uncompressed
@@ -84,6 +86,8 @@ from vitune.compression.config import PRECISIONS
 from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 from vitune.tables import Table, check_prune_ratio, check_rank_fraction, key_path
+from vitune.search.objectives import COSTS
+from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from vitune.targets.tuning import TUNING_MODES
 
 SAMPLERS = ("tpe", "evolution", "nsga2", "random")
@@ -101,7 +105,7 @@ SECTION_KEYS = {
     "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "budget_model_mb",
                "budget_peak_mb", "also"),
     "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms", "budget_model_mb", "budget_peak_mb"),
-    "search": ("mode", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
+    "search": ("mode", "objectives", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
     "space.tie": ("layers", "knobs"),
@@ -142,6 +146,7 @@ class TargetSpec:
 @dataclass(frozen=True)
 class SearchSpec:
     mode: str = "pareto"
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # "accuracy", then costs of vitune.search.objectives.COSTS
     warm_start: bool = True
     min_fidelity: float = 0.5
     fidelity_images: int = 256
@@ -325,11 +330,20 @@ def parse_study(data: dict, path: Path) -> StudySpec:
     se = top.table("search", SECTION_KEYS["search"])
     search = SearchSpec(
         mode=se.str("mode", "pareto", MODES),
+        objectives=_objectives(se),
         warm_start=se.bool("warm_start", True),
         min_fidelity=se.float("min_fidelity", 0.5),
         fidelity_images=se.int("fidelity_images", 256, minimum=1),
         accuracy_shards=se.int("accuracy_shards", 4, minimum=1),
     )
+    if search.mode == "constrained" and search.objectives != DEFAULT_OBJECTIVES:
+        raise ConfigError(f"{se.at('objectives')}: a constrained study maximises accuracy within its budgets; more objectives "
+                          "need mode = \"pareto\" (or set budget_model_mb / budget_peak_mb on the target)")
+    if "peak_mb" in search.objectives:
+        for t, where in ((target, "[target]"), *((a, f"[[target.also]] #{i + 1}") for i, a in enumerate(also))):
+            if t.latency != "measured":
+                raise ConfigError(f"{se.at('objectives')}: peak memory is read from the build, and {where} latency = {t.latency!r} "
+                                  "builds nothing: use latency = \"measured\" or leave peak_mb out")
     if search.min_fidelity > 1.0:
         raise ConfigError(f"{se.at('min_fidelity')}: expected a share in [0, 1], got {search.min_fidelity!r}")
     if search.mode == "constrained" and not any(b > 0 for t in (target, *also) for b in (t.budget_ms, t.budget_model_mb, t.budget_peak_mb)):
@@ -374,6 +388,19 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
     if target.name.endswith(".toml") or "/" in target.name:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
     return target
+
+
+def _objectives(se) -> tuple[str, ...]:
+    names = se.strings("objectives", DEFAULT_OBJECTIVES)
+    if not names or names[0] != "accuracy":
+        raise ConfigError(f"{se.at('objectives')}: the first objective is \"accuracy\", then what to minimise "
+                          f"(any of {', '.join(COSTS)}), got {list(names)}")
+    for name in names[1:]:
+        if name not in COSTS:
+            raise ConfigError(f"{se.at('objectives')}: unknown objective {name!r} (expected {', '.join(COSTS)})")
+    if len(set(names)) < len(names) or len(names) < 2:
+        raise ConfigError(f"{se.at('objectives')}: accuracy and at least one of {', '.join(COSTS)}, each once; got {list(names)}")
+    return tuple(names)
 
 
 def _ties(sp: Table) -> tuple[Tie, ...]:
