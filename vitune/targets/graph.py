@@ -11,6 +11,10 @@ import from ``torch.export`` leaves in a ViT:
   is a kernel of its own after the linear's 2-D matmul. ``add(reshape(y), r)`` with ``y`` of lower
   rank becomes ``reshape(add(y, reshape(r)))``, so the add joins the matmul's epilogue (a reshape
   of a contiguous tensor is a view, not a copy). Exact.
+* :func:`fold_reshape_chains` — a low-rank layer is two linears, so between its factors the
+  import leaves ``reshape(reshape(y))`` (back to 3-D, then to 2-D again); fused, the pair is a
+  copy kernel that no longer reads as a reshape (a view). ``reshape(reshape(x, a), b)`` becomes
+  ``reshape(x, b)``, and a reshape to ``x``'s own shape becomes ``x``. Exact.
 * :func:`patchify_convs` — the patch embedding is a convolution whose stride equals its kernel
   (non-overlapping patches): as a convolution it ran at a third of a matmul's speed (1.07 ms of
   deit_tiny's 17). It becomes the matmul it is: patches gathered into rows (a reshape and a
@@ -85,6 +89,23 @@ def fold_residual_reshapes(func):
         return relax.op.reshape(relax.op.add(m[y], relax.op.reshape(m[r], small)), out)
 
     return rewrite_call(pattern, rewrite, func)
+
+
+def fold_reshape_chains(func):
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    inner = is_op("relax.reshape")(x, wildcard())
+    outer = is_op("relax.reshape")(inner, wildcard())
+
+    def rewrite(call, m):
+        shape = static_shape(call)
+        if shape is None:
+            return call
+        return m[x] if static_shape(m[x]) == shape else relax.op.reshape(m[x], shape)
+
+    return rewrite_call(outer, rewrite, func)
 
 
 def patchify_convs(func):
@@ -184,6 +205,7 @@ def optimize(mod, target=None):
         if isinstance(func, relax.Function):
             func = fold_elementwise_reshapes(func)
             func = fold_residual_reshapes(func)
+            func = fold_reshape_chains(func)
             func = patchify_convs(func)
             func = slice_before_permute(func)
             func = drop_softmax_guards(func)
