@@ -40,10 +40,23 @@ def test_a_configuration_reads_bare_or_from_an_export_record(value, tmp_path):
         value.read_config(bad)
 
 
-def test_the_committed_configuration_fits_the_model_it_names(value):
-    """bench/configs/digits_base-lowrank.json: the fixed configuration the README's digits_vit_base
-    figures ship (rank 0.25 of full on every fc1 and fc2, 0.5 on every qkv)."""
-    config = value.read_config(ROOT / "bench" / "configs" / "digits_base-lowrank.json")
-    config.validate(discover(build_digits_vit(RECIPES["digits_vit_base"])))
-    ranks = {name: spec.rank for name, spec in config.linear_items}
-    assert ranks["blocks.3.mlp.fc1"] == 48 and ranks["blocks.0.attn.qkv"] == 96 and config.summary() == "lowrank:12"
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "configs").glob("digits_base-*.json")), ids=lambda p: p.stem)
+def test_the_committed_configurations_fit_the_model_they_name_and_its_study_space(value, path):
+    """bench/configs/digits_base-*.json: the fixed configurations the README's digits_vit_base
+    figures ship; each is one the study's space can choose."""
+    from vitune.search.studyfile import load_study_file
+
+    config = value.read_config(path)
+    layout = discover(build_digits_vit(RECIPES["digits_vit_base"]))
+    config.validate(layout)
+    space = load_study_file(ROOT / "studies" / "digits_base.toml").space
+    for name, spec in config.linear_items:
+        unit = next(u for u in layout.linears if u.name == name)
+        if spec.rank is not None:
+            assert spec.rank / min(unit.in_features, unit.out_features) in space.menu_for(name, "rank_fraction"), name
+        assert spec.precision in space.menu_for(name, "precision"), name
+    for name, share in config.prune_mlp_items:
+        assert share in space.menu_for(name, "prune_mlp"), name
+    if path.stem == "digits_base-lowrank":
+        ranks = {name: spec.rank for name, spec in config.linear_items}
+        assert ranks["blocks.3.mlp.fc1"] == 48 and ranks["blocks.0.attn.qkv"] == 96 and config.summary() == "lowrank:12"

@@ -95,3 +95,25 @@ def test_a_target_asking_for_more_threads_than_the_pool_has_is_warned(caplog):
     assert got < many
     assert f"not the {many} the target asks for" in caplog.text and "TVM_NUM_THREADS" in caplog.text
     use_threads(min(2, os.cpu_count() or 1))
+
+
+def test_reshapes_are_views_not_kernels(tiny_vit, tiny_calib, fast_target):
+    """A reshape around a 2-D matmul, and the reshape pair between a low-rank layer's two factors,
+    cost no kernel of their own: the built module calls no PrimFunc that only reshapes."""
+    import re
+
+    from tvm import tirx
+
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.pipeline import compress
+    from vitune.targets.schedule import schedule_data_movement
+
+    lowrank = CompressionConfig.make(linear={f"blocks.{i}.mlp.{fc}": LinearConfig("fp32", 4) for i in range(2) for fc in ("fc1", "fc2")})
+    x = torch.randn(1, 1, 8, 8)
+    for model in (tiny_vit, compress(tiny_vit, lowrank, calibration=tiny_calib).eval()):
+        mod, _ = export_relax(model, x)
+        built = schedule_data_movement(optimize(mod, fast_target.tvm()), fast_target.tvm())
+        kernels = [gv.name_hint for gv, f in built.functions.items() if isinstance(f, tirx.PrimFunc)]
+        assert kernels and not [k for k in kernels if re.fullmatch(r"(fused_)?reshape\d*(_reshape\d*)*", k)], kernels
+        got = runner_for(fast_target).run(compile_model(model, x, fast_target), x.numpy())
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5, rtol=1e-5)

@@ -68,6 +68,14 @@ class DataMovement(ScheduleRule):
         return sch
 
 
+def views_for_reshapes(mod):
+    """``mod`` (legalized) with every reshape kernel ``main`` calls replaced by a view of its
+    input's memory (``vm.builtin.reshape``), and the kernels no function calls any more dropped."""
+    from tvm import relax
+
+    return relax.transform.DeadCodeElimination()(relax.transform.RewriteDataflowReshape()(mod))
+
+
 def schedule_data_movement(mod, target):
     """``mod`` legalized, fused and with :class:`DataMovement` applied to its unscheduled
     injective kernels; the module itself when ``target`` is not a CPU (``llvm``) target."""
@@ -77,7 +85,5 @@ def schedule_data_movement(mod, target):
     if target.kind.name != "llvm":
         return mod
     with target:
-        fused = relax.get_pipeline("zero")(mod)
-        # a reshape is a view of its input's memory (vm.builtin.reshape), not a copy kernel
-        fused = relax.transform.RewriteDataflowReshape()(fused).clone()  # (the schedule pass writes into the module it is given)
+        fused = views_for_reshapes(relax.get_pipeline("zero")(mod)).clone()  # (the schedule pass writes into the module it is given)
         return ApplyDefaultSchedule(DataMovement())(fused)

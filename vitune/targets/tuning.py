@@ -268,7 +268,9 @@ class Tuner:
         if self.mode == "off":
             return mod, report
         target = self.profile.tvm()
-        mod = relax.transform.RewriteDataflowReshape()(relax.get_pipeline("zero")(mod))  # reshapes: views, not copy kernels
+        from vitune.targets.schedule import views_for_reshapes
+
+        mod = views_for_reshapes(relax.get_pipeline("zero")(mod))
         if self.prepack:  # the weights' buffers: a schedule may choose their layout (RewriteLayout)
             mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if _tunable(t)]
