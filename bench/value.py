@@ -2,7 +2,8 @@
 vitune ships.
 
 1. The default model, batch 1, the target's threads everywhere, one process, interleaved rounds:
-   ONNX Runtime fp32 and dynamic int8, OpenVINO fp32 and INT8 after NNCF post-training
+   ONNX Runtime fp32 and dynamic int8, OpenVINO at its default precision (bf16 on a CPU with
+   bf16 instructions, labelled so), held to fp32, and INT8 after NNCF post-training
    quantization, ``torch.compile``, PyTorch eager and vitune's tuned uncompressed build, each
    with its test accuracy (batch 1 over the test split); against them the model vitune ships
    from a study with the default settings (``--study``, run or resumed here), picked as the
@@ -33,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-PEERS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-nncf-int8", "torch-compile", "torch-eager")
+PEERS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-f32", "openvino-nncf-int8", "torch-compile", "torch-eager")
 CALIBRATION_IMAGES = 64
 
 
@@ -65,7 +66,7 @@ def compare(label, original, shipped, example, profile, trials_per_task, rounds,
     time everything side by side; accuracies on ``test`` when given."""
     from vitune.errors import short_reason
     from vitune.targets.compile import compile_model
-    from vitune.targets.peers import build_label, get_peer, peer_timer, time_side_by_side
+    from vitune.targets.peers import build_label, get_peer, peer_timer, session_label, time_side_by_side
     from vitune.targets.runner import runner_for
     from vitune.targets.tuning import Tuner
 
@@ -86,9 +87,10 @@ def compare(label, original, shipped, example, profile, trials_per_task, rounds,
         except Exception as err:
             row["errors"][name] = short_reason(err)
             continue
-        row["peers"][name] = {"label": peer.label, "precision": peer.precision, "test_accuracy": acc, "load_s": time.perf_counter() - t0}
+        shown, precision = session_label(peer, session)
+        row["peers"][name] = {"label": shown, "precision": precision, "test_accuracy": acc, "load_s": time.perf_counter() - t0}
         timers[name] = peer_timer(session, x, profile.protocol)
-        print(f"  {label}: {peer.label} loaded ({time.perf_counter() - t0:.1f} s)" + (f", test accuracy {acc:.4f}" if acc is not None else ""), flush=True)
+        print(f"  {label}: {shown} loaded ({time.perf_counter() - t0:.1f} s)" + (f", test accuracy {acc:.4f}" if acc is not None else ""), flush=True)
 
     tuner = Tuner(profile, "tune", trials_per_task)
     try:

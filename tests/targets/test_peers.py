@@ -14,6 +14,7 @@ from vitune.targets.peers import (
     list_peers,
     peer_timer,
     register_peer,
+    session_label,
     time_side_by_side,
 )
 from vitune.targets.profile import Protocol, RunnerSpec
@@ -45,7 +46,12 @@ def test_every_peer_loads_and_agrees_with_pytorch(name, tiny_vit, fast_target):
     got = session(x.numpy())
     want = model(x).detach().numpy()
     assert got.shape == want.shape
-    tol = 1e-3 if peer.precision == "fp32" else 0.5 * float(np.abs(want).max())  # int8 is close, not exact
+    label, precision = session_label(peer, session)
+    assert precision in ("fp32", "bf16", "fp16", "int8") and (precision == peer.precision or precision in label)
+    if name == "openvino-f32":
+        assert precision == "fp32"  # held to f32 whatever the CPU
+    scale = float(np.abs(want).max())
+    tol = {"fp32": 1e-3, "bf16": 0.05 * scale, "fp16": 0.01 * scale}.get(precision, 0.5 * scale)  # int8 is close, not exact
     np.testing.assert_allclose(got, want, atol=tol)
     samples = peer_timer(session, x.numpy(), fast_target.protocol)()
     assert len(samples) == fast_target.protocol.repeat and min(samples) > 0
@@ -82,3 +88,14 @@ def test_a_peer_name_is_registered_once():
 
     with pytest.raises(ValueError, match="already registered"):
         register_peer(Again)
+
+
+def test_a_session_that_runs_another_precision_than_its_peer_names_says_so():
+    from vitune.targets.peers import PeerSession
+
+    peer = get_peer("openvino")
+    assert session_label(peer, PeerSession(lambda x: x)) == ("OpenVINO fp32", "fp32")
+    assert session_label(peer, PeerSession(lambda x: x, "fp32")) == ("OpenVINO fp32", "fp32")
+    assert session_label(peer, PeerSession(lambda x: x, "bf16")) == ("OpenVINO bf16 (its default on this CPU)", "bf16")
+    int8 = get_peer("openvino-nncf-int8")
+    assert session_label(int8, PeerSession(lambda x: x, "bf16")) == (int8.label, "int8")

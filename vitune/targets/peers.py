@@ -9,7 +9,8 @@ uncompressed TVM build, labelled as such (:func:`baseline_peers` returns no peer
 Contract of a peer (:class:`PeerRuntime`; every built-in and plug-in meets it):
 
 * ``name`` — registry key (``onnxruntime``, ``openvino``, ``onnxruntime-int8``...); ``label`` —
-  what to print; ``precision`` — ``fp32`` or ``int8``; ``baseline`` — whether it competes for
+  what to print; ``precision`` — ``fp32`` or ``int8`` (a session may report the precision the
+  runtime chose instead, see :class:`PeerSession`); ``baseline`` — whether it competes for
   the speed-up reference (the fp32 peers do; int8 peers change accuracy and are bench-only);
 * ``missing()`` — ``None`` when the package is importable here, else one line saying what to
   install; cheap (imports, no model);
@@ -43,10 +44,13 @@ TVM_BASELINE = "vitune-tvm-tuned"  # the baseline's name where no peer runs on t
 
 
 class PeerSession:
-    """A loaded model: ``session(x)`` → logits as numpy, ``x`` a numpy batch of the loaded shape."""
+    """A loaded model: ``session(x)`` → logits as numpy, ``x`` a numpy batch of the loaded shape.
+    ``precision``: what the runtime computes in, where it chose (OpenVINO runs bf16 by default on
+    a CPU with bf16 instructions); None: the peer's own ``precision``."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray]):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], precision: str | None = None):
         self._run = run
+        self.precision = precision
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)))
@@ -149,13 +153,31 @@ def _ort_session(path: Path, threads: int) -> PeerSession:
     return PeerSession(lambda x: session.run(None, {name: x})[0])
 
 
-def _ov_session(ov_model, threads: int) -> PeerSession:
+_OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's element types → ours
+
+
+def _ov_session(ov_model, threads: int, precision: str | None = None) -> PeerSession:
+    """``precision``: force OpenVINO's inference precision (``f32``); None keeps its default,
+    which the session reports (``bf16`` on CPUs with bf16 instructions)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    chosen = compiled.get_property("INFERENCE_PRECISION_HINT")
     request = compiled.create_infer_request()
     out = compiled.output(0)
-    return PeerSession(lambda x: request.infer([x])[out])
+    return PeerSession(lambda x: request.infer([x])[out], _OV_PRECISIONS.get(getattr(chosen, "type_name", str(chosen)), str(chosen)))
+
+
+def session_label(peer, session: PeerSession) -> tuple[str, str]:
+    """(label, precision) of a loaded peer: the peer's own, or, where the runtime runs an fp32
+    peer in another float precision, that precision named in the label (an int8 peer stays
+    int8: its layers left in float run in whatever the runtime chose)."""
+    if session.precision is None or session.precision == peer.precision or peer.precision != "fp32":
+        return peer.label, peer.precision
+    return f"{peer.label.replace(peer.precision, '').strip()} {session.precision} (its default on this CPU)", session.precision
 
 
 @register_peer
@@ -188,6 +210,9 @@ class OnnxRuntimeInt8(PeerRuntime):
 
 @register_peer
 class OpenVino(PeerRuntime):
+    """OpenVINO as a user gets it: its default inference precision, fp32 or, on a CPU with bf16
+    instructions, bf16 (the session says which; :func:`session_label` names it)."""
+
     name, label, baseline = "openvino", "OpenVINO fp32", True
     packages, install = ("openvino", "onnx"), "installed with vitune: pip install openvino"
 
@@ -195,6 +220,20 @@ class OpenVino(PeerRuntime):
         import openvino as ov
 
         return _ov_session(ov.Core().read_model(str(onnx_file(model, example))), threads)
+
+
+@register_peer
+class OpenVinoF32(PeerRuntime):
+    """OpenVINO held to fp32 (``INFERENCE_PRECISION_HINT = f32``): the fp32 comparison on a CPU
+    where its default is bf16. Bench-only: the speed-up reference is OpenVINO as users run it."""
+
+    name, label = "openvino-f32", "OpenVINO fp32 (held to f32)"
+    packages, install = ("openvino", "onnx"), "installed with vitune: pip install openvino"
+
+    def load(self, model, example, threads, calibration=None):
+        import openvino as ov
+
+        return _ov_session(ov.Core().read_model(str(onnx_file(model, example))), threads, precision="f32")
 
 
 @register_peer
@@ -380,8 +419,9 @@ def measure_baseline(original, example, profile, candidate=None, rounds: int = 3
     prepared = []
     for peer in baseline_peers(profile):
         try:
-            timers[peer.name] = peer_timer(peer.load(original, example, profile.threads), x, profile.protocol)
-            labels[peer.name] = peer.label
+            session = peer.load(original, example, profile.threads)
+            timers[peer.name] = peer_timer(session, x, profile.protocol)
+            labels[peer.name] = session_label(peer, session)[0]
         except Exception as err:
             errors[peer.name] = short_reason(err)
     # a device over RPC serves one session at a time: there each round connects, uploads, times
