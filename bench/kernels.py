@@ -13,6 +13,10 @@ drifts, read the shares, and the difference only when it is large.
 
     python bench/kernels.py [--study studies/digits_base.toml] [--config F ...] [--top 20]
                             [--tune] [--trials-per-task 64] [--json F]
+    python bench/kernels.py --timm deit_tiny_patch16_224 [--target local-cpu] [--json F]
+
+``--timm NAME`` builds that timm model instead (random init, seeded, at its default input size;
+the uncompressed model only: the latency of a build does not depend on the weights' values).
 
 Local CPU targets only (the kernels run in this process). JSON keys per build: ``kernels``
 (name, ``calls``, ``ms_each``, ``ms_total``), ``kernels_ms``, ``build_ms``.
@@ -109,6 +113,8 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--timm", default=None, help="a timm model name: its uncompressed build instead of the study's model")
+    parser.add_argument("--target", default="local-cpu", help="the target of --timm (a study names its own)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -123,21 +129,32 @@ def main() -> None:
     from vitune.versions import versions
 
     t0 = time.perf_counter()
-    spec = load_study_file(Path(args.study))
-    ws = load_workspace(spec.model, spec.data, progress=False)
-    profile = load_target(spec.target.name)
+    if args.timm:
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        model = timm.create_model(args.timm, pretrained=False).eval()
+        models = {f"{args.timm} (random init)": model}
+        example = torch.randn(1, *model.default_cfg["input_size"], generator=torch.Generator().manual_seed(1))
+        profile = load_target(args.target)
+    else:
+        spec = load_study_file(Path(args.study))
+        ws = load_workspace(spec.model, spec.data, progress=False)
+        profile = load_target(spec.target.name)
+        models = {"uncompressed": ws.model.eval()}
+        for path in args.config:
+            config = read_config(Path(path))
+            calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
+            models[Path(path).stem] = compress(ws.model, config, train_data=ws.data.train, calibration=calib).eval()
+        example = ws.example_input(1)
     if profile.runner != "local" or not profile.is_native:
         raise SystemExit(f"bench/kernels.py times kernels in this process: target {profile.name} runs elsewhere")
-    models = {"uncompressed": ws.model.eval()}
-    for path in args.config:
-        config = read_config(Path(path))
-        calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
-        models[Path(path).stem] = compress(ws.model, config, train_data=ws.data.train, calibration=calib).eval()
     tuner = Tuner(profile, "tune" if args.tune else "database", args.trials_per_task)
-    doc: dict = {"versions": versions(), "study": args.study, "target": profile.name, "builds": {}}
+    doc: dict = {"versions": versions(), "study": None if args.timm else args.study, "timm": args.timm, "target": profile.name, "builds": {}}
     try:
         for name, model in models.items():
-            row = profile_build(model, ws.example_input(1), profile, tuner, args.repeat)
+            row = profile_build(model, example, profile, tuner, args.repeat)
             doc["builds"][name] = row
             print(f"\n{name}: whole build {row['build_ms']:.4f} ms, {row['kernel_calls']} kernel calls timed alone {row['kernels_ms']:.4f} ms "
                   f"({row['tuning']})")
