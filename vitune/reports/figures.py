@@ -54,6 +54,22 @@ def _save(fig, out: Path, name: str, title: str, caption: str) -> Figure:
     return Figure(name, title, caption, width, height)
 
 
+def _staircase(points) -> tuple[list[float], list[float]]:
+    """(xs, ys) of the line through ``points`` ((x, accuracy), sorted by x) that holds the best
+    accuracy reached at each x or less."""
+    xs: list[float] = []
+    ys: list[float] = []
+    best = -1.0
+    for x, accuracy in points:
+        best = max(best, accuracy)
+        if xs:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(best)
+    return xs, ys
+
+
 def pareto(view: StudyView, out: Path) -> Figure:
     """Accuracy vs latency, one panel per target: every complete trial, the front, the uniform
     baselines and the uncompressed model."""
@@ -67,17 +83,8 @@ def pareto(view: StudyView, out: Path) -> Figure:
         done = [t for t in view.complete if lat(t) is not None]
         ax.scatter([lat(t) for t in done], [t.accuracy for t in done], s=14, c="#9aa5b1", label=f"trials ({len(done)})", zorder=1)
         front = sorted((t for t in view.front if lat(t) is not None), key=lat)
-        if front:
-            xs, ys = [], []
-            best = -1.0
-            for t in front:  # a staircase: the best accuracy the front reaches at each latency on this target
-                best = max(best, t.accuracy)
-                if xs:
-                    xs.append(lat(t))
-                    ys.append(ys[-1])
-                xs.append(lat(t))
-                ys.append(best)
-            ax.plot(xs, ys, color=FRONT, lw=1.5, zorder=2)
+        if front:  # the best accuracy the front reaches at each latency on this target
+            ax.plot(*_staircase([(lat(t), t.accuracy) for t in front]), color=FRONT, lw=1.5, zorder=2)
             ax.scatter([lat(t) for t in front], [t.accuracy for t in front], s=36, c=FRONT, label=f"front ({len(front)})", zorder=3)
         base = [t for t in view.baselines if lat(t) is not None]
         if base:
@@ -121,17 +128,9 @@ def memory(view: StudyView, out: Path) -> Figure | None:
         done = sorted((t for t in view.complete if figure(t) is not None), key=lambda t: (figure(t), -t.accuracy))
         xs = [figure(t) / MIB for t in done]
         ax.scatter(xs, [t.accuracy for t in done], s=14, c="#9aa5b1", label=f"trials ({len(done)})", zorder=1)
-        stair_x, stair_y, best = [], [], -1.0
-        for t in done:  # the best accuracy reached at each size or less: this panel's own front
-            if t.accuracy > best:
-                if stair_x:
-                    stair_x.append(figure(t) / MIB)
-                    stair_y.append(best)
-                best = t.accuracy
-                stair_x.append(figure(t) / MIB)
-                stair_y.append(best)
-        if stair_x:
-            ax.plot(stair_x, stair_y, color=FRONT, lw=1.5, label="best accuracy at this memory or less", zorder=2)
+        if done:  # the best accuracy reached at each size or less: this panel's own front
+            ax.plot(*_staircase([(figure(t) / MIB, t.accuracy) for t in done]), color=FRONT, lw=1.5,
+                    label="best accuracy at this memory or less", zorder=2)
         on_front = [t for t in view.front if figure(t) is not None]
         if on_front:
             ax.scatter([figure(t) / MIB for t in on_front], [t.accuracy for t in on_front], s=36, facecolors="none", edgecolors=FRONT,

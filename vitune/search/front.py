@@ -13,8 +13,8 @@ from __future__ import annotations
 from vitune.compression.config import CompressionConfig
 from vitune.search.budgets import Budget, budgets_text, fits
 from vitune.search.objectives import study_objectives
-from vitune.targets.memory import MIB
 from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of, time_split
+from vitune.targets.memory import MIB
 
 __all__ = ["accuracy_of", "latencies_of", "latency_of"]  # re-exported: the front's readers use them from here
 

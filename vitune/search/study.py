@@ -29,7 +29,6 @@ from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from vitune.search.objectives import Objectives
 
 
-
 def spec_objectives(spec, primary: str = "", others=None) -> Objectives:
     """The study file's ``[search] objectives`` on its targets (names as the profiles spell them
     when given; the study file's target names otherwise)."""
@@ -89,12 +88,14 @@ def open_study(spec, create: bool = True, sampler=None):
     return optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
 
 
-def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None:
+def check_metadata(study, spec, ref, profile, more_profiles: tuple = (), objectives: Objectives | None = None) -> None:
+    """``objectives``: the study file's, on these profiles (see :func:`spec_objectives`)."""
+    objectives = objectives or spec_objectives(spec, profile.name, [p.name for p in more_profiles])
     meta = study.user_attrs.get("vitune")
     also = [{"name": p.name, "latency": t.latency, "tuning": t.tuning, **Budget.from_spec(t).to_meta()}
             for p, t in zip(more_profiles, spec.also)]
     expected = {
-        "model": ref.to_dict(), "target": profile.name, "objectives": spec_objectives(spec).to_meta(),
+        "model": ref.to_dict(), "target": profile.name, "objectives": objectives.to_meta(),
         "methods": spec.methods.to_dict(), "tuning": spec.target.tuning, "latency": spec.target.latency,
         "mode": spec.search.mode, **Budget.from_spec(spec.target).to_meta(), "also": also,
     }
@@ -104,7 +105,7 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = ()) -> None
         from vitune import __version__
 
         study.set_user_attr("vitune", {**expected, "version": __version__, "study_file": str(spec.path)})
-        names = spec_objectives(spec, profile.name, [t["name"] for t in also]).names()
+        names = objectives.names()
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard shows these names
             warnings.simplefilter("ignore")
             study.set_metric_names(names[: len(study.directions)])
@@ -281,8 +282,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     if reaped:
         log(f"marked {len(reaped)} trial(s) left running by a stopped worker as failed: {', '.join(map(str, reaped))}")
     workspace = load_workspace(spec.model, spec.data, progress=progress)
-    check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others))
     objectives = spec_objectives(spec, profile.name, [p.name for p, _, _ in others])
+    check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others), objectives)
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     if "space" not in study.user_attrs:  # the menus and ties, for reports (per-layer recipes)
         study.set_user_attr("space", {"choices": [[n, list(m)] for n, m in space.choices], "ties": [[n, list(m)] for n, m in space.ties]})
