@@ -157,6 +157,14 @@ def _tune(args) -> int:
     from vitune.tune import tune_study_models
 
     profile = load_target(args.target)
+    if args.export_seed:
+        from vitune.targets.seeds import export_seed
+        from vitune.targets.tuning import database_dir
+
+        n = export_seed(database_dir(profile), Path(args.export_seed), profile, note=args.note)
+        print(f"wrote {args.export_seed}: the best schedule of each of {n} workloads of {profile.name}'s tuning database "
+              f"{database_dir(profile)} (copy it to $VITUNE_SEEDS_DIR or ~/.config/vitune/seeds on machines with this target)")
+        return 0
     if args.study:
         spec = load_study_file(args.study)
     else:  # the embedded default model with the default space (installed packages have no studies/ folder)
@@ -308,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload")
     tu.add_argument("--configs", type=int, default=0, help="also tune this many random configurations of the study's space")
     tu.add_argument("--budget-s", type=float, default=0.0, help="stop tuning new workloads after SECONDS (0 = no limit)")
+    tu.add_argument("--export-seed", default=None, metavar="FILE",
+                    help="tune nothing: write the best schedule of each workload of the target's database to FILE (.json.gz), "
+                         "for other machines with this target (vitune/targets/seeds.py)")
+    tu.add_argument("--note", default="", help="with --export-seed: how the database was tuned (kept in the file)")
     tu.set_defaults(func=_tune)
 
     cm = sub.add_parser("costmodel", help="latency cost models: fit on measured samples, evaluate on held-out ones").add_subparsers(dest="costmodel_command", required=True)

@@ -147,6 +147,11 @@ class W8A8Linear(nn.Module):
     exported graph quantizes x to int8, runs an integer matmul (see
     :func:`vitune.targets.compile.export_relax`, which makes it an int8 × int8 → int32 matmul in
     TVM), then dequantizes. Inputs beyond ±127 s_x are clipped (that is what calibration tunes).
+
+    ``1 / s_x`` is a one-element weight (``inv_act_scale``), not a constant of the graph: a
+    constant would make each layer's quantize kernel (fused into the layer norm or matmul before
+    it) a workload of its own, tuned anew for every calibration, where as a weight every layer of
+    the same shape shares one.
     """
 
     def __init__(self, weight_int8: torch.Tensor, w_scale: torch.Tensor, act_scale: float, bias: torch.Tensor | None):
@@ -158,6 +163,7 @@ class W8A8Linear(nn.Module):
         self.out_features, self.in_features = (int(s) for s in weight_int8.shape)
         self.weight_int8 = nn.Parameter(weight_int8.contiguous(), requires_grad=False)
         self.act_scale = float(act_scale)
+        self.inv_act_scale = nn.Parameter(torch.tensor([1.0 / self.act_scale], dtype=torch.float32), requires_grad=False)
         # folded output scale s_x · s_w (one per output channel)
         self.out_scale = nn.Parameter((w_scale.to(torch.float64) * self.act_scale).to(torch.float32), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
@@ -168,7 +174,7 @@ class W8A8Linear(nn.Module):
         return cls(q.weight_int8.data, q.scale.data, act_scale, layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq = torch.clamp(torch.round(x * (1.0 / self.act_scale)), -127.0, 127.0).to(torch.int8)
+        xq = torch.clamp(torch.round(x * self.inv_act_scale.to(x.dtype)), -127.0, 127.0).to(torch.int8)
         acc = torch.matmul(xq.to(torch.int32), self.weight_int8.to(torch.int32).t())
         y = acc.to(x.dtype) * self.out_scale.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)

@@ -306,6 +306,11 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             if "baseline" not in study.user_attrs:  # another worker may have timed it meanwhile
                 study.set_user_attr("baseline", time_baselines(workspace, [(p, t) for p, _, t in every], log))
 
+    for p, t in [(profile, tuner), *((p, tu) for p, _, tu in others)]:
+        if t is not None:
+            shipped = "; ".join(seed.label(p) for seed, _ in t.seeds) or "none fit this target"
+            log(f"{p.name}: kernels tuned ({t.mode}, {t.trials_per_task} trials per new workload) into {t.database_path}; "
+                f"below it, {shipped}")
     evaluator = Evaluator(
         workspace, profile, source,
         early=EarlyStop(spec.search.min_fidelity, spec.search.fidelity_images, spec.search.accuracy_shards),

@@ -400,6 +400,8 @@ def build_label(compiled) -> str:
         return "vitune's TVM build (untuned)"
     if rep.untuned:
         return f"vitune's TVM build ({rep.untuned} of {rep.workloads} workloads untuned)"
+    if rep.from_seed:
+        return f"vitune's TVM build, tuned ({rep.from_seed} of {rep.workloads} workloads with shipped schedules{rep.seed_note})"
     return "vitune's TVM build, tuned"
 
 

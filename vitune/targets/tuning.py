@@ -44,6 +44,7 @@ TUNING_MODES = ("off", "database", "tune")
 class TuneReport:
     workloads: int = 0  # distinct tunable workloads in the module
     from_database: int = 0  # ... already in the database
+    from_seed: int = 0  # ... of which: from shipped schedules (vitune.targets.seeds), not tuned here
     tuned: int = 0  # ... tuned now
     untuned: int = 0  # ... left untuned (mode or budget)
     trials: int = 0  # candidates built and measured
@@ -54,12 +55,14 @@ class TuneReport:
     failures_log: str = ""  # where the stopped and crashed candidates' full reasons are
     seconds: float = 0.0
     names: list[str] = field(default_factory=list)  # tuned workloads
+    seed_note: str = ""  # where the shipped schedules were tuned, e.g. " tuned on znver5, not this CPU"
 
     def merge(self, other: "TuneReport") -> None:
-        for k in ("workloads", "from_database", "tuned", "untuned", "trials", "failed", "stopped", "crashed"):
+        for k in ("workloads", "from_database", "from_seed", "tuned", "untuned", "trials", "failed", "stopped", "crashed"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.error = other.error or self.error
         self.failures_log = other.failures_log or self.failures_log
+        self.seed_note = other.seed_note or self.seed_note
         self.seconds += other.seconds
         self.names += other.names
 
@@ -67,8 +70,9 @@ class TuneReport:
         failed = f"; {self.failed} candidates failed, e.g. {self.error}" if self.failed else ""
         if self.stopped or self.crashed:
             failed += f" ({self.stopped} stopped past their deadline, {self.crashed} crashed the worker; full reasons in {self.failures_log})"
+        seeded = f" ({self.from_seed} of them shipped schedules{self.seed_note})" if self.from_seed else ""
         return (
-            f"{self.workloads} workloads: {self.from_database} from the tuning database, {self.tuned} tuned now "
+            f"{self.workloads} workloads: {self.from_database} from the tuning database{seeded}, {self.tuned} tuned now "
             f"({self.trials} candidates in {self.seconds:.1f} s), {self.untuned} untuned{failed}"
         )
 
@@ -224,6 +228,7 @@ class Tuner:
         # machine runs itself (an RPC board may lack instructions its code uses, even on x86)
         self.prepack = mode != "off" and profile.device_kind == "cpu" and profile.is_native and profile.runner == "local"
         self._db = None
+        self._seeds: list | None = None  # [(Seed, its database)], read on first need
         self._worker = worker
 
     @property
@@ -253,6 +258,23 @@ class Tuner:
             self._db = open_database(self.profile)
         return self._db
 
+    @property
+    def seeds(self) -> list:
+        """The shipped schedules that fit this target (:mod:`vitune.targets.seeds`), below the
+        database: ``[(Seed, read-only database)]``."""
+        if self._seeds is None:
+            from vitune.targets.seeds import find_seeds, open_seed
+
+            self._seeds = [(seed, open_seed(seed)) for seed in find_seeds(self.profile)] if self.mode != "off" else []
+        return self._seeds
+
+    def seed_note(self) -> str:
+        if not self.seeds:
+            return ""
+        mcpus = sorted({seed.meta.mcpu for seed, _ in self.seeds})
+        exact = all(seed.fit(self.profile) == "exact" for seed, _ in self.seeds)
+        return f", tuned on {'/'.join(mcpus)}" + ("" if exact else ", not this CPU")
+
     def _left_s(self) -> float:
         return float("inf") if self.budget_s <= 0 else self.budget_s - self.report.seconds
 
@@ -277,7 +299,11 @@ class Tuner:
         db = self.database
         report.workloads = len(tasks)
         unseen = [t for t in tasks if not self._has_record(db, t, target)]
+        seeded = [t for t in unseen if any(self._has_record(sdb, t, target) for _, sdb in self.seeds)]
+        unseen = [t for t in unseen if t not in seeded]
         report.from_database = len(tasks) - len(unseen)
+        report.from_seed = len(seeded)
+        report.seed_note = self.seed_note() if seeded else ""
         if unseen and self.mode == "tune" and self._left_s() > 0:
             t0 = time.perf_counter()
             self._tune(unseen, target, db, report)
@@ -287,7 +313,9 @@ class Tuner:
             report.names = [t.task_name for t in tuned]
             unseen = [t for t in unseen if t not in tuned]
         report.untuned = len(unseen)
-        with target, db:
+        # the machine's own records first, then the shipped ones
+        every = ms.database.OrderedUnionDatabase(db, *(sdb for _, sdb in self.seeds)) if self.seeds else db
+        with target, every:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         if self.prepack:
             mod = lift_weight_layouts(mod)

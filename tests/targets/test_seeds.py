@@ -1,0 +1,101 @@
+"""Shipped schedules (vitune.targets.seeds): export a tuned database, start a fresh one from it."""
+
+import dataclasses
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vitune.errors import ConfigError
+from vitune.targets.compile import compile_model
+from vitune.targets.runner import runner_for
+from vitune.targets.seeds import SHIPPED_DIR, export_seed, find_seeds, read_seed
+from vitune.targets.tuning import Tuner, database_dir
+
+
+def test_a_seed_starts_a_fresh_database_tuned(fast_target, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 40), nn.GELU(), nn.Linear(40, 8)).eval(), torch.randn(1, 5, 16)
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "tuned-here"))
+    tuned = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    assert tuned.tuning.tuned == tuned.tuning.workloads > 0
+
+    seed = tmp_path / "seeds" / "test.json.gz"
+    assert export_seed(database_dir(fast_target), seed, fast_target, note="4 trials per workload") == tuned.tuning.workloads
+    meta = read_seed(seed)[0]
+    assert meta.workloads == tuned.tuning.workloads and meta.fit(fast_target) == "exact"
+
+    # another machine of the same kind: a fresh cache, the seed in the user's seed folder
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(seed.parent))
+    tuner = Tuner(fast_target, "tune", trials_per_task=4)
+    assert [s.path for s, _ in tuner.seeds][:1] == [seed]
+    again = compile_model(model, x, fast_target, tuner)
+    rep = again.tuning
+    assert rep.tuned == 0 and rep.trials == 0 and rep.untuned == 0
+    assert rep.from_seed == rep.from_database == rep.workloads
+    assert "shipped schedules, tuned on" in rep.line()
+    np.testing.assert_allclose(runner_for(fast_target).run(again, x.numpy()), model(x).detach().numpy(), atol=1e-4)
+    assert not (database_dir(fast_target) / "records.json").exists() or "NT_matmul" not in (database_dir(fast_target) / "records.json").read_text()
+
+    # turned off, the same fresh machine has nothing
+    monkeypatch.setenv("VITUNE_SEEDS", "0")
+    assert Tuner(fast_target, "database").seeds == []
+    off = compile_model(model, x, fast_target, Tuner(fast_target, "database"))
+    assert off.tuning.from_seed == 0 and off.tuning.untuned == off.tuning.workloads
+
+
+def test_a_seed_fits_only_its_kind_of_target(fast_target, tmp_path):
+    seed = tmp_path / "s.json.gz"
+    data = {"vitune_seed": 1, "meta": {"tvm": "0.0", "runtime": 0, "target": {}, "threads": 1, "machine": "x", "cpu": "c",
+                                          "made": "d", "note": ""}, "workloads": [], "records": []}
+    seed.write_bytes(gzip.compress(json.dumps(data).encode()))
+    s = read_seed(seed)[0]
+    assert s.fit(fast_target) is None  # another TVM
+    from vitune.targets.profile import TIMING_RUNTIME
+    from vitune.versions import versions
+
+    import platform
+
+    same = dataclasses.replace(s.meta, tvm=versions()["tvm"], runtime=TIMING_RUNTIME, target=dict(fast_target.tvm_target),
+                               threads=fast_target.threads, machine=platform.machine())
+    assert dataclasses.replace(s, meta=same).fit(fast_target) == "exact"
+    other_cpu = dataclasses.replace(same, target={**same.target, "mcpu": "some-other-cpu"})
+    assert dataclasses.replace(s, meta=other_cpu).fit(fast_target) == "other-cpu"
+    assert "some-other-cpu, not this CPU" in dataclasses.replace(s, meta=other_cpu).label(fast_target)
+    assert dataclasses.replace(s, meta=dataclasses.replace(same, threads=same.threads + 1)).fit(fast_target) is None
+    assert dataclasses.replace(s, meta=dataclasses.replace(same, target={**same.target, "mtriple": "aarch64-linux-gnu"})).fit(fast_target) is None
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"not gzip", "not a vitune seed file"),
+    (gzip.compress(b"[1, 2]"), "format 1"),
+    (gzip.compress(json.dumps({"vitune_seed": 1, "meta": {"tvm": "x"}}).encode()), "lacks key(s) runtime"),
+    (gzip.compress(json.dumps({"vitune_seed": 1, "meta": dict.fromkeys(("tvm", "runtime", "target", "threads", "machine", "cpu", "made", "note"), ""),
+                               "workloads": [], "records": [[3, []]]}).encode()), "records[0]"),
+])
+def test_a_bad_seed_file_is_one_clear_error(tmp_path, content, says):
+    path = tmp_path / "bad.json.gz"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"bad\.json\.gz") as err:
+        read_seed(path)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_seeds_read_and_say_where_they_were_tuned():
+    shipped = sorted(SHIPPED_DIR.glob("*.json.gz"))
+    assert shipped, "vitune ships schedules for its quickstart"
+    for path in shipped:
+        seed, workloads, records = read_seed(path)
+        assert seed.workloads == len(workloads) == len(records) > 50
+        assert seed.meta.target["kind"] == "llvm" and seed.meta.cpu and seed.meta.note
+
+
+def test_find_seeds_keeps_those_that_fit(fast_target, monkeypatch, tmp_path):
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path))
+    assert all(s.fit(fast_target) is not None for s in find_seeds(fast_target))
+    monkeypatch.setenv("VITUNE_SEEDS", "0")
+    assert find_seeds(fast_target) == []
