@@ -85,3 +85,29 @@ def test_the_time_split_adds_up_to_the_wall_time():
     assert sum(parts.values()) == pytest.approx(5.0, abs=0.02)
     assert "= 5.00 in the trial" in line and "+ 1.00 between trials" in line and "= 6.00 of wall time" in line
     assert time_split([]) == "no trial timed"
+
+
+def test_the_uncompressed_trial_is_found_whatever_the_studys_methods():
+    """A study's ``[compression]`` methods are part of each configuration's key; the uncompressed
+    trial (the front's reference, ``--max-drop``'s accuracy) is found all the same."""
+    import dataclasses
+
+    import optuna
+
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.methods import CompressionMethods
+    from vitune.search.front import uncompressed_trial
+
+    methods = CompressionMethods(calib_images=64, refine_steps=50)
+    ident = dataclasses.replace(CompressionConfig.identity(), methods=methods)
+    other = CompressionConfig.from_dict({"linear": {"blocks.1.mlp.fc1": LinearConfig("fp32", 8).to_dict()}, "methods": methods.to_dict()})
+    assert ident.key != CompressionConfig.identity().key
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number, config in enumerate((other, ident)):
+        trial = study.ask()
+        trial.set_user_attr("config", config.to_json())
+        trial.set_user_attr("config_key", config.key)
+        trial.set_user_attr(METRICS_ATTR, Metrics(accuracy=0.9, latency_ms=1.0 + number).to_dict())
+        study.tell(trial, [0.9, 1.0 + number])
+    found = uncompressed_trial(study)
+    assert found is not None and found.number == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 from vitune.compression.config import CompressionConfig
+from vitune.errors import VituneError
 from vitune.search.budgets import Budget, budgets_text, fits
 from vitune.search.objectives import study_objectives
 from vitune.search.records import accuracy_of, has_metrics, latencies_of, latency_of, metrics_of, time_split
@@ -119,10 +120,18 @@ def front(study, keep=None) -> list:
 
 
 def uncompressed_trial(study):
+    """The study's complete trial of the uncompressed model, whatever its ``[compression]``
+    methods (they are part of a configuration's key, and change nothing when nothing is compressed)."""
     ident = CompressionConfig.identity().key
     for t in complete_trials(study):
         if t.user_attrs.get("config_key") == ident:
             return t
+    for t in complete_trials(study):
+        try:
+            if CompressionConfig.from_json(t.user_attrs.get("config", "")).is_identity:
+                return t
+        except VituneError:
+            continue
     return None
 
 
