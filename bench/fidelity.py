@@ -269,13 +269,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the shipped builds (their first half "
                         "against their second half is the noise floor)")
     parser.add_argument("--deit", type=int, default=0, help="also N configurations of deit_tiny at 224 px")
-    parser.add_argument("--fresh", action="store_true", help="tune into an empty database")
+    parser.add_argument("--fresh", action="store_true", help="tune into an empty database, without shipped schedules")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
     proxy_names = [p.strip() for p in args.proxies.split(",") if p.strip()]
-    if args.fresh:
+    if args.fresh:  # the full cost of tuning: no database, no shipped schedules (vitune.targets.seeds)
         os.environ["VITUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="vitune-fresh-")
+        os.environ["VITUNE_SEEDS"] = "0"
 
     from vitune.search.studyfile import load_study_file
     from vitune.versions import versions

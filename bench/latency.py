@@ -14,7 +14,7 @@ Prints, in one run on the target's CPU at batch 1 (same thread count everywhere)
 
     python bench/latency.py [--trials-per-task 64] [--fresh] [--no-deit] [--json out.json]
 
-``--fresh`` tunes into an empty database (so the tuning time is the full cost); without it the
+``--fresh`` tunes into an empty database without shipped schedules (so the tuning time is the full cost); without it the
 target's persistent database is used and reused.
 """
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=64)
     parser.add_argument("--throughput-trials", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the four peers")
-    parser.add_argument("--fresh", action="store_true", help="tune into an empty database")
+    parser.add_argument("--fresh", action="store_true", help="tune into an empty database, without shipped schedules")
     parser.add_argument("--no-deit", action="store_true")
     parser.add_argument("--json", default=None, help="write every figure printed to this file")
     args = parser.parse_args()
@@ -138,6 +138,7 @@ def main() -> None:
         if models_dir.exists():
             (fresh / "models").symlink_to(models_dir, target_is_directory=True)
         os.environ["VITUNE_CACHE_DIR"] = str(fresh)
+        os.environ["VITUNE_SEEDS"] = "0"  # the full cost of tuning: no shipped schedules (vitune.targets.seeds)
 
     import torch
 
