@@ -30,7 +30,8 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
 
     ws = load_workspace(spec.model, spec.data, progress=False)
     example = ws.example_input(1)
-    tuner = Tuner(profile, "tune", trials_per_task, budget_s)
+    # shipped schedules tuned on another CPU model do not stand in for this one's
+    tuner = Tuner(profile, "tune", trials_per_task, budget_s, other_cpu_seeds=False)
     run = TuneRun(database=str(tuner.database_path))
     models = [("uncompressed", ws.model)]
     if configs:

@@ -99,3 +99,23 @@ def test_find_seeds_keeps_those_that_fit(fast_target, monkeypatch, tmp_path):
     assert all(s.fit(fast_target) is not None for s in find_seeds(fast_target))
     monkeypatch.setenv("VITUNE_SEEDS", "0")
     assert find_seeds(fast_target) == []
+
+
+def test_a_seed_from_another_cpu_model_serves_studies_but_vitune_tune_tunes_anew(fast_target, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 12)).eval(), torch.randn(1, 3, 16)
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "tuned-elsewhere"))
+    compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    seed = tmp_path / "seeds" / "other.json.gz"
+    export_seed(database_dir(fast_target), seed, fast_target)
+    data = json.loads(gzip.decompress(seed.read_bytes()))
+    data["meta"]["target"] = {**data["meta"]["target"], "mcpu": "some-other-cpu"}
+    seed.write_bytes(gzip.compress(json.dumps(data).encode()))
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(seed.parent))
+    study_build = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    assert study_build.tuning.from_seed == study_build.tuning.workloads and study_build.tuning.tuned == 0
+    assert "tuned on some-other-cpu, not this CPU" in study_build.tuning.line()
+    own = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4, other_cpu_seeds=False))
+    assert own.tuning.from_seed == 0 and own.tuning.tuned == own.tuning.workloads

@@ -215,7 +215,8 @@ class Tuner:
     candidates (default: one started on first need with the profile's deadlines, kept for later
     calls, ended by :meth:`close` or with the tuner)."""
 
-    def __init__(self, profile, mode: str = "tune", trials_per_task: int = 64, budget_s: float = 0.0, worker=None):
+    def __init__(self, profile, mode: str = "tune", trials_per_task: int = 64, budget_s: float = 0.0, worker=None,
+                 other_cpu_seeds: bool = True):
         if mode not in TUNING_MODES:
             raise ValueError(f"tuning mode {mode!r} is not one of {', '.join(TUNING_MODES)}")
         self.profile = profile
@@ -229,6 +230,8 @@ class Tuner:
         self.prepack = mode != "off" and profile.device_kind == "cpu" and profile.is_native and profile.runner == "local"
         self._db = None
         self._seeds: list | None = None  # [(Seed, its database)], read on first need
+        # False: only seeds tuned on this CPU model count (vitune tune: schedules of this CPU's own)
+        self.other_cpu_seeds = other_cpu_seeds
         self._worker = worker
 
     @property
@@ -265,15 +268,21 @@ class Tuner:
         if self._seeds is None:
             from vitune.targets.seeds import find_seeds, open_seed
 
-            self._seeds = [(seed, open_seed(seed)) for seed in find_seeds(self.profile)] if self.mode != "off" else []
+            fits = [s for s in find_seeds(self.profile) if self.other_cpu_seeds or s.fit(self.profile) == "exact"]
+            self._seeds = [(seed, open_seed(seed)) for seed in fits] if self.mode != "off" else []
         return self._seeds
 
-    def seed_note(self) -> str:
-        if not self.seeds:
+    def seed_note(self, used: list) -> str:
+        """Where the seeds ``used`` were tuned, e.g. ``", tuned on znver5, not this CPU"``."""
+        if not used:
             return ""
-        mcpus = sorted({seed.meta.mcpu for seed, _ in self.seeds})
-        exact = all(seed.fit(self.profile) == "exact" for seed, _ in self.seeds)
+        mcpus = sorted({seed.meta.mcpu for seed in used})
+        exact = all(seed.fit(self.profile) == "exact" for seed in used)
         return f", tuned on {'/'.join(mcpus)}" + ("" if exact else ", not this CPU")
+
+    def _seed_of(self, task, target):
+        """The first seed with a record of ``task`` (the order the build applies them in), or None."""
+        return next((seed for seed, sdb in self.seeds if self._has_record(sdb, task, target)), None)
 
     def _left_s(self) -> float:
         return float("inf") if self.budget_s <= 0 else self.budget_s - self.report.seconds
@@ -299,11 +308,12 @@ class Tuner:
         db = self.database
         report.workloads = len(tasks)
         unseen = [t for t in tasks if not self._has_record(db, t, target)]
-        seeded = [t for t in unseen if any(self._has_record(sdb, t, target) for _, sdb in self.seeds)]
-        unseen = [t for t in unseen if t not in seeded]
+        by_seed = {id(t): self._seed_of(t, target) for t in unseen} if self.seeds else {}
+        used = [seed for seed in by_seed.values() if seed is not None]
+        unseen = [t for t in unseen if by_seed.get(id(t)) is None]
         report.from_database = len(tasks) - len(unseen)
-        report.from_seed = len(seeded)
-        report.seed_note = self.seed_note() if seeded else ""
+        report.from_seed = len(used)
+        report.seed_note = self.seed_note(list({id(s): s for s in used}.values()))
         if unseen and self.mode == "tune" and self._left_s() > 0:
             t0 = time.perf_counter()
             self._tune(unseen, target, db, report)
