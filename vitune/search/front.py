@@ -122,10 +122,6 @@ def front(study, keep=None) -> list:
 def uncompressed_trial(study):
     """The study's complete trial of the uncompressed model, whatever its ``[compression]``
     methods (they are part of a configuration's key, and change nothing when nothing is compressed)."""
-    ident = CompressionConfig.identity().key
-    for t in complete_trials(study):
-        if t.user_attrs.get("config_key") == ident:
-            return t
     for t in complete_trials(study):
         try:
             if CompressionConfig.from_json(t.user_attrs.get("config", "")).is_identity:

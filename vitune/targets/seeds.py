@@ -126,17 +126,29 @@ def read_seed(path: Path) -> tuple[Seed, list, list]:
     return Seed(path, sm, len(workloads), hashlib.sha256(raw).hexdigest()), workloads, records
 
 
+_READ: dict[tuple[str, int, int], Seed] = {}  # (path, mtime, size) -> the seed: each file read once per process
+
+
+def _seed_at(path: Path) -> Seed:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _READ:
+        _READ[key] = read_seed(path)[0]
+    return _READ[key]
+
+
 def find_seeds(profile) -> list[Seed]:
     """The seeds that fit ``profile``, those made on this CPU model first."""
     if not enabled():
         return []
-    found = []
+    fits = []
     for folder in (user_seed_dir(), SHIPPED_DIR):
         for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
-            seed = read_seed(path)[0]
-            if seed.fit(profile) is not None:
-                found.append(seed)
-    return sorted(found, key=lambda s: s.fit(profile) != "exact")
+            seed = _seed_at(path)
+            fit = seed.fit(profile)
+            if fit is not None:
+                fits.append((fit != "exact", seed))
+    return [seed for _, seed in sorted(fits, key=lambda f: f[0])]
 
 
 _OPEN: dict[str, Any] = {}  # seed file hash -> its database, read once per process

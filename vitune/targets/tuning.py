@@ -268,8 +268,8 @@ class Tuner:
         if self._seeds is None:
             from vitune.targets.seeds import find_seeds, open_seed
 
-            fits = [s for s in find_seeds(self.profile) if self.other_cpu_seeds or s.fit(self.profile) == "exact"]
-            self._seeds = [(seed, open_seed(seed)) for seed in fits] if self.mode != "off" else []
+            fits = find_seeds(self.profile) if self.mode != "off" else []  # untuned builds read no records
+            self._seeds = [(seed, open_seed(seed)) for seed in fits if self.other_cpu_seeds or seed.fit(self.profile) == "exact"]
         return self._seeds
 
     def seed_note(self, used: list) -> str:
