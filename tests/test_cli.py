@@ -50,7 +50,7 @@ def test_compress_greedy_baseline_then_apply(tmp_path, capsys, default_workspace
     import shutil
 
     study = tmp_path / "s.toml"
-    study.write_text(f"[study]\nname='s'\n[target]\nname='{fast_target_file}'\n")
+    study.write_text(f"[study]\nname='s'\n[target]\nname='{fast_target_file}'\ntuning='off'\n")
     record = tmp_path / "greedy.json"
     assert main(["compress", str(study), "--strategy", "greedy-rank", "--params-budget", "0.4", "--out", str(record), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -72,7 +72,7 @@ def test_apply_for_an_unreachable_board_still_writes_its_aarch64_library(tmp_pat
     from vitune.targets.compile import library_arch
 
     study = tmp_path / "arm.toml"
-    study.write_text("[study]\nname='arm'\n[target]\nname='arm-a72'\n")
+    study.write_text("[study]\nname='arm'\n[target]\nname='arm-a72'\ntuning='off'\n")
     record = tmp_path / "uniform.json"
     assert main(["compress", str(study), "--strategy", "uniform-rank", "--params-budget", "0.5", "--out", str(record), "--quiet"]) == 0
     assert main(["apply", str(record), "--out", str(tmp_path / "deploy"), "--quiet"]) == 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vitune.errors import VituneError
-from vitune.targets.tuning import TUNING_MODES
+from vitune.targets.tuning import DEFAULT_TUNING, TUNING_MODES
 
 
 def _summary_line(summary) -> str:
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("target", help="target name or path to a .toml profile")
         c.add_argument("--model", default="default", help="a study file, 'default' (the embedded default model), an embedded model (digits_vit, digits_vit_base) or a timm model name (random init)")
         c.add_argument("--samples", type=int, default=default_n, help=f"configurations to measure in all (default {default_n})")
-        c.add_argument("--tuning", choices=TUNING_MODES, default=None, help="kernels to measure with (default: the study's, else off)")
+        c.add_argument("--tuning", choices=TUNING_MODES, default=None, help="kernels to measure with (default: the study's, else " + DEFAULT_TUNING + " where vitune tunes, database elsewhere)")
         c.add_argument("--img-size", type=int, default=0, help="timm models: input resolution (0 = the model's default)")
         c.add_argument("--quiet", action="store_true")
         if name == "eval":

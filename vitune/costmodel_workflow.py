@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from vitune.costmodels.model import default_path, load_cost_model
 from vitune.costmodels.samples import CostContext, SampleStore, random_calibration
 from vitune.errors import ConfigError
+from vitune.targets.tuning import default_tuning
 
 FIT_KINDS = ("lut", "learned", "analytical")
 HELD_OUT_SEED = 1_000_003
@@ -60,7 +61,7 @@ def make_context(model: str, target: str, tuning: str | None = None, img_size: i
 
     example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
     space = SearchSpace.build(SpaceSpec(), discover(net))
-    return CostContext(profile, net, example, space, tuning or "off", random_calibration(example))
+    return CostContext(profile, net, example, space, tuning or default_tuning(profile), random_calibration(example))
 
 
 def collect(context: CostContext, store: SampleStore, n: int, seed: int, exclude=frozenset(), progress: bool = True, log=print) -> list:

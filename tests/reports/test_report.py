@@ -31,6 +31,7 @@ sampler = "nsga2"
 seed = 3
 [target]
 name = "{target}"
+tuning = "off"
 [search]
 min_fidelity = 0.0
 accuracy_shards = 1

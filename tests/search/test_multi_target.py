@@ -22,6 +22,7 @@ sampler = "random"
 seed = 4
 [target]
 name = "{target}"
+tuning = "off"
 {budget}
 [[target.also]]
 name = "arm-a72"

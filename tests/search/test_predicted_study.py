@@ -56,6 +56,6 @@ def test_an_unmeasurable_target_fails_fast_and_points_to_the_analytical_model(tm
     from vitune.search.studyfile import load_study_file
 
     path = tmp_path / "board.toml"
-    path.write_text('[study]\nname = "board"\n[target]\nname = "arm-a72"\n')
+    path.write_text('[study]\nname = "board"\n[target]\nname = "arm-a72"\ntuning = "off"\n')
     with pytest.raises(ConfigError, match='cannot be measured from here .*unreachable.* latency = "analytical"'):
         run_study(load_study_file(path), progress=False, log=lambda *_: None)

@@ -26,6 +26,7 @@ sampler = "{sampler}"
 seed = 2
 [target]
 name = "{target}"
+tuning = "off"
 latency = "test-params-latency"
 {budget}
 [search]

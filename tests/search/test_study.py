@@ -23,6 +23,7 @@ sampler = "{sampler}"
 seed = 1
 [target]
 name = "{target}"
+tuning = "off"
 latency = "{latency}"
 [space]
 precision = ["fp32", "int8", "fp16"]

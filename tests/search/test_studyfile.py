@@ -134,3 +134,21 @@ def test_an_unknown_target_or_storage_names_file_and_key(tmp_path, capsys, body,
     assert main(["study", "run", str(write(tmp_path, body))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("target", "written", "expected"),
+    [
+        ("local-cpu", "", "tune"),  # unset: the kernels `vitune apply` ships, tuned here
+        ("arm-a72", "", "database"),  # a board over RPC: the records `vitune tune` made there
+        ("local-cpu", 'tuning = "off"\n', "off"),  # the untuned fallback only when asked for
+        ("arm-a72", 'tuning = "database"\n', "database"),
+    ],
+)
+def test_a_study_measures_tuned_kernels_unless_it_says_otherwise(tmp_path, target, written, expected):
+    other = "arm-a78" if target == "local-cpu" else "local-cpu"
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nname = "x"\n[target]\nname = "{target}"\n{written}[[target.also]]\nname = "{other}"\nlatency = "analytical"\n')
+    spec = load_study_file(path)
+    assert spec.target.tuning == expected
+    assert spec.also[0].tuning == ("database" if other == "arm-a78" else "tune")

@@ -26,6 +26,7 @@ source = "imagefolder"
 root = "{root}"
 [target]
 name = "{fast_target_file}"
+tuning = "off"
 [space]
 precision = ["fp32", "int8"]
 rank_fraction = [1.0, 0.5]

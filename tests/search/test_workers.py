@@ -25,6 +25,7 @@ sampler = "random"
 seed = 3
 [target]
 name = "{target}"
+tuning = "off"
 [search]
 warm_start = false
 min_fidelity = 0.0

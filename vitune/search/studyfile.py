@@ -31,7 +31,8 @@ Reference (every key optional unless marked)::
     latency = "measured"           # measured | lut | learned | analytical (cost models: vitune costmodel fit)
     remeasure_every = 0            # predicted latency: re-measure the front every N completed trials
                                    # (0 = only at the end of a run); measurements refit the cost model
-    tuning = "off"                 # off | database (tuned records only) | tune (tune unseen workloads)
+    tuning = "tune"                # tune (tune unseen workloads) | database (tuned records only) |
+                                   # off (untuned kernels: a labelled fallback, not what apply ships)
     tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
     tuning_budget_s = 0            # tuning time of one run; 0 = no limit
     budget_ms = 0                  # latency budget on this target (mode = "constrained" needs a budget)
@@ -88,7 +89,7 @@ from vitune.errors import ConfigError
 from vitune.tables import Table, check_prune_ratio, check_rank_fraction, key_path
 from vitune.search.objectives import COSTS
 from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
-from vitune.targets.tuning import TUNING_MODES
+from vitune.targets.tuning import DEFAULT_TUNING, TUNING_MODES, default_tuning
 
 SAMPLERS = ("tpe", "evolution", "nsga2", "random")
 MODES = ("pareto", "constrained")
@@ -134,7 +135,7 @@ class DataSpec:
 class TargetSpec:
     name: str = "local-cpu"
     latency: str = "measured"
-    tuning: str = "off"
+    tuning: str = DEFAULT_TUNING
     tuning_trials: int = 64
     tuning_budget_s: float = 0.0
     remeasure_every: int = 0
@@ -375,7 +376,7 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
         name=tg.str("name", default_name),
         latency=tg.str("latency", "measured", tuple(latency_sources())),
         remeasure_every=tg.int("remeasure_every", 0),
-        tuning=tg.str("tuning", "off", TUNING_MODES),
+        tuning=tg.str("tuning", DEFAULT_TUNING, TUNING_MODES),
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),
         budget_ms=tg.float("budget_ms", 0.0),
@@ -387,7 +388,18 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
                           "builds nothing: use latency = \"measured\" or leave budget_peak_mb out")
     if target.name.endswith(".toml") or "/" in target.name:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
+    if "tuning" not in tg:  # unset: tuned kernels wherever the target allows
+        target = dataclasses.replace(target, tuning=_default_tuning(target.name))
     return target
+
+
+def _default_tuning(name: str) -> str:
+    from vitune.targets import load_target
+
+    try:
+        return default_tuning(load_target(name))
+    except ConfigError:  # an unknown target: the study's checks say so, naming the key
+        return DEFAULT_TUNING
 
 
 def _objectives(se) -> tuple[str, ...]:

@@ -38,6 +38,17 @@ from pathlib import Path
 from vitune.paths import cache_dir
 
 TUNING_MODES = ("off", "database", "tune")
+# What a study measures unless it says otherwise: the kernels `vitune apply` ships. Untuned
+# latency ("off") ranks nothing a user runs (15x to 65x slower than tuned) and is a fallback a
+# study file names.
+DEFAULT_TUNING = "tune"
+
+
+def default_tuning(profile) -> str:
+    """The tuning mode of a study that names none: :data:`DEFAULT_TUNING` where vitune tunes (a
+    CPU of this machine), else ``"database"``: the records ``vitune tune`` made where the device
+    runs (its workloads not there stay untuned, and the output says so)."""
+    return DEFAULT_TUNING if profile.runner == "local" and profile.is_native else "database"
 
 
 @dataclass
