@@ -11,6 +11,7 @@ from vitune.costmodels import latency_sources, register_latency_source
 from vitune.costmodels.base import MeasuredLatency
 from vitune.errors import ConfigError
 from vitune.search.export import load_record
+from vitune.search.front import front_timing
 from vitune.search.study import open_study, run_study
 from vitune.search.studyfile import load_study_file
 from vitune.targets.measure import Measurement
@@ -79,6 +80,19 @@ def test_storage_holds_accuracy_and_latency_for_each_trial(ran):
     assert study.user_attrs["vitune"]["model"]["checkpoint_sha256"]
 
 
+def test_the_front_is_timed_side_by_side_with_the_baseline_at_the_end_of_a_run(ran):
+    from vitune.search.front import front, uncompressed_trial
+
+    spec, _, _ = ran
+    study = open_study(spec, create=False)
+    side, side_ms, label = front_timing(study)
+    timed = {t.number for t in front(study)} | {uncompressed_trial(study).number}
+    assert set(side) == timed and all(ms > 0 for ms in side.values())  # every member, and the reference
+    doc = study.user_attrs["front_timing"]
+    assert doc["baseline"]["rounds"] >= 1 and doc["errors"] == {} and side_ms == min(doc["baseline"]["peers_ms"].values())
+    assert label == doc["baseline"]["label"] and doc["baseline"]["runtime"] in ("onnxruntime", "openvino")
+
+
 def test_resume_keeps_completed_trials(ran, tmp_path):
     spec, _, _ = ran
     before = {t.number: t.values for t in open_study(spec, create=False).get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
@@ -113,7 +127,11 @@ def test_export_modes(ran, pick, capsys):
         assert rec["target"]["name"] == "test-cpu"
         assert {"accuracy", "latency_ms", "params", "size_bytes"} <= set(rec["metrics"])
         assert rec["baseline"]["runtime"] in ("onnxruntime", "openvino")
-        assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(rec["baseline"]["latency_ms"] / rec["metrics"]["latency_ms"])
+        side, side_ms, _ = front_timing(open_study(spec, create=False))
+        if rec["metrics"]["speedup_timed_side_by_side"]:  # a front member: rebuilt and timed beside the baseline
+            assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(side_ms / side[rec["study"]["trial"]])
+        else:
+            assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(rec["baseline"]["latency_ms"] / rec["metrics"]["latency_ms"])
         assert {"torch", "timm", "tvm", "vitune"} <= set(rec["versions"])
         assert "linear" in rec["config"]
 
@@ -212,11 +230,13 @@ def test_status_prints_counts_and_front(ran, capsys):
     text = capsys.readouterr().out
     assert "complete" in text and "Pareto front" in text and "uncompressed" in text
     # speed-ups are against the uncompressed model in the faster of ONNX Runtime and OpenVINO,
-    # timed once when the study started; this untuned study's front is slower, and it says so
-    base = open_study(spec, create=False).user_attrs["baseline"]["test-cpu"]
+    # timed side by side with the front, rebuilt as apply ships it, at the end of the run
+    study = open_study(spec, create=False)
+    base = study.user_attrs["baseline"]["test-cpu"]
     assert base["runtime"] in ("onnxruntime", "openvino") and base["latency_ms"] > 0
-    assert f"speed-up: against the uncompressed model in {base['label']}, {base['latency_ms']:.4f} ms" in text
-    speeds = [float(ln.split()[3].rstrip("x")) for ln in text.splitlines() if ln.strip()[:1].isdigit() and ln.split()[3].endswith("x")]
+    side, side_ms, label = front_timing(study)
+    assert f"speed-up: shipped_ms (each build as 'vitune apply' ships it) against the uncompressed model in {label}, {side_ms:.4f} ms" in text
+    speeds = [float(ln.split()[4].rstrip("x")) for ln in text.splitlines() if ln.strip()[:1].isdigit() and ln.split()[4].endswith("x")]
     assert speeds and all(s > 0 for s in speeds)
     if all(s < 1 for s in speeds):
         assert "every front member is slower than the uncompressed model in" in text

@@ -83,13 +83,16 @@ def knee_index(points: list[tuple[float, float]]) -> int:
     return max(range(len(points)), key=lambda i: (distance(pts[i]), points[i][0]))
 
 
-def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) -> dict:
+def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, side=None) -> dict:
     """``baseline``: the study's speed-up reference on the primary target (``Baseline.to_dict()``),
-    recorded with ``speedup_vs_baseline``."""
+    recorded with ``speedup_vs_baseline``; ``side``: the study's :func:`~vitune.search.front.front_timing`,
+    whose side-by-side figure is the speed-up of a member it timed (``speedup_timed_side_by_side``)."""
     from vitune.targets import load_target
 
     profile = load_target(spec.target.name)
     speedup = baseline["latency_ms"] / latency_of(trial) if baseline and baseline.get("latency_ms") and latency_of(trial) else None
+    if side is not None and trial.number in side[0]:  # rebuilt and timed beside the baseline at the end of a run
+        speedup = side[1] / side[0][trial.number]
     return {
         "format": FORMAT,
         "study": {"name": spec.name, "storage": spec.storage, "file": str(spec.path), "trial": trial.number},
@@ -105,6 +108,7 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None) ->
             "split": "val",
             **{k: v for k, v in metrics_of(trial).to_dict().items() if k not in ("accuracy", "latency_ms")},
             "speedup_vs_baseline": speedup,
+            "speedup_timed_side_by_side": side is not None and trial.number in side[0],
         },
         "baseline": baseline,
         "versions": versions(),
@@ -132,7 +136,7 @@ def memory_limit(max_model_mb: float | None = None, max_peak_mb: float | None = 
 
 def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_drop: float = 0.01, trial: int | None = None,
            max_model_mb: float | None = None, max_peak_mb: float | None = None) -> dict:
-    from vitune.search.front import baseline_of, complete_trials, front, uncompressed_trial
+    from vitune.search.front import baseline_of, complete_trials, front, front_timing, uncompressed_trial
     from vitune.search.study import open_study
 
     if pick not in PICKS:
@@ -155,9 +159,11 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
         raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
     meta = study.user_attrs.get("vitune", {})
     base = baseline_of(study)
+    side = front_timing(study)
+    side = side if side[1] else None
     if pick == "pareto":
         chosen = [t for t in members if max_latency_ms is None or latency_of(t) <= max_latency_ms]
-        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta, base) for t in chosen]}
+        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta, base, side) for t in chosen]}
     else:
         if pick == "trial":
             done = {t.number: t for t in complete_trials(study)}
@@ -171,7 +177,7 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
             chosen_trial = pick_fastest(members, accuracy_of(ref), max_drop, max_latency_ms)
         else:
             chosen_trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
-        doc = trial_record(chosen_trial, spec, meta, base)
+        doc = trial_record(chosen_trial, spec, meta, base, side)
         doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms, **({"max_drop": max_drop} if pick == "fastest" else {}),
                        **({"trial": trial} if pick == "trial" else {}),
                        **({"max_model_mb": max_model_mb, "max_peak_mb": max_peak_mb} if keep is not None else {})}

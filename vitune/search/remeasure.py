@@ -40,3 +40,44 @@ def remeasure_front(study, evaluator, source, log=print) -> int:
             log(f"{source.kind} cost model not refit: {err}")
     context.kernels.save()
     return len(todo)
+
+
+def time_front_with_baseline(study, evaluator, workspace, profile, log=print) -> int:
+    """The front's members and the uncompressed model rebuilt as ``vitune apply`` ships them
+    (tuned kernels from the target's database) and timed side by side with the study's baseline
+    runtime, in interleaved rounds: the speed-ups the front shows (``format_front``) and exports
+    record. The study's own baseline is timed when it starts and each trial when it runs; on a
+    machine whose speed drifts the two moments differ, these rounds do not. Stored in the
+    study's ``front_timing`` attribute; returns how many builds were timed. Never raises: a build
+    that fails is listed with its reason."""
+    from vitune.errors import short_reason
+    from vitune.search.front import FRONT_TIMING, front, uncompressed_trial
+    from vitune.search.study import trial_config
+    from vitune.targets.compile import compile_model
+    from vitune.targets.peers import measure_baseline
+    from vitune.targets.tuning import Tuner
+
+    members = front(study)
+    ref = uncompressed_trial(study)
+    if ref is not None and all(t.number != ref.number for t in members):
+        members.append(ref)
+    if not members:
+        return 0
+    example = workspace.example_input(1)
+    tuner = Tuner(profile, "database")
+    builds, errors = {}, {}
+    try:
+        for t in members:
+            try:
+                builds[str(t.number)] = compile_model(evaluator.compress(trial_config(t)), example, profile, tuner)
+            except Exception as err:  # a member that no longer builds is named, the others are timed
+                errors[str(t.number)] = short_reason(err)
+    finally:
+        tuner.close()
+    base = measure_baseline(workspace.model, example, profile, others=builds)
+    study.set_user_attr(FRONT_TIMING, {"baseline": base.to_dict(), "errors": errors})
+    if base.latency_ms:
+        log(f"front timed side by side with the uncompressed model in {base.label}: {base.latency_ms:.4f} ms; "
+            f"{base.rounds} interleaved rounds: " + ", ".join(f"trial {n} {ms:.4f} ms" for n, ms in base.others_ms.items()))
+    return len(base.others_ms)
+

@@ -290,6 +290,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     from vitune.costmodels.predicted import PredictedLatency
 
     predicted = isinstance(source, PredictedLatency)  # its front is re-measured and the model refit
+    # a measured front is timed again at the end, side by side with the baseline (local devices:
+    # a board over RPC is lent one session at a time, and its rounds would cost minutes)
+    measured_here = spec.target.latency == "measured" and profile.runner == "local"
     every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
     for _, src, t in every:
         src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
@@ -388,6 +391,10 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                 log(time_split(timed, time.perf_counter() - t0))
             if predicted and not stop.requested:
                 recheck(final=True)
+            if measured_here and not stop.requested and not worker and mine.get("complete", 0):
+                from vitune.search.remeasure import time_front_with_baseline
+
+                time_front_with_baseline(study, evaluator, workspace, profile, log=log)
         finally:
             bar.close()
             for t in [tuner, *(tu for _, _, tu in others)]:

@@ -363,7 +363,8 @@ class Baseline:
 
     ``runtime``: the fastest baseline peer's name, or :data:`TVM_BASELINE` where no peer runs on
     the target (the uncompressed model built by vitune with the target's tuning database);
-    ``peers_ms``: every reference candidate's latency; ``candidate_ms``: the build compared."""
+    ``peers_ms``: every reference candidate's latency; ``candidate_ms``: the build compared;
+    ``others_ms``: more builds timed in the same rounds, by the names they were given."""
 
     runtime: str
     label: str
@@ -372,6 +373,7 @@ class Baseline:
     peers_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     rounds: int = 0
+    others_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float | None:
@@ -382,7 +384,8 @@ class Baseline:
 
     def to_dict(self) -> dict:
         return {"runtime": self.runtime, "label": self.label, "latency_ms": self.latency_ms, "candidate_ms": self.candidate_ms,
-                "peers_ms": dict(self.peers_ms), "errors": dict(self.errors), "rounds": self.rounds}
+                "peers_ms": dict(self.peers_ms), "errors": dict(self.errors), "rounds": self.rounds,
+                "others_ms": dict(self.others_ms)}
 
     def line(self) -> str:
         if self.latency_ms is None:
@@ -405,11 +408,15 @@ def build_label(compiled) -> str:
     return "vitune's TVM build, tuned"
 
 
-def measure_baseline(original, example, profile, candidate=None, rounds: int = 3) -> Baseline:
+OTHER = "build:"  # the timer names of measure_baseline's `others`
+
+
+def measure_baseline(original, example, profile, candidate=None, rounds: int = 3, others=None) -> Baseline:
     """Time the uncompressed ``original`` in every baseline peer of ``profile`` (or, where none
     runs, vitune's build of it with the target's tuning database) and the ``candidate`` build
     (a :class:`~vitune.targets.compile.CompiledModel`, optional) side by side, in interleaved
-    rounds. Never raises: what cannot be loaded or timed is in ``errors``."""
+    rounds; ``others`` (name → build) are timed in the same rounds (``Baseline.others_ms``).
+    Never raises: what cannot be loaded or timed is in ``errors``."""
     from vitune.errors import short_reason
     from vitune.targets.runner import runner_for
 
@@ -454,14 +461,17 @@ def measure_baseline(original, example, profile, candidate=None, rounds: int = 3
             errors[TVM_BASELINE] = short_reason(err)
     if candidate is not None:
         timers["candidate"] = build_timer(candidate)
+    for name, built in (others or {}).items():
+        timers[OTHER + name] = build_timer(built)
     try:
         timed = time_side_by_side(timers, profile.protocol, rounds)
     finally:
         for built in prepared:
             built.prepared = None  # give the device back (a tracker lends it to one session at a time)
     errors.update(timed.errors)
-    refs = {k: v for k, v in timed.latency_ms.items() if k != "candidate"}
+    builds = {k[len(OTHER):]: v for k, v in timed.latency_ms.items() if k.startswith(OTHER)}
+    refs = {k: v for k, v in timed.latency_ms.items() if k != "candidate" and not k.startswith(OTHER)}
     if not refs:
-        return Baseline("", "", None, timed.latency_ms.get("candidate"), {}, errors, timed.rounds)
+        return Baseline("", "", None, timed.latency_ms.get("candidate"), {}, errors, timed.rounds, builds)
     best = min(refs, key=refs.get)
-    return Baseline(best, labels[best], refs[best], timed.latency_ms.get("candidate"), refs, errors, timed.rounds)
+    return Baseline(best, labels[best], refs[best], timed.latency_ms.get("candidate"), refs, errors, timed.rounds, builds)
