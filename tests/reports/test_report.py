@@ -89,7 +89,11 @@ def test_report_lists_the_front_reference_baselines_and_recipes(study, report):
     # speed-ups are against the uncompressed model in the faster of ONNX Runtime and OpenVINO
     ref_ms, what = view.speed_reference()
     assert doc["speed_reference"] == {"latency_ms": ref_ms, "what": what} and what.startswith("the uncompressed model in ")
-    assert doc["reference"]["speedup"] == pytest.approx(ref_ms / view.reference.latency_ms)
+    # ... timed side by side with the front and the reference at the end of the run, which the rows use
+    side, side_ms, label = view.side
+    assert doc["side_by_side"] == {"baseline_ms": side_ms, "label": label, "shipped_ms": {str(n): ms for n, ms in side.items()}}
+    assert view.reference.number in side and all(t.number in side for t in view.front)
+    assert doc["reference"]["speedup"] == pytest.approx(side_ms / side[view.reference.number])
     assert view.baselines and all(t.origin.startswith("uniform") for t in view.baselines)
     assert {t.origin.split()[0] for t in view.trials} >= {"uncompressed", "sampled"}
     # tied knobs are expanded: every block's fc1 and fc2 carry the tied choice
