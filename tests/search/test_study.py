@@ -85,7 +85,8 @@ def test_the_front_is_timed_side_by_side_with_the_baseline_at_the_end_of_a_run(r
 
     spec, _, _ = ran
     study = open_study(spec, create=False)
-    side, side_ms, label = front_timing(study)
+    timing = front_timing(study)
+    side, side_ms, label = timing.shipped_ms, timing.baseline_ms, timing.label
     timed = {t.number for t in front(study)} | {uncompressed_trial(study).number}
     assert set(side) == timed and all(ms > 0 for ms in side.values())  # every member, and the reference
     doc = study.user_attrs["front_timing"]
@@ -127,7 +128,8 @@ def test_export_modes(ran, pick, capsys):
         assert rec["target"]["name"] == "test-cpu"
         assert {"accuracy", "latency_ms", "params", "size_bytes"} <= set(rec["metrics"])
         assert rec["baseline"]["runtime"] in ("onnxruntime", "openvino")
-        side, side_ms, _ = front_timing(open_study(spec, create=False))
+        timing = front_timing(open_study(spec, create=False))
+        side, side_ms = timing.shipped_ms, timing.baseline_ms
         if rec["metrics"]["speedup_timed_side_by_side"]:  # a front member: rebuilt and timed beside the baseline
             assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(side_ms / side[rec["study"]["trial"]])
         else:
@@ -234,7 +236,8 @@ def test_status_prints_counts_and_front(ran, capsys):
     study = open_study(spec, create=False)
     base = study.user_attrs["baseline"]["test-cpu"]
     assert base["runtime"] in ("onnxruntime", "openvino") and base["latency_ms"] > 0
-    side, side_ms, label = front_timing(study)
+    timing = front_timing(study)
+    side_ms, label = timing.baseline_ms, timing.label
     assert f"speed-up: shipped_ms (each build as 'vitune apply' ships it) against the uncompressed model in {label}, {side_ms:.4f} ms" in text
     speeds = [float(ln.split()[4].rstrip("x")) for ln in text.splitlines() if ln.strip()[:1].isdigit() and ln.split()[4].endswith("x")]
     assert speeds and all(s > 0 for s in speeds)

@@ -75,7 +75,7 @@ def build_report(spec, out: str | Path) -> Report:
         "speed_reference": {"latency_ms": view.speed_reference()[0], "what": view.speed_reference()[1]},
         # the front and the uncompressed model rebuilt and timed beside the baseline at the end of
         # the last run: the rows' speed-ups where their trial is in shipped_ms
-        "side_by_side": {"baseline_ms": view.side[1], "label": view.side[2], "shipped_ms": {str(n): ms for n, ms in view.side[0].items()}},
+        "side_by_side": view.side.to_dict(),
         "picks": {label: t.number for label, t in chosen.items()}, "importance": scores,
     }
     (folder / "report.json").write_text(json.dumps(doc, indent=1) + "\n")

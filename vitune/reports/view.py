@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from vitune.errors import ConfigError, message_line
 from vitune.search.records import has_metrics, metrics_of
 from vitune.search.budgets import budgets_text, fits
-from vitune.search.front import accuracy_of, budgets_ms, front, front_timing, study_budgets, latency_of, speed_reference, target_names, uncompressed_trial
+from vitune.search.front import FrontTiming, accuracy_of, budgets_ms, front, front_timing, study_budgets, latency_of, speed_reference, target_names, uncompressed_trial
 
 KNOBS = ("precision", "rank_fraction", "prune_heads", "prune_mlp")
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "w8a8": 8, "int4": 4}
@@ -58,7 +58,7 @@ class StudyView:
     units: dict  # knob → unit names carrying it, in model order
     speed_refs: dict = field(default_factory=dict)  # target → (ms, what it is): the speed-up reference
     budgets: tuple = ()  # per target, the primary first: vitune.search.budgets.Budget; () in a Pareto study
-    side: tuple = ({}, None, "")  # vitune.search.front.front_timing: the front rebuilt, timed beside the baseline
+    side: FrontTiming = field(default_factory=FrontTiming)  # the front rebuilt, timed beside the baseline
 
     @property
     def budget_ms(self) -> float | None:
@@ -110,9 +110,9 @@ class StudyView:
         """How many times faster than the speed-up reference (on the primary target, or ``target``):
         on the primary target, for a trial the end of a run timed side by side with the baseline
         (:attr:`side`), from those rounds."""
-        timed, side_ms, _ = self.side
-        if side_ms and row.number in timed and target in (None, self.targets[0] if self.targets else None):
-            return side_ms / timed[row.number]
+        side = self.side.speedup(row.number) if target in (None, self.targets[0] if self.targets else None) else None
+        if side is not None:
+            return side
         base, _ = self.speed_reference(target)
         mine = row.latencies.get(target) if target is not None else row.latency_ms
         return base / mine if base and mine else None
@@ -249,8 +249,8 @@ def describe(view: StudyView, row: TrialRow) -> str:
     speed = view.speedup(row)
     parts = [f"trial {row.number}", f"accuracy {row.accuracy:.4f}" if row.accuracy is not None else "accuracy -",
              f"latency {row.latency_ms:.4f} ms" if row.latency_ms is not None else "latency -"]
-    if speed and row.number in view.side[0]:
-        parts.append(f"{speed:.2f}x the speed of the uncompressed model in {view.side[2]} (timed side by side, as shipped)")
+    if speed and row.number in view.side.shipped_ms:
+        parts.append(f"{speed:.2f}x the speed of the uncompressed model in {view.side.label} (timed side by side, as shipped)")
     elif speed:
         parts.append(f"{speed:.2f}x the speed of {view.speed_reference()[1]}")
     if row.params:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vitune.errors import ConfigError
-from vitune.search.front import accuracy_of, latency_of
+from vitune.search.front import FrontTiming, accuracy_of, latency_of
 from vitune.search.records import metrics_of
 from vitune.targets.memory import MIB
 from vitune.versions import versions
@@ -83,16 +83,15 @@ def knee_index(points: list[tuple[float, float]]) -> int:
     return max(range(len(points)), key=lambda i: (distance(pts[i]), points[i][0]))
 
 
-def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, side=None) -> dict:
+def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, timing: FrontTiming | None = None) -> dict:
     """``baseline``: the study's speed-up reference on the primary target (``Baseline.to_dict()``),
-    recorded with ``speedup_vs_baseline``; ``side``: the study's :func:`~vitune.search.front.front_timing`,
+    recorded with ``speedup_vs_baseline``; ``timing``: the study's :class:`~vitune.search.front.FrontTiming`,
     whose side-by-side figure is the speed-up of a member it timed (``speedup_timed_side_by_side``)."""
     from vitune.targets import load_target
 
     profile = load_target(spec.target.name)
+    side = timing.speedup(trial.number) if timing is not None else None  # rebuilt and timed beside the baseline
     speedup = baseline["latency_ms"] / latency_of(trial) if baseline and baseline.get("latency_ms") and latency_of(trial) else None
-    if side is not None and trial.number in side[0]:  # rebuilt and timed beside the baseline at the end of a run
-        speedup = side[1] / side[0][trial.number]
     return {
         "format": FORMAT,
         "study": {"name": spec.name, "storage": spec.storage, "file": str(spec.path), "trial": trial.number},
@@ -107,8 +106,8 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, si
             "latency_ms": latency_of(trial),
             "split": "val",
             **{k: v for k, v in metrics_of(trial).to_dict().items() if k not in ("accuracy", "latency_ms")},
-            "speedup_vs_baseline": speedup,
-            "speedup_timed_side_by_side": side is not None and trial.number in side[0],
+            "speedup_vs_baseline": side if side is not None else speedup,
+            "speedup_timed_side_by_side": side is not None,
         },
         "baseline": baseline,
         "versions": versions(),
@@ -159,11 +158,10 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
         raise ConfigError(f"study {spec.name!r} has no complete trial yet: nothing to export")
     meta = study.user_attrs.get("vitune", {})
     base = baseline_of(study)
-    side = front_timing(study)
-    side = side if side[1] else None
+    timing = front_timing(study)
     if pick == "pareto":
         chosen = [t for t in members if max_latency_ms is None or latency_of(t) <= max_latency_ms]
-        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta, base, side) for t in chosen]}
+        doc = {"format": FORMAT_PARETO, "members": [trial_record(t, spec, meta, base, timing) for t in chosen]}
     else:
         if pick == "trial":
             done = {t.number: t for t in complete_trials(study)}
@@ -177,7 +175,7 @@ def export(spec, pick: str, out: Path, max_latency_ms: float | None = None, max_
             chosen_trial = pick_fastest(members, accuracy_of(ref), max_drop, max_latency_ms)
         else:
             chosen_trial = (pick_best if pick == "best" else pick_knee)(members, max_latency_ms)
-        doc = trial_record(chosen_trial, spec, meta, base, side)
+        doc = trial_record(chosen_trial, spec, meta, base, timing)
         doc["pick"] = {"mode": pick, "max_latency_ms": max_latency_ms, **({"max_drop": max_drop} if pick == "fastest" else {}),
                        **({"trial": trial} if pick == "trial" else {}),
                        **({"max_model_mb": max_model_mb, "max_peak_mb": max_peak_mb} if keep is not None else {})}

@@ -9,6 +9,8 @@ within the budget, so nothing over the budget is ever shown as a result or expor
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 
 from vitune.compression.config import CompressionConfig
 from vitune.errors import VituneError
@@ -134,14 +136,34 @@ def uncompressed_trial(study):
 FRONT_TIMING = "front_timing"  # the study attribute remeasure.time_front_with_baseline writes
 
 
-def front_timing(study) -> tuple[dict[int, float], float | None, str]:
-    """(trial number → ms, baseline ms, baseline label) of the study's last side-by-side timing
-    of its front (:func:`vitune.search.remeasure.time_front_with_baseline`); ``({}, None, "")`` if none."""
+@dataclass(frozen=True)
+class FrontTiming:
+    """A study's last side-by-side timing of its front
+    (:func:`vitune.search.remeasure.time_front_with_baseline`): ``shipped_ms``, trial number →
+    its build as ``vitune apply`` ships it; ``baseline_ms`` and ``label``, the uncompressed model
+    in the target's best runtime, timed in the same rounds. Empty (``baseline_ms`` None) if none."""
+
+    shipped_ms: dict[int, float] = field(default_factory=dict)
+    baseline_ms: float | None = None
+    label: str = ""
+
+    def speedup(self, number: int) -> float | None:
+        """How many times faster trial ``number``'s build ran than the baseline (None: not timed)."""
+        if not self.baseline_ms or number not in self.shipped_ms:
+            return None
+        return self.baseline_ms / self.shipped_ms[number]
+
+    def to_dict(self) -> dict:
+        return {"baseline_ms": self.baseline_ms, "label": self.label, "shipped_ms": {str(n): ms for n, ms in self.shipped_ms.items()}}
+
+
+def front_timing(study) -> FrontTiming:
+    """The study's :class:`FrontTiming`, read from its ``front_timing`` attribute."""
     doc = study.user_attrs.get(FRONT_TIMING) or {}
     base = doc.get("baseline") or {}
     if not base.get("latency_ms"):
-        return {}, None, ""
-    return {int(n): float(ms) for n, ms in (base.get("others_ms") or {}).items()}, float(base["latency_ms"]), str(base.get("label", ""))
+        return FrontTiming()
+    return FrontTiming({int(n): float(ms) for n, ms in (base.get("others_ms") or {}).items()}, float(base["latency_ms"]), str(base.get("label", "")))
 
 
 def format_front(study) -> str:
@@ -159,13 +181,15 @@ def format_front(study) -> str:
     width = [max(10, len(n) + 3) for n in more]
     lines[0] = lines[0].replace("  speed-up", "".join(f"  {'ms@' + n:>{w}}" for n, w in zip(more, width)) + "  speed-up")
     ref_ms, ref_what = speed_reference(study)
-    side, side_ms, side_label = front_timing(study)  # the front rebuilt and timed beside the baseline
+    timing = front_timing(study)  # the front rebuilt and timed beside the baseline
+    side = timing.shipped_ms
     if side:
         lines[0] = lines[0].replace("  speed-up", f"  {'shipped_ms':>10}  speed-up")
 
     def speedup(t) -> str:
         if side:
-            return f"{side_ms / side[t.number]:.2f}x" if t.number in side else "-"
+            s = timing.speedup(t.number)
+            return f"{s:.2f}x" if s else "-"
         return f"{ref_ms / latency_of(t):.2f}x" if ref_ms else "-"
 
     def shipped(t) -> str:
@@ -200,10 +224,10 @@ def format_front(study) -> str:
         lines.append("latency: untuned TVM kernels ([target] tuning = \"off\", a fallback): the library 'vitune apply' ships "
                      "after 'vitune tune' runs faster, and the search did not rank candidates by it")
     if side:
-        lines.append(f"speed-up: shipped_ms (each build as 'vitune apply' ships it) against the uncompressed model in {side_label}, "
-                     f"{side_ms:.4f} ms, timed side by side in interleaved rounds at the end of the last run")
-        if rows and all(side.get(t.number, 0.0) >= side_ms for t in rows):
-            lines.append(f"every front member is slower than the uncompressed model in {side_label} ({side_ms:.4f} ms): "
+        lines.append(f"speed-up: shipped_ms (each build as 'vitune apply' ships it) against the uncompressed model in {timing.label}, "
+                     f"{timing.baseline_ms:.4f} ms, timed side by side in interleaved rounds at the end of the last run")
+        if rows and all(side.get(t.number, 0.0) >= timing.baseline_ms for t in rows):
+            lines.append(f"every front member is slower than the uncompressed model in {timing.label} ({timing.baseline_ms:.4f} ms): "
                          "on this target the search found no speed-up")
     elif ref_ms:
         lines.append(f"speed-up: against {ref_what}, {ref_ms:.4f} ms")
