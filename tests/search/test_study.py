@@ -132,6 +132,7 @@ def test_export_modes(ran, pick, capsys):
         side, side_ms = timing.shipped_ms, timing.baseline_ms
         if rec["metrics"]["speedup_timed_side_by_side"]:  # a front member: rebuilt and timed beside the baseline
             assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(side_ms / side[rec["study"]["trial"]])
+            assert rec["side_by_side"] == {"baseline_ms": side_ms, "label": timing.label, "shipped_ms": side[rec["study"]["trial"]]}
         else:
             assert rec["metrics"]["speedup_vs_baseline"] == pytest.approx(rec["baseline"]["latency_ms"] / rec["metrics"]["latency_ms"])
         assert {"torch", "timm", "tvm", "vitune"} <= set(rec["versions"])

@@ -86,7 +86,8 @@ def knee_index(points: list[tuple[float, float]]) -> int:
 def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, timing: FrontTiming | None = None) -> dict:
     """``baseline``: the study's speed-up reference on the primary target (``Baseline.to_dict()``),
     recorded with ``speedup_vs_baseline``; ``timing``: the study's :class:`~vitune.search.front.FrontTiming`,
-    whose side-by-side figure is the speed-up of a member it timed (``speedup_timed_side_by_side``)."""
+    whose side-by-side figure is the speed-up of a member it timed (``speedup_timed_side_by_side``;
+    the two latencies it divides in ``side_by_side``)."""
     from vitune.targets import load_target
 
     profile = load_target(spec.target.name)
@@ -110,6 +111,9 @@ def trial_record(trial, spec, study_meta: dict, baseline: dict | None = None, ti
             "speedup_timed_side_by_side": side is not None,
         },
         "baseline": baseline,
+        # the figures speedup_vs_baseline divides when it comes from the front's side-by-side rounds
+        "side_by_side": None if side is None else {"baseline_ms": timing.baseline_ms, "label": timing.label,
+                                                   "shipped_ms": timing.shipped_ms[trial.number]},
         "versions": versions(),
     }
 
