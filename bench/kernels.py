@@ -80,7 +80,7 @@ def profile_build(model, example, profile, tuner, repeat: int) -> dict:
 
     target = profile.tvm()
     mod, _ = export_relax(model, example)
-    mod = optimize(mod, target)
+    mod = optimize(mod, target, vnni=tuner.mode != "off")
     with filtered_native_stderr():
         mod, report = tuner.prepare(mod)
         mod = schedule_data_movement(mod, target)

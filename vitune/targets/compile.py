@@ -138,7 +138,8 @@ def build(mod, profile, tuner=None):
 
     target = profile.tvm()
     report = None
-    mod = optimize(mod, target)  # NT matmuls, fusable activations, fast softmax / GELU, CPU attention
+    # NT matmuls, fusable activations, fast softmax / GELU, CPU attention, tuned int8 on VNNI
+    mod = optimize(mod, target, vnni=tuner is not None and tuner.mode != "off")
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied

@@ -131,7 +131,10 @@ def import_tensor_intrinsics() -> None:
     import inspect
     import sys
 
+    from vitune.targets.int8 import register_vnni
+
     if "tvm.s_tir.tensor_intrin" in sys.modules:
+        register_vnni()
         return
     original = inspect.getmodule
     memo: dict = {}
@@ -148,6 +151,7 @@ def import_tensor_intrinsics() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401
     finally:
         inspect.getmodule = original
+    register_vnni()  # TVM 0.27's VNNI intrinsic does not build as registered
 
 
 def _tunable(task) -> bool:
@@ -188,6 +192,25 @@ def lift_weight_layouts(mod):
         split[gv] = f
     split = relax.transform.LiftTransformParams()(split)
     return relax.transform.FoldConstant()(split)
+
+
+def _tune_contexts(tasks, work: str, strategy, threads: int):
+    """MetaSchedule's tune contexts for ``tasks`` (as ``extracted_tasks_to_tune_contexts`` makes
+    them), the VNNI kernels' with :func:`vitune.targets.int8.vnni_postprocs`."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    from vitune.targets.int8 import KERNEL, vnni_postprocs
+
+    contexts, weights = [], []
+    loggers = get_loggers_from_work_dir(work, [t.task_name for t in tasks])
+    for task, logger, rand_state in zip(tasks, loggers, fork_seed(None, n=len(tasks))):
+        space = ms.space_generator.PostOrderApply(postprocs=vnni_postprocs()) if KERNEL in task.task_name else "post-order-apply"
+        contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space, search_strategy=strategy,
+                                       task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=threads).clone())
+        weights.append(task.weight)
+    return contexts, weights
 
 
 def _block_form(func) -> bool:
@@ -363,7 +386,7 @@ class Tuner:
             # the search runs on this machine, whatever the device's core count
             threads = max(1, min(self.profile.threads, os.cpu_count() or 1))
             _drop_unnamed_handlers()
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy, num_threads=threads)
+            contexts, weights = _tune_contexts(tasks, work, strategy, threads)
             builder, runner = self._builder_runner(work)
             worker = self.worker
             before = (worker.stats.stopped, worker.stats.crashed)
