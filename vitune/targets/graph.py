@@ -74,7 +74,12 @@ def fold_elementwise_reshapes(func):
     return rewrite_call(outer, rewrite, func)
 
 
-def fold_residual_reshapes(func):
+def fold_residual_reshapes(func, into_higher_rank: bool = False):
+    """``add(reshape(y), r)`` → ``reshape(add(y, reshape(r)), shape)`` for a ``y`` of lower rank
+    (the 2-D result of a matmul), so the add joins the kernel that makes ``y``. With
+    ``into_higher_rank``, for a ``y`` of higher rank instead: a VNNI kernel keeps its input's
+    3-D shape while the residual stream of fp32 layers is 2-D (one direction per pass, or the two
+    rewrites would undo each other)."""
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -84,8 +89,10 @@ def fold_residual_reshapes(func):
 
     def rewrite(call, m):
         small, out, other = static_shape(m[y]), static_shape(call), static_shape(m[r])
-        if small is None or out is None or other != out or len(small) >= len(out) or math.prod(small) != math.prod(out):
-            return call  # a broadcast (a bias), or a reshape that does not add leading axes
+        if small is None or out is None or other != out or math.prod(small) != math.prod(out):
+            return call  # a broadcast (a bias)
+        if (len(small) <= len(out)) if into_higher_rank else (len(small) >= len(out)):
+            return call  # a reshape that keeps the rank, or goes the other way
         return relax.op.reshape(relax.op.add(m[y], relax.op.reshape(m[r], small)), out)
 
     return rewrite_call(pattern, rewrite, func)
@@ -222,6 +229,6 @@ def optimize(mod, target=None, vnni: bool = False):
             mod = vnni_matmuls(mod, target)
             for gv, func in list(mod.functions.items()):
                 if isinstance(func, relax.Function):
-                    mod[gv] = fold_reshape_chains(fold_residual_reshapes(fold_elementwise_reshapes(func)))
+                    mod[gv] = fold_reshape_chains(fold_residual_reshapes(fold_elementwise_reshapes(func), into_higher_rank=True))
     mod = relax.transform.FuseTransposeMatmul()(mod)
     return relax.transform.FastMathTransform()(mod)
