@@ -15,7 +15,9 @@ build, whose weights are prepacked: ``python bench/kernels.py --study studies/qu
 
 TVM 0.27's own ``dot_16x4_vnni`` intrinsic calls ``llvm.x86.avx512.vpdpbusd.512`` with int32x16
 operands, which the LLVM it bundles declares as ``<64 x i8>``: every VNNI candidate fails to
-build. :func:`register_vnni` re-registers it with byte-vector operands (same instruction).
+build. :func:`vitune.targets.int8.register_vnni` re-registers it with byte-vector operands (same
+instruction). What came of this probe: :mod:`vitune.targets.int8`, the packed kernel in every
+tuned build of a w8a8 layer.
 
     python bench/vnni.py [--shape 192,576 --shape 768,192] [--trials 64] [--json F]
 
@@ -33,32 +35,6 @@ import time
 from pathlib import Path
 
 M = 65  # tokens of the quickstart's model (64 patches and a class token)
-
-
-def register_vnni() -> None:
-    """``dot_16x4_vnni`` with ``vpdpbusd``'s operands as the bundled LLVM declares them."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def vnni(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            b_i8x64 = B.vload([0, 0], dtype="int8x64")
-            c_i32x16 = C.vload([0], dtype="int32x16")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c_i32x16, a_u8x64, b_i8x64, dtype="int32x16"
-            )
-
-    TensorIntrin.register(VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc, vnni, override=True)
 
 
 def kernel(kind: str, k: int, n: int):
@@ -108,6 +84,7 @@ def main() -> None:
     import logging
 
     from vitune.targets import load_target
+    from vitune.targets.int8 import register_vnni
     from vitune.versions import versions
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)

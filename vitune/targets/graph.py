@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 
-_ELEMENTWISE = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.erf", "relax.astype")
+_ELEMENTWISE = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.erf")
 
 
 def static_shape(expr):
@@ -53,14 +53,14 @@ def static_shape(expr):
         return None
 
 
-def fold_elementwise_reshapes(func):
+def fold_elementwise_reshapes(func, ops: tuple[str, ...] = _ELEMENTWISE):
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
     x = wildcard()
     inner = is_op("relax.reshape")(x, wildcard())
     act = None
-    for name in _ELEMENTWISE:
+    for name in ops:
         p = is_op(name)(inner)
         act = p if act is None else act | p
     outer = is_op("relax.reshape")(act, wildcard())
@@ -201,6 +201,23 @@ def fast_gelu(func):
     return rewrite_call(pattern, rewrite, func)
 
 
+def _fold_around_vnni(mod):
+    """After :func:`~vitune.targets.int8.vnni_matmuls`: the casts and residual adds around a VNNI
+    kernel's 3-D result fold into its epilogue. Modules without one are returned as they are (the
+    fp32 kernels keep the workloads the shipped schedules were tuned for)."""
+    from tvm import relax
+
+    from vitune.targets.int8 import KERNEL
+
+    if not any(gv.name_hint.startswith(KERNEL) for gv in mod.functions):
+        return mod
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            func = fold_elementwise_reshapes(func, (*_ELEMENTWISE, "relax.astype"))
+            mod[gv] = fold_reshape_chains(fold_residual_reshapes(func, into_higher_rank=True))
+    return mod
+
+
 def optimize(mod, target=None, vnni: bool = False):
     """Apply every rewrite above to ``mod``'s Relax functions; returns a new module. With a CPU
     ``target``, attention is also fused into one kernel (:mod:`vitune.targets.attention`); with
@@ -225,10 +242,7 @@ def optimize(mod, target=None, vnni: bool = False):
             mod[gv] = func
     if target is not None:  # before the NT fold, which would take attention's q·kᵀ apart
         mod = fuse_attention(mod, target)
-        if vnni:  # then the reshapes around its int32 result fold as the others did
-            mod = vnni_matmuls(mod, target)
-            for gv, func in list(mod.functions.items()):
-                if isinstance(func, relax.Function):
-                    mod[gv] = fold_reshape_chains(fold_residual_reshapes(fold_elementwise_reshapes(func), into_higher_rank=True))
+        if vnni:
+            mod = _fold_around_vnni(vnni_matmuls(mod, target))
     mod = relax.transform.FuseTransposeMatmul()(mod)
     return relax.transform.FastMathTransform()(mod)
