@@ -77,3 +77,29 @@ def test_an_untuned_build_keeps_the_default_int8_matmul(vnni_target):
     compiled = compile_model(model, x, vnni_target, Tuner(vnni_target, "off"))
     np.testing.assert_allclose(runner_for(vnni_target).run(compiled, x.numpy()), model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
     assert not compiled.prepacked
+
+
+class NormLinearResidual(nn.Module):
+    """``x + w8a8(layer_norm(x))``: a transformer block's half, as the quickstart's model has it."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm, self.linear = nn.LayerNorm(width), W8A8Linear.from_linear(nn.Linear(width, width), 0.03)
+
+    def forward(self, x):
+        return x + self.linear(self.norm(x))
+
+
+def test_the_layers_quantize_and_epilogue_fuse_around_the_vnni_kernel(vnni_target):
+    """The unsigned activation is made in the layer norm's kernel, and the dequantize, bias and
+    residual add run in the VNNI kernel's epilogue: two kernels that touch activations."""
+    from tvm import relax
+
+    mod, _ = export_relax(NormLinearResidual(32).eval(), torch.randn(1, 9, 32))
+    fused = relax.get_pipeline("zero")(optimize(mod, vnni_target.tvm(), vnni=True))
+    names = kernels(fused)
+    vnni = [n for n in names if KERNEL in n]
+    norm = [n for n in names if "layer_norm" in n]
+    assert len(vnni) == 1 and "add" in vnni[0] and "multiply" in vnni[0], names
+    assert len(norm) == 1 and "cast" in norm[0] and "add" in norm[0], names
