@@ -56,9 +56,9 @@ def register_vnni() -> None:
 
     @T.prim_func(s_tir=True)
     def vnni(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        A: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((16, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((16,), "int32", offset_factor=1),  # type: ignore[valid-type]
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
