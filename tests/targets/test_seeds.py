@@ -119,3 +119,25 @@ def test_a_seed_from_another_cpu_model_serves_studies_but_vitune_tune_tunes_anew
     assert "tuned on some-other-cpu, not this CPU" in study_build.tuning.line()
     own = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4, other_cpu_seeds=False))
     assert own.tuning.from_seed == 0 and own.tuning.tuned == own.tuning.workloads
+
+
+def test_shipped_seeds_open_in_a_fresh_process(tmp_path):
+    """A seed's records may tensorize (the VNNI kernels of w8a8): a new interpreter opens it as a
+    database without having tuned anything first (the intrinsics are registered on opening)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from vitune.targets.seeds import SHIPPED_DIR, open_seed, read_seed\n"
+        "for path in sorted(SHIPPED_DIR.glob('*.json.gz')):\n"
+        "    seed = read_seed(path)[0]\n"
+        "    print(seed.workloads, len(open_seed(seed).get_all_tuning_records()))\n"
+    )
+    env = {**os.environ, "VITUNE_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in done.stdout.split("\n"):
+        if line.strip():
+            workloads, records = (int(v) for v in line.split())
+            assert records == workloads > 50

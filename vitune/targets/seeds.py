@@ -159,8 +159,11 @@ def open_seed(seed: Seed):
     keyed by the seed file's hash; read once per process)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from vitune.targets.tuning import import_tensor_intrinsics
+
     if seed.sha256 in _OPEN:
         return _OPEN[seed.sha256]
+    import_tensor_intrinsics()  # records that tensorize (VNNI) name their intrinsic: it must be registered to read them
     folder = cache_dir() / "tuning" / "seeds" / seed.sha256[:16]
     if not (folder / "records.json").exists():
         _, workloads, records = read_seed(seed.path)

@@ -102,6 +102,7 @@ def database_dir(profile) -> Path:
 def open_database(profile):
     from tvm.s_tir import meta_schedule as ms
 
+    import_tensor_intrinsics()  # records that tensorize name their intrinsic: it must be registered to read them
     folder = database_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"), allow_missing=True)
