@@ -46,9 +46,15 @@ def test_the_committed_configurations_fit_the_model_they_name_and_its_study_spac
     figures ship; each is one the study's space can choose."""
     from vitune.search.studyfile import load_study_file
 
+    from vitune.compression.config import CompressionConfig
+    from vitune.compression.pipeline import compress
+
     config = value.read_config(path)
-    layout = discover(build_digits_vit(RECIPES["digits_vit_base"]))
-    config.validate(layout)
+    model = build_digits_vit(RECIPES["digits_vit_base"])
+    config.validate(discover(model))
+    # a rank is a fraction of the layer as pruned (a block that lost a head has a narrower proj)
+    pruned = compress(model, CompressionConfig.from_dict({"prune_heads": dict(config.prune_heads_items), "prune_mlp": dict(config.prune_mlp_items)}))
+    layout = discover(pruned)
     space = load_study_file(ROOT / "studies" / "digits_base.toml").space
     for name, spec in config.linear_items:
         unit = next(u for u in layout.linears if u.name == name)
@@ -57,6 +63,8 @@ def test_the_committed_configurations_fit_the_model_they_name_and_its_study_spac
         assert spec.precision in space.menu_for(name, "precision"), name
     for name, share in config.prune_mlp_items:
         assert share in space.menu_for(name, "prune_mlp"), name
+    for name, share in config.prune_heads_items:
+        assert share in space.menu_for(name, "prune_heads"), name
     if path.stem == "digits_base-lowrank":
         ranks = {name: spec.rank for name, spec in config.linear_items}
         assert ranks["blocks.3.mlp.fc1"] == 48 and ranks["blocks.0.attn.qkv"] == 96 and config.summary() == "lowrank:12"
