@@ -17,7 +17,8 @@ results in TVM 0.27 (the 16×4 weight tile is matched without its row stride:
    signed operands, exactly (integer arithmetic: the layer's output is unchanged).
 
 Measured on the quickstart model's shapes (65 tokens, Zen 5, 64 trials): 9.1 µs for 192→576 and
-15.5 µs for 768→192, against 32 and 42 µs for the tuned fp32 kernels.
+15.5 µs for 768→192, against 32 and 42 µs for vitune's tuned fp32 kernels of the same layers (timed
+alone in another run: ``bench/results/vnni-probe.json``, ``bench/kernels.py``).
 
 TVM 0.27's registered ``dot_16x4_vnni`` intrinsic calls ``llvm.x86.avx512.vpdpbusd.512`` with
 int32x16 operands, which the LLVM it bundles declares as ``<64 x i8>``: every tensorized
@@ -146,11 +147,12 @@ def vnni_matmuls(mod, target):
         (n, k), lead = ws, tuple(xs[:-1])
         if xs[-1] != k or k % GROUP or out != (*lead, n):
             return call
-        if quantized in m and str(m[v].ty.dtype) in ("float32", "float16") and static_shape(m[v]) is not None:
+        source = static_shape(m[v]) if quantized in m and str(m[v].ty.dtype) in ("float32", "float16") else None
+        if source is not None:
             # unsigned straight from the quantize's integral floats in [-127, 127]: it fuses into
             # the kernel that quantizes (a layer norm, an activation), in that kernel's shape
             unsigned = relax.op.astype(relax.op.add(m[v], relax.const(128.0, str(m[v].ty.dtype))), "uint8")
-            lead = static_shape(m[v])[:-1]
+            lead = source[:-1]
         else:
             unsigned = relax.op.astype(relax.op.add(relax.op.astype(operand, "int16"), relax.const(128, "int16")), "uint8")
         packed, n_padded = pack_weight(m[w], n, k)

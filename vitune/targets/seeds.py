@@ -157,13 +157,10 @@ _OPEN: dict[str, Any] = {}  # seed file hash -> its database, read once per proc
 def open_seed(seed: Seed):
     """The seed as a read-only MetaSchedule database (its files unpacked once into the cache,
     keyed by the seed file's hash; read once per process)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from vitune.targets.tuning import import_tensor_intrinsics
+    from vitune.targets.tuning import json_database
 
     if seed.sha256 in _OPEN:
         return _OPEN[seed.sha256]
-    import_tensor_intrinsics()  # records that tensorize (VNNI) name their intrinsic: it must be registered to read them
     folder = cache_dir() / "tuning" / "seeds" / seed.sha256[:16]
     if not (folder / "records.json").exists():
         _, workloads, records = read_seed(seed.path)
@@ -172,7 +169,7 @@ def open_seed(seed: Seed):
         (folder / "workloads.json").write_text("".join(json.dumps(w) + "\n" for w in workloads))
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(folder / "records.json")  # last: a half-unpacked seed is unpacked again
-    _OPEN[seed.sha256] = ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"), allow_missing=False)
+    _OPEN[seed.sha256] = json_database(folder, allow_missing=False)
     return _OPEN[seed.sha256]
 
 

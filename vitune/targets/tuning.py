@@ -100,12 +100,18 @@ def database_dir(profile) -> Path:
 
 
 def open_database(profile):
-    from tvm.s_tir import meta_schedule as ms
-
-    import_tensor_intrinsics()  # records that tensorize name their intrinsic: it must be registered to read them
     folder = database_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"), allow_missing=True)
+    return json_database(folder, allow_missing=True)
+
+
+def json_database(folder: Path, allow_missing: bool):
+    """MetaSchedule's JSON database in ``folder`` (``workloads.json``, ``records.json``). Records
+    that tensorize name their intrinsic (VNNI), which must be registered before they can be read."""
+    from tvm.s_tir import meta_schedule as ms
+
+    import_tensor_intrinsics()
+    return ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"), allow_missing=allow_missing)
 
 
 def _quiet() -> None:
@@ -134,24 +140,22 @@ def import_tensor_intrinsics() -> None:
 
     from vitune.targets.int8 import register_vnni
 
-    if "tvm.s_tir.tensor_intrin" in sys.modules:
-        register_vnni()
-        return
-    original = inspect.getmodule
-    memo: dict = {}
+    if "tvm.s_tir.tensor_intrin" not in sys.modules:
+        original = inspect.getmodule
+        memo: dict = {}
 
-    def getmodule(obj, _filename=None):
-        code = getattr(obj, "f_code", obj)
-        key = (_filename, getattr(code, "co_filename", None) or id(obj))
-        if key not in memo:
-            memo[key] = original(obj, _filename)
-        return memo[key]
+        def getmodule(obj, _filename=None):
+            code = getattr(obj, "f_code", obj)
+            key = (_filename, getattr(code, "co_filename", None) or id(obj))
+            if key not in memo:
+                memo[key] = original(obj, _filename)
+            return memo[key]
 
-    inspect.getmodule = getmodule
-    try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        inspect.getmodule = original
+        inspect.getmodule = getmodule
+        try:
+            import tvm.s_tir.tensor_intrin  # noqa: F401
+        finally:
+            inspect.getmodule = original
     register_vnni()  # TVM 0.27's VNNI intrinsic does not build as registered
 
 
@@ -207,6 +211,8 @@ def _tune_contexts(tasks, work: str, strategy, threads: int):
     contexts, weights = [], []
     loggers = get_loggers_from_work_dir(work, [t.task_name for t in tasks])
     for task, logger, rand_state in zip(tasks, loggers, fork_seed(None, n=len(tasks))):
+        if task.mod.attrs.get("tirx.is_scheduled", False):
+            continue  # as MetaSchedule's own: a hand-scheduled kernel is not tuned
         space = ms.space_generator.PostOrderApply(postprocs=vnni_postprocs()) if KERNEL in task.task_name else "post-order-apply"
         contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=space, search_strategy=strategy,
                                        task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=threads).clone())
