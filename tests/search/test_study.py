@@ -58,10 +58,23 @@ def write_study(tmp_path, fast_target_file, name="s", n=4, sampler="random", lat
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, fast_target_file, default_workspace):
+    import vitune.targets.compile as compile_module
+
     tmp = tmp_path_factory.mktemp("study")
     spec = write_study(tmp, fast_target_file)
-    summary = run_study(spec, progress=False, log=lambda *_: None)
+    real = compile_module.compile_model
+
+    def counted(*args, **kwargs):
+        BUILDS.append(args[0])
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compile_module, "compile_model", counted)
+        summary = run_study(spec, progress=False, log=lambda *_: None)
     return spec, summary, tmp
+
+
+BUILDS: list = []  # every model the ran study built (trials and the front's closing timing)
 
 
 def test_storage_holds_accuracy_and_latency_for_each_trial(ran):
@@ -92,6 +105,10 @@ def test_the_front_is_timed_side_by_side_with_the_baseline_at_the_end_of_a_run(r
     doc = study.user_attrs["front_timing"]
     assert doc["baseline"]["rounds"] >= 1 and doc["errors"] == {} and side_ms == min(doc["baseline"]["peers_ms"].values())
     assert label == doc["baseline"]["label"] and doc["baseline"]["runtime"] in ("onnxruntime", "openvino")
+    # the closing timing reuses the trials' own builds (same schedules, same database): every
+    # build of the run is a trial's
+    measured = [t for t in study.trials if "build_s" in t.user_attrs.get("timings", {})]
+    assert measured and len(BUILDS) == len(measured)
 
 
 def test_resume_keeps_completed_trials(ran, tmp_path):

@@ -78,6 +78,15 @@ class Evaluator:
         self.example = workspace.example_input(1)
         self._calibrations: dict = {}
         self._reference: Any = None  # the uncompressed model's predictions on calib
+        # with keep_builds, the primary target's build of each measured configuration (key →
+        # CompiledModel), for the study's closing side-by-side timing; retain() bounds them
+        self.keep_builds = False
+        self.builds: dict[str, Any] = {}
+
+    def retain(self, keys) -> None:
+        """Keep the builds of the configurations ``keys`` only (e.g. the front's)."""
+        keep = set(keys)
+        self.builds = {k: v for k, v in self.builds.items() if k in keep}
 
     def calibration(self, images: int):
         """The calibration batch (calib split), built once per size and reused by every trial."""
@@ -162,11 +171,14 @@ class Evaluator:
             return self._fits(cached.peak_memory_bytes, self.profile, result)
         with host_hold(lambda exclusive: self._lock(exclusive, result)):  # build shared, time alone
             t0 = time.perf_counter()
-            m = self.latency_source.latency(model, config, self.example)
+            built: list | None = [] if self.keep_builds else None
+            m = self.latency_source.latency(model, config, self.example, built)
             result.timings.update(m.timings, latency_s=time.perf_counter() - t0)
         if not m.ok:
             result.error = m.error
             return False
+        if built:
+            self.builds[config.key] = built[-1]
         if self.cache and m.source == "measured":
             self.cache.put_latency(config.key, m)
         result.metrics = result.metrics.with_(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms,

@@ -43,10 +43,11 @@ def remeasure_front(study, evaluator, source, log=print) -> int:
 
 
 def time_front_with_baseline(study, evaluator, workspace, profile, log=print) -> int:
-    """The front's members and the uncompressed model rebuilt as ``vitune apply`` ships them
-    (tuned kernels from the target's database) and timed side by side with the study's baseline
-    runtime, in interleaved rounds: the speed-ups the front shows (``format_front``) and exports
-    record. The study's own baseline is timed when it starts and each trial when it runs; on a
+    """The front's members and the uncompressed model built as ``vitune apply`` ships them
+    (tuned kernels from the target's database: the trial's own build where this process made it
+    and kept it, ``Evaluator.builds``, else built again) and timed side by side with the study's
+    baseline runtime, in interleaved rounds: the speed-ups the front shows (``format_front``) and
+    exports record. The study's own baseline is timed when it starts and each trial when it runs; on a
     machine whose speed drifts the two moments differ, these rounds do not. Stored in the
     study's ``front_timing`` attribute; returns how many builds were timed. Never raises: a build
     that fails is listed with its reason."""
@@ -68,8 +69,10 @@ def time_front_with_baseline(study, evaluator, workspace, profile, log=print) ->
     builds, errors = {}, {}
     try:
         for t in members:
+            config = trial_config(t)
             try:
-                builds[str(t.number)] = compile_model(evaluator.compress(trial_config(t)), example, profile, tuner)
+                kept = evaluator.builds.get(config.key)
+                builds[str(t.number)] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
             except Exception as err:  # a member that no longer builds is named, the others are timed
                 errors[str(t.number)] = short_reason(err)
     finally:

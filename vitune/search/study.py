@@ -322,6 +322,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         more=tuple(MoreTarget(p.name, src, cache(p, t), local(p, t)) for p, src, t in every[1:]),
         objectives=objectives,
     )
+    evaluator.keep_builds = measured_here and not worker  # the front's builds, timed again at the end
     counts = count_states(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
     goal = spec.n_trials if n_trials is None else done + max(0, n_trials)
@@ -366,6 +367,10 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             every = spec.target.remeasure_every
             if predicted and every and trial.state == optuna.trial.TrialState.COMPLETE and now.get("complete", 0) % every == 0:
                 recheck()
+            if evaluator.keep_builds:
+                ref = uncompressed_trial(study_)
+                kept = front(study_) + ([ref] if ref is not None else [])
+                evaluator.retain(c.key for c in map(trial_config, kept) if c is not None)
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 acc, ms = accuracy_of(trial), latency_of(trial)
                 bar.set_postfix(acc=f"{acc:.3f}", ms=f"{ms:.3f}")

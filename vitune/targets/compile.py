@@ -123,13 +123,15 @@ def filtered_native_stderr():
 
 def build(mod, profile, tuner=None):
     """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
-    (planned storage bytes, storages) or None, prepacked)``.
+    (planned storage bytes, storages) or None, layout)``.
 
     With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
-    target's database (tuning unseen ones if the tuner's mode and budget allow). ``prepacked``:
-    the tuned kernels read their weights in the layout their schedules chose, and the executable
-    has ``main_transform_params``, which lays the weights out once (:func:`compile_model` runs it).
+    target's database (tuning unseen ones if the tuner's mode and budget allow). ``layout``
+    (None: none needed): the tuned kernels read their weights in the layouts their schedules
+    chose, and ``layout`` is an executable of its own whose ``main_transform_params`` lays the
+    weights out once (:func:`compile_model` runs it); the executable does not carry it.
     """
+    import tvm
     from tvm import relax
 
     from vitune.targets.graph import optimize
@@ -143,23 +145,48 @@ def build(mod, profile, tuner=None):
     with filtered_native_stderr():
         if tuner is not None:
             mod, report = tuner.prepare(mod)  # legalized, fused, tuned kernels applied
-        prepacked = any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.functions)
+        layout = None
+        if any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.functions):
+            mod, layout = only(mod, "main"), only(mod, TRANSFORM_PARAMS)
         mod = schedule_data_movement(mod, target)  # CPU: parallel, vectorised data movement
         storage = planned_storage(mod, target)
         # "compiled": the VM's own functions (allocations, argument passing, one call per kernel)
         # are generated code instead of bytecode the VM interprets: 4-6 % of a tuned
         # digits_vit_base build at rank 24 (0.266 against 0.282 ms), the calls' share
-        return relax.build(mod, target=target, exec_mode="compiled"), report, storage, prepacked
+        executable = relax.build(mod, target=target, exec_mode="compiled")
+        if layout is not None:
+            # the weights' layout transform runs once, at build time (prepack_params): built
+            # apart, unoptimised and interpreted, it is not code generation every build pays for
+            # at -O3 (a third of the LLVM IR of a w8a8 digits_vit_base build), and not shipped
+            layout = relax.build(layout, target=tvm.target.Target({**dict(target.export()), "opt-level": 0}), exec_mode="bytecode")
+        return executable, report, storage, layout
 
 
-def prepack_params(compiled: CompiledModel) -> list[np.ndarray]:
-    """The weights in the layouts the tuned kernels read: ``main_transform_params`` run once on
-    this machine's CPU (the build is for it: prepacking is on for native CPU targets only)."""
+def only(mod, name: str):
+    """``mod`` with the Relax function ``name`` and the kernels it calls, nothing else."""
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(compiled.runtime_module(), tvm.cpu())
-    out = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(p) for p in compiled.params])
+    entry = mod.get_global_var(name)
+    called = {entry}
+
+    def visit(expr) -> None:
+        if isinstance(expr, tvm.ir.GlobalVar):
+            called.add(expr)
+
+    relax.analysis.post_order_visit(mod[entry], visit)
+    return tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv in called}, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def prepack_params(layout, params: list[np.ndarray]) -> list[np.ndarray]:
+    """The weights in the layouts the tuned kernels read: ``layout`` (the build's
+    ``main_transform_params``, built apart) run once on this machine's CPU (the build is for it:
+    prepacking is on for native CPU targets only)."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(layout, tvm.cpu())
+    out = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(p) for p in params])
     return [t.numpy() for t in out]
 
 
@@ -170,7 +197,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable, report, storage, prepacked = build(mod, profile, tuner)
+    executable, report, storage, layout = build(mod, profile, tuner)
     t3 = time.perf_counter()
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
@@ -178,10 +205,10 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
         timings["build_s"] -= report.seconds
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
-    if prepacked:
+    if layout is not None:
         t4 = time.perf_counter()
-        compiled.params, compiled.prepacked = prepack_params(compiled), True
-        timings["prepack_s"] = time.perf_counter() - t4  # mostly the code generation the runner would do
+        compiled.params, compiled.prepacked = prepack_params(layout, params), True
+        timings["prepack_s"] = time.perf_counter() - t4
     if storage is not None:
         compiled.memory = MemoryPlan(weights_bytes=int(sum(p.nbytes for p in compiled.params)), activations_bytes=storage[0],
                                      io_bytes=int(example.numel() * example.element_size()), storages=storage[1])
@@ -229,8 +256,8 @@ def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, 
         "input_shape": list(compiled.input_shape),
         "input_dtype": compiled.input_dtype,
         "call": "vm['main'](input, *params) with params in the order arr_0, arr_1, ... of params.npz",
-        # prepacked: the weights are already in the layouts the tuned kernels read (made by the
-        # library's main_transform_params from the model's weights); pass them as they are
+        # prepacked: the weights are already in the layouts the tuned kernels read (laid out at
+        # build time from the model's weights); pass them as they are
         "prepacked": compiled.prepacked,
         "target": profile.tvm_target,
         "target_host": profile.tvm_host,
