@@ -83,3 +83,50 @@ def test_rank_deficient_inputs_are_damped_not_fatal():
     lr = factorize_aa(layer, 4, x)
     assert torch.isfinite(lr.first.weight).all() and torch.isfinite(lr.second.weight).all()
     assert output_error(layer, lr, x) < 1e-2  # rank 4 covers a rank-3 input space
+
+
+@pytest.mark.parametrize("lowrank", ["aa", "aa-residual"])
+def test_block_by_block_inputs_are_those_of_the_whole_model(default_workspace, lowrank, monkeypatch):
+    """Low-rank layer after layer reads each layer's calibration inputs from its own block, the
+    hidden states carried from block to block (timm ViTs run their blocks as a chain): the same
+    model as a forward pass of the whole model up to each layer, with pruning and with a block
+    left out between ranked ones."""
+    import vitune.compression.pipeline as pipeline
+    from vitune.compression.calibrate import Calibration, blocks_chain
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.methods import CompressionMethods
+
+    model, data = default_workspace.model, default_workspace.data
+    calib = Calibration.from_dataset(data.calib, 48)
+    assert blocks_chain(model, calib.x)
+    methods = CompressionMethods(lowrank=lowrank, refine_steps=10)
+    linear = {f"blocks.{i}.{role}": LinearConfig(rank=r) for i in (0, 2, 3) for role, r in
+              (("attn.qkv", 6), ("attn.proj", 5), ("mlp.fc1", 7), ("mlp.fc2", 4))}
+    config = CompressionConfig.make(linear, {"blocks.2.attn": 0.5}, {"blocks.3.mlp": 0.25}, 0, methods)
+    fast = pipeline.compress(model, config, calibration=calib)
+    monkeypatch.setattr(pipeline, "blocks_chain", lambda *_: False)
+    slow = pipeline.compress(model, config, calibration=Calibration.from_dataset(data.calib, 48))
+    x = Calibration.from_dataset(data.val, 32).x
+    torch.testing.assert_close(fast(x), slow(x), rtol=1e-5, atol=1e-5)
+    for name, layer in fast.named_modules():
+        if hasattr(layer, "first"):
+            torch.testing.assert_close(layer.first.weight, slow.get_submodule(name).first.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_whose_blocks_are_not_a_chain_is_told_apart():
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitune.compression.calibrate import blocks_chain
+
+    class ExtraSkips(VisionTransformer):  # adds each block's input back: not a chain of blocks
+        def forward_features(self, x, **kwargs):
+            x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
+            for block in self.blocks:
+                x = block(x) + x
+            return self.norm(x)
+
+    x = torch.randn(4, 1, 8, 8)
+    for cls, chain in ((VisionTransformer, True), (ExtraSkips, False)):
+        torch.manual_seed(0)
+        vit = cls(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=3, num_heads=4).eval()
+        assert blocks_chain(vit, x) is chain

@@ -111,3 +111,54 @@ def input_grams(model: nn.Module, names: list[str], x: torch.Tensor, batch_size:
             h.remove()
         model.train(was_training)
     return grams
+
+
+@torch.no_grad()
+def block_input(model: nn.Module, name: str, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """What the submodule ``name`` receives as its first argument on ``x``, as it is (not
+    flattened), the forward pass of each chunk stopped there."""
+    got: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        got.append(args[0].detach())
+        raise _Stop
+
+    handle = model.get_submodule(name).register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            try:
+                model(x[start : start + batch_size])
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not got:
+        raise RuntimeError(f"module {name!r} was never called on the calibration batch")
+    return torch.cat(got)
+
+
+@torch.no_grad()
+def run_chunked(module: nn.Module, h: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``module`` applied to ``h`` in chunks of ``batch_size`` along the first dimension."""
+    return torch.cat([module(h[start : start + batch_size]) for start in range(0, len(h), batch_size)])
+
+
+def blocks_chain(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> bool:
+    """Whether ``model`` runs its ``blocks`` one after the other, each on the previous one's
+    output (as timm's ViTs do): block ``i``'s input is block ``i - 1``'s output on ``x``, checked
+    for the first and the last pair of blocks."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) < 2:
+        return False
+    n = len(blocks)
+    for i in sorted({1, n - 1}):
+        try:
+            before, after = block_input(model, f"blocks.{i - 1}", x, batch_size), block_input(model, f"blocks.{i}", x, batch_size)
+        except RuntimeError:
+            return False
+        if before.shape[0] != after.shape[0] or not torch.equal(run_chunked(blocks[i - 1], before, batch_size), after):
+            return False
+    return True

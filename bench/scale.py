@@ -1,0 +1,269 @@
+"""Per-trial cost at real size: what one trial of a study costs on the default model and on
+DeiT-Tiny, -Small and -Base at 224 px, split by stage, with the study's once-only work and
+peak memory.
+
+For each model a study file is written (``[model]``, ``[data]``, a mixed space of all four
+families: precision, low-rank rank, head and MLP pruning, distillation steps; the quickstart's
+bounded compression; the fidelity screen off, so every trial is built and timed) and read by
+vitune's own reader. Then, in a process of its own (so its peak resident memory is its own),
+the study's once-only work is timed (``prepare_s``: model and data, the calibration batch, the
+baseline runtimes) and the uncompressed model is evaluated, as a study's trial 0 is. Then
+``--trials`` random configurations of the space go through the study's
+:class:`~vitune.search.evaluate.Evaluator` (compress → latency → validated accuracy; no front,
+so accuracy is read in full: the worst case), each trial's wall time split into
+
+* ``compress`` (compression, distillation included), ``accuracy`` (validated accuracy),
+* ``build`` (export, Relax build, weight layout, code generation), ``tuning`` (workloads tuned
+  now), ``timing`` (the timed runs),
+* ``overhead`` (the rest of the trial's wall time),
+
+which add up to the trial's wall time; and the first configuration is evaluated again through
+the study's results cache (``cache_hit_s``). A 100-trial study is extrapolated as ``prepare_s``
+plus the uncompressed evaluation plus 100 mean trials.
+
+The timm models are random-init (seeded: the same weights in every process) and their data a
+generated ImageFolder tree (``--val-images`` in the validation split, at 224 px); the default
+model reads digits (its validation split has 269 images). Latency comes from the target's
+tuning database (``--tuning database``: workloads it lacks are built with default schedules and
+counted as ``untuned_workloads``), ``--tuning tune`` tunes them, ``off`` builds untuned.
+
+    python bench/scale.py [--models digits_vit_base,deit_tiny,deit_small,deit_base] [--trials 10]
+        [--val-images 500] [--tuning database] [--json F]
+
+JSON keys per model (``models`` → name): ``trial_s_median``, ``trial_s_mean``, ``split`` (name →
+mean seconds, adding up to ``trial_s_mean``), ``peak_rss_mb``, ``prepare_s`` (and
+``prepare_split``), ``uncompressed_s``, ``cache_hit_s``, ``study_100_s``, ``trials`` (one row
+each: configuration summary, wall time, split, latency, accuracy, workloads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMM = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224", "deit_base": "deit_base_patch16_224"}
+MODELS = ("digits_vit_base", *TIMM)
+CLASSES = 4
+FRACTIONS = {"train": 0.3, "calib": 0.1, "val": 0.3, "test": 0.3}
+STAGES = {  # split bucket → the Evaluator's timing keys it sums
+    "compress": ("compress_s", "fidelity_s"),
+    "accuracy": ("accuracy_s",),
+    "build": ("export_s", "build_s", "prepack_s", "codegen_s"),
+    "tuning": ("tune_s",),
+    "timing": ("run_s",),
+}
+
+SPACE = """
+[space]
+precision = ["fp32", "int8", "w8a8"]
+rank_fraction = [1.0, 0.5, 0.25]
+prune_heads = [0.0, 0.34]
+prune_mlp = [0.0, 0.25, 0.5]
+distill_steps = [0, 10]
+
+[[space.override]]
+layers = "blocks.0.*"
+precision = ["fp32"]
+
+[compression]
+lowrank = "aa-residual"
+calib_images = 64
+refine_steps = 50
+
+[search]
+min_fidelity = 0
+accuracy_shards = 1
+"""
+
+
+def study_text(name: str, data_root: Path | None, tuning: str) -> str:
+    if name == "digits_vit_base":
+        model = '[model]\nsource = "default"\nname = "digits_vit_base"\n\n[data]\nsource = "digits"\n'
+    else:
+        fractions = ", ".join(f"{k} = {v}" for k, v in FRACTIONS.items())
+        model = (f'[model]\nsource = "timm"\nname = "{TIMM[name]}"\npretrained = false\nnum_classes = {CLASSES}\n\n'
+                 f'[data]\nsource = "imagefolder"\nroot = "{data_root}"\nfractions = {{ {fractions} }}\n')
+    return (f'[study]\nname = "scale-{name}"\nn_trials = 100\nsampler = "random"\nseed = 0\n\n{model}\n'
+            f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = 16\n{SPACE}')
+
+
+def make_images(root: Path, val_images: int, size: int = 224) -> Path:
+    """A generated ImageFolder tree whose validation split holds ``val_images`` images (made once)."""
+    import numpy as np
+    from PIL import Image
+
+    per_class = math.ceil(val_images / FRACTIONS["val"] / CLASSES)
+    done = root / f".complete-{per_class}-{size}"
+    if done.exists():
+        return root
+    rng = np.random.default_rng(0)
+    for c in range(CLASSES):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.full((size, size, 3), 40 + 50 * c, np.float32)
+            noise = rng.normal(0, 30, (size // 16, size // 16, 3)).repeat(16, 0).repeat(16, 1)
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+    done.touch()
+    return root
+
+
+def split_of(timings: dict, wall: float) -> dict[str, float]:
+    out = {k: sum(float(timings.get(t, 0.0)) for t in keys) for k, keys in STAGES.items()}
+    out["overhead"] = max(0.0, wall - sum(out.values()))
+    return out
+
+
+def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> dict:
+    """The measurements of one model, in this process."""
+    import optuna
+
+    from vitune.jsontable import JsonTable
+    from vitune.models.layers import discover
+    from vitune.models.zoo import load_workspace
+    from vitune.search.cache import ResultCache, data_key, target_key
+    from vitune.search.evaluate import EarlyStop, Evaluator
+    from vitune.search.space import SearchSpace
+    from vitune.search.study import _latency_source, time_baselines
+    from vitune.search.studyfile import load_study_file
+
+    prepare: dict[str, float] = {}
+    t0 = time.perf_counter()
+    spec = load_study_file(study_path)
+    profile, source, tuner = _latency_source(spec, spec.target, "[target]")
+    workspace = load_workspace(spec.model, spec.data, progress=False)
+    space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
+    source.bind(workspace, space, spec.target.tuning)
+    prepare["workspace"] = time.perf_counter() - t0
+    cache = ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(profile, spec.target.tuning))
+    cache.table = JsonTable(work / f"results-{name}.json")  # this run's own: no hits from earlier runs
+    evaluator = Evaluator(workspace, profile, source, early=EarlyStop(0.0, spec.search.fidelity_images, 1), cache=cache)
+    t0 = time.perf_counter()
+    evaluator.calibration(spec.methods.calib_images)
+    prepare["calibration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline = time_baselines(workspace, [(profile, spec.target)], log=lambda *_: None)
+    prepare["baseline_peers"] = time.perf_counter() - t0
+    log = lambda text: print(f"  {name}: {text}", flush=True)  # noqa: E731
+    log(f"prepared in {sum(prepare.values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in prepare.items())}); "
+        f"val {len(workspace.data.val)} images; space {len(space.choices)} knobs")
+
+    def row(config, wall, result) -> dict:
+        m = result.metrics
+        return {
+            "config": config.summary(), "wall_s": wall, "split": split_of(result.timings, wall),
+            "latency_ms": m.latency_ms, "accuracy": m.accuracy, "error": result.error or result.pruned,
+            "tuned_workloads": result.timings.get("tuned_workloads"), "untuned_workloads": result.timings.get("untuned_workloads"),
+        }
+
+    t0 = time.perf_counter()
+    identity = space.to_config(space.identity_params())
+    ref = evaluator.evaluate(identity)
+    uncompressed = row(identity, time.perf_counter() - t0, ref)
+    log(f"uncompressed: {uncompressed['wall_s']:.1f} s, {ref.metrics.latency_ms} ms, accuracy {ref.metrics.accuracy}")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
+    rows, configs = [], []
+    for i in range(trials):
+        trial = study.ask()
+        config = space.suggest(trial)
+        t0 = time.perf_counter()
+        result = evaluator.evaluate(config)
+        wall = time.perf_counter() - t0
+        study.tell(trial, state=optuna.trial.TrialState.FAIL if result.error else optuna.trial.TrialState.COMPLETE,
+                   values=None if result.error else [result.metrics.accuracy, result.metrics.latency_ms])
+        rows.append(row(config, wall, result))
+        configs.append(config)
+        r = rows[-1]
+        log(f"trial {i + 1}/{trials}: {wall:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in r["split"].items()) + f"), {r['config']}"
+            + (f", {r['latency_ms']:.3f} ms" if r["latency_ms"] else "") + (f", untuned workloads {r['untuned_workloads']}" if r["untuned_workloads"] else "")
+            + (f" FAILED: {r['error']}" if r["error"] else ""))
+    hit_s = None
+    if configs:
+        t0 = time.perf_counter()
+        again = evaluator.evaluate(configs[0])
+        hit_s = time.perf_counter() - t0
+        log(f"the first configuration again, from the results cache: {hit_s:.3f} s ({'served' if again.metrics.cached else 'NOT served'})")
+    walls = [r["wall_s"] for r in rows]
+    split = {k: statistics.mean(r["split"][k] for r in rows) for k in rows[0]["split"]} if rows else {}
+    base = baseline.get(profile.name, {})
+    return {
+        "model": name,
+        "input_shape": list(workspace.data.input_shape), "val_images": len(workspace.data.val),
+        "params": sum(p.numel() for p in workspace.model.parameters()),
+        "trials_n": len(rows), "trial_s_median": statistics.median(walls) if walls else None,
+        "trial_s_mean": statistics.mean(walls) if walls else None, "split": split,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "prepare_s": sum(prepare.values()), "prepare_split": prepare, "uncompressed_s": uncompressed["wall_s"],
+        "uncompressed": uncompressed, "cache_hit_s": hit_s,
+        "study_100_s": sum(prepare.values()) + uncompressed["wall_s"] + 100 * statistics.mean(walls) if walls else None,
+        "baseline": {"runtime": base.get("runtime"), "latency_ms": base.get("latency_ms")},
+        "tuning": spec.target.tuning, "trials": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--val-images", type=int, default=500)
+    ap.add_argument("--tuning", default="database", choices=("database", "tune", "off"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vitune-scale"), help="study files, generated images, results caches")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in this process
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        doc = run_one(args.one, work / f"{args.one}.toml", args.trials, args.seed, work)
+        Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
+        return
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})")
+    images = make_images(work / "images", args.val_images) if any(n in TIMM for n in names) else None
+    results: dict[str, dict] = {}
+    for name in names:
+        (work / f"{name}.toml").write_text(study_text(name, images, args.tuning))
+        out = work / f"{name}.json"
+        out.unlink(missing_ok=True)
+        print(f"{name}: {args.trials} trials, tuning {args.tuning}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--out", str(out), "--trials", str(args.trials),
+                               "--seed", str(args.seed), "--work", str(work)], env=os.environ.copy())
+        if proc.returncode != 0 or not out.exists():
+            results[name] = {"model": name, "error": f"exit status {proc.returncode}"}
+            print(f"{name}: FAILED (exit status {proc.returncode})", flush=True)
+            continue
+        results[name] = json.loads(out.read_text())
+        results[name]["wall_s"] = time.perf_counter() - t0
+    print(f"\n{'model':<16} {'trial_s (median)':>16} {'mean':>7}  split (mean s)" + " " * 44 + f"{'prepare_s':>9} {'cache hit':>9} {'peak MB':>8} {'100 trials':>10}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<16} failed: {r['error']}")
+            continue
+        split = ", ".join(f"{k} {v:.1f}" for k, v in r["split"].items())
+        print(f"{name:<16} {r['trial_s_median']:>16.1f} {r['trial_s_mean']:>7.1f}  {split:<56} {r['prepare_s']:>9.1f} "
+              f"{r['cache_hit_s']:>9.3f} {r['peak_rss_mb']:>8.0f} {r['study_100_s'] / 3600:>9.2f}h")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tuning": args.tuning, "trials": args.trials, "val_images": args.val_images,
+                                               "models": results}, indent=2, default=str))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
