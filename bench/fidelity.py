@@ -82,6 +82,7 @@ class Proxies:
         from vitune.costmodels import get_latency_source
 
         self.profile = profile
+        self.reference = None  # the uncompressed model's build (the first configuration), for drift
         self.sources, self.errors = {}, {}
         for name in names:
             if name == "untuned":
@@ -101,10 +102,15 @@ class Proxies:
         self.names = [n for n in names if n == "tuned" or n in self.sources]
 
     def recorded(self, name: str, model, config, example, shipped):
-        from vitune.targets.measure import time_compiled
+        from vitune.targets.measure import DriftReference, time_compiled
 
-        if name == "tuned":
-            return time_compiled(shipped, example, self.profile)  # the trial's one timing of the tuned build
+        if name == "tuned":  # the trial's one timing of the tuned build, corrected for drift as a trial's is
+            m = time_compiled(shipped, example, self.profile)
+            if config.is_identity:
+                self.reference = DriftReference(shipped, example, self.profile)
+                self.reference.seen(m.latency_ms)
+                return m
+            return self.reference.correct(m) if self.reference is not None else m
         return self.sources[name].latency(model, config, example)
 
 
@@ -147,6 +153,8 @@ def model_row(label: str, original, workspace, example, space, configs, profile,
                 m = proxies.recorded(name, model, config, example, shipped)
                 if m.ok:
                     row["recorded_ms"][name] = m.latency_ms
+                    if m.drift is not None:
+                        row.setdefault("drift", {})[name] = m.drift
                 else:
                     row["errors"][name] = m.error
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row["recorded_ms"].items())

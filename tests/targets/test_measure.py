@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from vitune.compression.config import CompressionConfig, LinearConfig
@@ -83,3 +84,36 @@ def test_measure_many_times_models_in_interleaved_rounds(tiny_vit, fast_target):
         assert m.latency_ms == fast_target.protocol.latency_ms(list(m.samples_ms))
         assert m.timings["run_s"] > 0 and "build_s" in m.timings
     assert not bad.ok and bad.error.startswith("compile failed on test-cpu:")  # the others still measured
+
+
+def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_reference(tiny_vit, fast_target, monkeypatch):
+    """The measured latency source times the uncompressed build again after each candidate: a
+    candidate timed while every run takes twice as long (a slow window of a shared machine)
+    records about the latency it has when the machine is not slow, with the slowdown."""
+    from types import SimpleNamespace
+
+    from vitune.costmodels.base import MeasuredLatency
+    from vitune.targets.runner import LocalRunner
+
+    source = MeasuredLatency(fast_target)
+    source.bind(SimpleNamespace(model=tiny_vit), None, "off")
+    x = torch.randn(1, 1, 8, 8)
+    layout = discover(tiny_vit)
+    from vitune.compression.methods import CompressionMethods
+
+    config = CompressionConfig.make({u.name: LinearConfig(rank=2) for u in layout.linears}, methods=CompressionMethods(lowrank="svd"))
+    candidate = compress(tiny_vit, config)
+    first = source.latency(tiny_vit, CompressionConfig.make(), x)  # the study's trial 0: the reference
+    assert first.ok and first.drift is None and source.reference is not None
+    quiet = min((source.latency(candidate, config, x) for _ in range(3)), key=lambda m: m.latency_ms)
+    assert quiet.ok and quiet.drift >= 1.0 and quiet.raw_latency_ms == pytest.approx(quiet.latency_ms * quiet.drift)
+
+    real_time = LocalRunner.time
+
+    def slow(self, compiled, inputs, protocol):
+        return [2.0 * s for s in real_time(self, compiled, inputs, protocol)]
+
+    monkeypatch.setattr(LocalRunner, "time", slow)
+    slowed = min((source.latency(candidate, config, x) for _ in range(3)), key=lambda m: m.latency_ms)
+    assert slowed.drift > 1.6 and slowed.raw_latency_ms > 1.6 * quiet.latency_ms
+    assert 0.6 < slowed.latency_ms / quiet.latency_ms < 1.5

@@ -76,12 +76,43 @@ def get_latency_source(name: str, profile, tuner=None) -> LatencySource:
 
 @register_latency_source
 class MeasuredLatency(LatencySource):
-    """The reference: compile the candidate with TVM for the target and time it there."""
+    """The reference: compile the candidate with TVM for the target and time it there.
+
+    On a local device each candidate's latency is corrected for the machine's drift
+    (:class:`~vitune.targets.measure.DriftReference`): the uncompressed model's build (the
+    study's own trial 0, else built once on first need) is timed again right after the
+    candidate, and the candidate's latency divided by how slow the machine ran then.
+    """
 
     name = "measured"
     measures = True
 
-    def latency(self, model, config, example, compiled_out: list | None = None):
-        from vitune.targets.measure import measure
+    def __init__(self, profile, tuner=None):
+        super().__init__(profile, tuner)
+        self.original = None  # the uncompressed model (bind), for the drift reference
+        self.reference = None  # a DriftReference, once the uncompressed model is built
 
-        return measure(model, example, self.profile, compiled_out, self.tuner)
+    def bind(self, workspace, space, tuning: str) -> None:
+        self.original = workspace.model
+
+    def latency(self, model, config, example, compiled_out: list | None = None):
+        from vitune.targets.measure import DriftReference, measure
+
+        corrects = self.original is not None and self.profile.runner == "local"
+        built: list = [] if compiled_out is None else compiled_out
+        m = measure(model, example, self.profile, built, self.tuner)
+        if not corrects or not m.ok:
+            return m
+        if config.is_identity:  # the reference itself: its own timing is its speed now
+            if self.reference is None:
+                self.reference = DriftReference(built[-1], example, self.profile)
+            self.reference.seen(m.latency_ms)
+            return m
+        if self.reference is None:
+            from vitune.targets.compile import compile_model
+
+            try:
+                self.reference = DriftReference(compile_model(self.original, example, self.profile, self.tuner), example, self.profile)
+            except Exception:  # no reference: the latency as timed
+                return m
+        return self.reference.correct(m)

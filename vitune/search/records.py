@@ -28,6 +28,7 @@ class Metrics:
     latency_source: str = "measured"  # "measured" or the cost model's name
     latency_spread_ms: float | None = None
     latency_samples_ms: tuple[float, ...] = ()
+    latency_drift: float | None = None  # how slow the machine ran when timed (latency_ms is corrected for it)
     params: int | None = None
     size_bytes: int | None = None  # what the model ships: every stored tensor at its stored dtype
     peak_memory_bytes: int | None = None  # the primary target's build: weights + planned storages + input, one batch-1 run

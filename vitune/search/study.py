@@ -23,7 +23,7 @@ from vitune.errors import ConfigError, message_line
 from vitune.search.budgets import META_KEYS as BUDGET_KEYS
 from vitune.search.budgets import Budget
 from vitune.search.front import count_states, format_front, front, status_text, uncompressed_trial  # noqa: F401 (re-exported)
-from vitune.search.records import accuracy_of, latency_of, time_split
+from vitune.search.records import accuracy_of, latency_of, metrics_of, time_split
 from vitune.search.objective import CandidateFailed, Objective, directions, make_sampler
 from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from vitune.search.objectives import Objectives
@@ -158,6 +158,9 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = (), objecti
             f"the study file now says {getattr(spec.methods, key, None)!r}: results made differently are not "
             "comparable; give the study a new name or storage"
         )
+
+
+SHOWN_DRIFT = 1.1  # a trial's line says when it was timed while the machine ran slower than this
 
 
 def trial_config(trial) -> CompressionConfig | None:
@@ -375,9 +378,11 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                 acc, ms = accuracy_of(trial), latency_of(trial)
                 bar.set_postfix(acc=f"{acc:.3f}", ms=f"{ms:.3f}")
                 if bar.disable and progress:  # not a terminal: one line per trial instead of a bar
+                    drift = metrics_of(trial).latency_drift
                     log(
                         f"trial {trial.number}: accuracy {acc:.4f}, latency {ms:.4f} ms, "
                         f"{trial.user_attrs.get('summary', '')}" + (f" (as trial {trial.user_attrs['cached_from']})" if "cached_from" in trial.user_attrs else "")
+                        + (f" (timed while the machine ran {drift:.2f}x slow: corrected)" if drift and drift > SHOWN_DRIFT else "")
                     )
             elif trial.state == optuna.trial.TrialState.FAIL:
                 say(f"trial {trial.number} failed: {trial.user_attrs.get('error', 'unknown error')}")

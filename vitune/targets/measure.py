@@ -11,7 +11,7 @@ import statistics
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -31,6 +31,10 @@ class Measurement:
     timings: dict[str, float] = field(default_factory=dict)  # export_s, build_s, run_s, ...
     source: str = "measured"  # measured | predicted:<model>
     peak_memory_bytes: int | None = None  # the build's planned memory for one run (vitune.targets.memory)
+    # with a DriftReference: how slow the machine ran when this was timed (the reference build's
+    # latency then over its fastest, >= 1), and the latency as timed, before latency_ms = raw / drift
+    drift: float | None = None
+    raw_latency_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -183,3 +187,36 @@ def agreement(model: torch.nn.Module, compiled, profile, dataset) -> tuple[float
             worst = max(worst, float(np.abs(ref - got).max()))
             agree += int(ref.argmax() == got.argmax())
     return agree / len(images) if images else float("nan"), worst, len(images)
+
+
+class DriftReference:
+    """One build (the uncompressed model's) timed again right after every candidate: the
+    machine's speed at that moment against the fastest this process has seen it.
+
+    A shared machine runs slow in windows of seconds to minutes (another tenant, a burst of
+    I/O): a candidate timed inside one reads 30 to 60 % slow on this 2-core VM, and the search
+    ranks it by that. Side by side in interleaved rounds, the same builds keep their order
+    (``bench/fidelity.py``'s noise floor). :meth:`correct` divides a candidate's latency by the
+    reference's slowdown (``drift`` = reference now / its fastest, >= 1), so candidates timed at
+    different moments compare as if timed together; the latency as timed stays in
+    ``raw_latency_ms``. The cost is one more timing of the reference per candidate."""
+
+    def __init__(self, compiled, example: torch.Tensor, profile, fastest_ms: float | None = None):
+        self.compiled, self.example, self.profile = compiled, example, profile
+        self.fastest_ms = fastest_ms
+
+    def seen(self, latency_ms: float | None) -> None:
+        """Take a timing of the reference made elsewhere (e.g. its own trial's) into account."""
+        if latency_ms:
+            self.fastest_ms = latency_ms if self.fastest_ms is None else min(self.fastest_ms, latency_ms)
+
+    def correct(self, m: Measurement) -> Measurement:
+        """``m`` scaled back by the machine's slowdown now (``m`` itself when either timing failed)."""
+        if not m.ok:
+            return m
+        now = time_compiled(self.compiled, self.example, self.profile)
+        if not now.ok:
+            return m
+        self.seen(now.latency_ms)
+        drift = now.latency_ms / self.fastest_ms  # type: ignore[operator]
+        return replace(m, latency_ms=m.latency_ms / drift, drift=drift, raw_latency_ms=m.latency_ms)  # type: ignore[operator]
