@@ -217,6 +217,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--trials-for", default="", help="per-model trial counts overriding --trials, e.g. deit_base=3,deit_small=5")
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--tuning", default="database", choices=("database", "tune", "off"))
     ap.add_argument("--seed", type=int, default=0)
@@ -232,6 +233,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
         return
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    counts = {k.strip(): int(v) for k, v in (item.split("=", 1) for item in args.trials_for.split(",") if item.strip())}
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})")
@@ -241,9 +243,10 @@ def main() -> None:
         (work / f"{name}.toml").write_text(study_text(name, images, args.tuning))
         out = work / f"{name}.json"
         out.unlink(missing_ok=True)
-        print(f"{name}: {args.trials} trials, tuning {args.tuning}", flush=True)
+        trials = counts.get(name, args.trials)
+        print(f"{name}: {trials} trials, tuning {args.tuning}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--out", str(out), "--trials", str(args.trials),
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--out", str(out), "--trials", str(trials),
                                "--seed", str(args.seed), "--work", str(work)], env=os.environ.copy())
         if proc.returncode != 0 or not out.exists():
             results[name] = {"model": name, "error": f"exit status {proc.returncode}"}
@@ -260,7 +263,7 @@ def main() -> None:
         print(f"{name:<16} {r['trial_s_median']:>16.1f} {r['trial_s_mean']:>7.1f}  {split:<56} {r['prepare_s']:>9.1f} "
               f"{r['cache_hit_s']:>9.3f} {r['peak_rss_mb']:>8.0f} {r['study_100_s'] / 3600:>9.2f}h")
     if args.json:
-        Path(args.json).write_text(json.dumps({"tuning": args.tuning, "trials": args.trials, "val_images": args.val_images,
+        Path(args.json).write_text(json.dumps({"tuning": args.tuning, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images,
                                                "models": results}, indent=2, default=str))
         print(f"wrote {args.json}")
 

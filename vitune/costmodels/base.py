@@ -80,8 +80,8 @@ class MeasuredLatency(LatencySource):
 
     On a local device each candidate's latency is corrected for the machine's drift
     (:class:`~vitune.targets.measure.DriftReference`): the uncompressed model's build (the
-    study's own trial 0, else built once on first need) is timed again right after the
-    candidate, and the candidate's latency divided by how slow the machine ran then.
+    study's own trial 0, else built once on first need) is timed again just before and just
+    after the candidate, and the candidate's latency divided by how slow the machine ran then.
     """
 
     name = "measured"
@@ -99,20 +99,19 @@ class MeasuredLatency(LatencySource):
         from vitune.targets.measure import DriftReference, measure
 
         corrects = self.original is not None and self.profile.runner == "local"
-        built: list = [] if compiled_out is None else compiled_out
-        m = measure(model, example, self.profile, built, self.tuner)
-        if not corrects or not m.ok:
-            return m
-        if config.is_identity:  # the reference itself: its own timing is its speed now
-            if self.reference is None:
-                self.reference = DriftReference(built[-1], example, self.profile)
-            self.reference.seen(m.latency_ms)
-            return m
-        if self.reference is None:
+        if corrects and not config.is_identity and self.reference is None:  # built once, on first need
             from vitune.targets.compile import compile_model
 
             try:
                 self.reference = DriftReference(compile_model(self.original, example, self.profile, self.tuner), example, self.profile)
-            except Exception:  # no reference: the latency as timed
-                return m
-        return self.reference.correct(m)
+            except Exception:  # no reference: latencies as timed
+                corrects = False
+        built: list = [] if compiled_out is None else compiled_out
+        if corrects and not config.is_identity:
+            return measure(model, example, self.profile, built, self.tuner, reference=self.reference)
+        m = measure(model, example, self.profile, built, self.tuner)
+        if corrects and m.ok:  # the reference itself (the study's trial 0): its own timing is its speed now
+            if self.reference is None:
+                self.reference = DriftReference(built[-1], example, self.profile)
+            self.reference.seen(m.latency_ms)
+        return m

@@ -77,10 +77,13 @@ def _iqr(samples: list[float]) -> float:
     return q[2] - q[0]
 
 
-def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None, tuner=None) -> Measurement:
+def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None, tuner=None,
+            reference: "DriftReference | None" = None) -> Measurement:
     """Compile ``model`` for ``profile`` and time it there. Never raises (except KeyboardInterrupt).
 
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
+    With a ``reference``, the build is timed between two timings of the reference and its
+    latency corrected for the machine's drift (:class:`DriftReference`).
     """
     with _held(tuner is not None and tuner.mode == "tune"):  # tuning times candidates: nothing else may run
         compiled, failed = _compile(model, example, profile, tuner)
@@ -88,7 +91,10 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
         return failed
     if compiled_out is not None:
         compiled_out.append(compiled)
-    return time_compiled(compiled, example, profile)
+    if reference is None:
+        return time_compiled(compiled, example, profile)
+    before = reference.now()
+    return reference.correct(time_compiled(compiled, example, profile), before)
 
 
 def _compile(model: torch.nn.Module, example: torch.Tensor, profile, tuner):
@@ -190,7 +196,7 @@ def agreement(model: torch.nn.Module, compiled, profile, dataset) -> tuple[float
 
 
 class DriftReference:
-    """One build (the uncompressed model's) timed again right after every candidate: the
+    """One build (the uncompressed model's) timed again around every candidate: the
     machine's speed at that moment against the fastest this process has seen it.
 
     A shared machine runs slow in windows of seconds to minutes (another tenant, a burst of
@@ -199,7 +205,8 @@ class DriftReference:
     (``bench/fidelity.py``'s noise floor). :meth:`correct` divides a candidate's latency by the
     reference's slowdown (``drift`` = reference now / its fastest, >= 1), so candidates timed at
     different moments compare as if timed together; the latency as timed stays in
-    ``raw_latency_ms``. The cost is one more timing of the reference per candidate."""
+    ``raw_latency_ms``. The cost is two more timings of the reference per candidate, one
+    before and one after it (:func:`measure` with ``reference``)."""
 
     def __init__(self, compiled, example: torch.Tensor, profile, fastest_ms: float | None = None):
         self.compiled, self.example, self.profile = compiled, example, profile
@@ -210,13 +217,23 @@ class DriftReference:
         if latency_ms:
             self.fastest_ms = latency_ms if self.fastest_ms is None else min(self.fastest_ms, latency_ms)
 
-    def correct(self, m: Measurement) -> Measurement:
-        """``m`` scaled back by the machine's slowdown now (``m`` itself when either timing failed)."""
+    def now(self) -> float | None:
+        """The reference's latency now (None when it could not be timed)."""
+        m = time_compiled(self.compiled, self.example, self.profile)
+        if not m.ok:
+            return None
+        self.seen(m.latency_ms)
+        return m.latency_ms
+
+    def correct(self, m: Measurement, before: float | None = None) -> Measurement:
+        """``m`` scaled back by the machine's slowdown: the reference timed now, and ``before``
+        (its timing just before ``m``'s, if any) averaged with it, so a slow window that starts
+        or ends during ``m``'s timing counts half. ``m`` itself when a timing failed."""
         if not m.ok:
             return m
-        now = time_compiled(self.compiled, self.example, self.profile)
-        if not now.ok:
+        after = self.now()
+        both = [v for v in (before, after) if v]
+        if not both or not self.fastest_ms:
             return m
-        self.seen(now.latency_ms)
-        drift = now.latency_ms / self.fastest_ms  # type: ignore[operator]
+        drift = statistics.fmean(both) / self.fastest_ms
         return replace(m, latency_ms=m.latency_ms / drift, drift=drift, raw_latency_ms=m.latency_ms)  # type: ignore[operator]
