@@ -117,3 +117,22 @@ def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_refer
     slowed = min((source.latency(candidate, config, x) for _ in range(3)), key=lambda m: m.latency_ms)
     assert slowed.drift > 1.6 and slowed.raw_latency_ms > 1.6 * quiet.latency_ms
     assert 0.6 < slowed.latency_ms / quiet.latency_ms < 1.5
+
+
+def test_a_timing_budget_times_a_slow_build_in_fewer_repeats(tiny_vit, fast_target):
+    """Protocol.max_timing_s: where the full count of repeats would outlast the budget, the build
+    is timed in fewer (never under 3); within the budget nothing changes."""
+    from dataclasses import replace
+
+    from vitune.targets.measure import time_compiled
+    from vitune.targets.runner import MIN_REPEATS
+
+    x = torch.randn(1, 1, 8, 8)
+    compiled = compile_model(tiny_vit, x, fast_target)
+    many = replace(fast_target.protocol, repeat=12, number=1)
+    assert len(time_compiled(compiled, x, replace(fast_target, protocol=many)).samples_ms) == 12
+    capped = replace(many, max_timing_s=1e-6)
+    m = time_compiled(compiled, x, replace(fast_target, protocol=capped))
+    assert m.ok and len(m.samples_ms) == MIN_REPEATS
+    roomy = replace(many, max_timing_s=60.0)
+    assert len(time_compiled(compiled, x, replace(fast_target, protocol=roomy)).samples_ms) == 12

@@ -75,6 +75,7 @@ class Protocol:
     cooldown_ms: int = 0
     threads: int = 0  # runtime threads; 0 = the target's core count
     statistic: str = "median"  # median | min: how the repeats make one latency
+    max_timing_s: float = 0.0  # fewer repeats (at least 3) and one warm-up run where the full count would take longer; 0 = no cap
 
     def latency_ms(self, samples) -> float:
         """One latency from the repeats' means: their median, or their minimum (on a shared
@@ -296,6 +297,7 @@ def parse_target(data: dict[str, Any], source: str) -> TargetProfile:
         cooldown_ms=proto_t.int("cooldown_ms", 0),
         threads=proto_t.int("threads", 0),
         statistic=proto_t.str("statistic", "median", STATISTICS),
+        max_timing_s=proto_t.float("max_timing_s", 0.0, minimum=0.0),
     )
     hardware = _hardware(top.table("hardware", ("cores", "precisions", "clock_ghz", "peak_gflops", "memory_bandwidth_gbs", "memory_gb")))
     tuning_t = top.table("tuning", ("min_timeout_s", "timeout_factor", "first_timeout_s"))

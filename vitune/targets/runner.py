@@ -35,21 +35,27 @@ from vitune.targets.threads import use_threads  # noqa: F401  (re-exported: runn
 RUNNER_ENTRY_POINTS = "vitune.runners"
 
 
+MIN_REPEATS = 3  # what a timing budget (Protocol.max_timing_s) never goes below
+
+
 def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
-    for _ in range(protocol.warmup):
+    t0 = time.perf_counter()
+    vm["main"](*args)  # the first warm-up run, timed: it sizes the rest
+    dev.sync()
+    once_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    warmup, repeat = protocol.warmup, protocol.repeat
+    number = protocol.number or max(1, int(np.ceil(protocol.min_repeat_ms / once_ms)))  # enough runs to last min_repeat_ms
+    if protocol.max_timing_s and (warmup + number * repeat) * once_ms > 1e3 * protocol.max_timing_s:
+        # a slow build (an untuned one, a large model): fewer repeats, one warm-up run
+        warmup = 1
+        repeat = max(MIN_REPEATS, min(repeat, int(1e3 * protocol.max_timing_s / (number * once_ms))))
+    for _ in range(warmup - 1):
         vm["main"](*args)
-    number = protocol.number
-    if number == 0:  # calibrate: enough runs per repeat to last min_repeat_ms
-        t0 = time.perf_counter()
-        vm["main"](*args)
-        dev.sync()
-        once_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
-        number = max(1, int(np.ceil(protocol.min_repeat_ms / once_ms)))
     timer = vm.time_evaluator(
         "main",
         dev,
         number=number,
-        repeat=protocol.repeat,
+        repeat=repeat,
         min_repeat_ms=0 if protocol.number == 0 else protocol.min_repeat_ms,
         cooldown_interval_ms=protocol.cooldown_ms,
     )
