@@ -146,7 +146,9 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
     source.bind(workspace, space, spec.target.tuning)
     prepare["workspace"] = time.perf_counter() - t0
     cache = ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(profile, spec.target.tuning))
-    cache.table = JsonTable(work / f"results-{name}.json")  # this run's own: no hits from earlier runs
+    results = work / f"results-{name}.json"
+    results.unlink(missing_ok=True)
+    cache.table = JsonTable(results)  # this run's own: no hits from earlier runs
     evaluator = Evaluator(workspace, profile, source, early=EarlyStop(0.0, spec.search.fidelity_images, 1), cache=cache)
     t0 = time.perf_counter()
     evaluator.calibration(spec.methods.calib_images)
