@@ -110,3 +110,23 @@ def test_an_unreadable_image_is_named_before_any_work(tmp_path, monkeypatch):
     (root / "class_0" / "notes.jpg").unlink()
     assert load_imagefolder_splits(str(root), model, {"train": 0.25, "calib": 0.25, "val": 0.25, "test": 0.25}).num_classes == 2
     assert len(list((tmp_path / "cache" / "imagechecks").iterdir())) == 1  # the good folder is checked once
+
+
+def test_imagefolder_images_are_decoded_once_within_the_budget(tmp_path, monkeypatch):
+    """Eval transforms are deterministic: a split keeps each image it decoded (the same tensor
+    read again), within VITUNE_DECODED_MB; with no budget every read decodes again."""
+    import torch
+
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import DataSpec, ModelSpec
+
+    root = make_folder(tmp_path / "images", classes=2, per_class=6)
+    spec = (ModelSpec(source="timm", name="vit_tiny_patch16_224", img_size=32, num_classes=2),
+            DataSpec(source="imagefolder", root=str(root), fractions=(("train", 0.5), ("calib", 0.0), ("val", 0.25), ("test", 0.25))))
+    val = load_workspace(*spec, progress=False).data.val
+    first = val[0][0]
+    assert val[0][0] is first and len(val.kept) == 1
+    monkeypatch.setenv("VITUNE_DECODED_MB", "0")
+    val = load_workspace(*spec, progress=False).data.val
+    again = val[0][0]
+    assert val[0][0] is not again and torch.equal(val[0][0], first) and not val.kept
