@@ -256,6 +256,8 @@ def main() -> None:
             continue
         results[name] = json.loads(out.read_text())
         results[name]["wall_s"] = time.perf_counter() - t0
+        if args.json:  # after every model: a run stopped later keeps what it measured
+            write(args, names, counts, results)
     print(f"\n{'model':<16} {'trial_s (median)':>16} {'mean':>7}  split (mean s)" + " " * 44 + f"{'prepare_s':>9} {'cache hit':>9} {'peak MB':>8} {'100 trials':>10}")
     for name, r in results.items():
         if "error" in r:
@@ -265,9 +267,13 @@ def main() -> None:
         print(f"{name:<16} {r['trial_s_median']:>16.1f} {r['trial_s_mean']:>7.1f}  {split:<56} {r['prepare_s']:>9.1f} "
               f"{r['cache_hit_s']:>9.3f} {r['peak_rss_mb']:>8.0f} {r['study_100_s'] / 3600:>9.2f}h")
     if args.json:
-        Path(args.json).write_text(json.dumps({"tuning": args.tuning, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images,
-                                               "models": results}, indent=2, default=str))
+        write(args, names, counts, results)
         print(f"wrote {args.json}")
+
+
+def write(args, names, counts, results) -> None:
+    doc = {"tuning": args.tuning, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
+    Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
 
 
 if __name__ == "__main__":
