@@ -1,24 +1,16 @@
 """The ranking-fidelity bench's sampling and agreement figures (bench/fidelity.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.bench import load_bench
 from vitune.models.default import build_digits_vit
 from vitune.models.layers import discover
 from vitune.search.space import SearchSpace
 from vitune.search.studyfile import SpaceSpec
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "fidelity.py"
-
-
 @pytest.fixture(scope="module")
 def fidelity():
-    spec = importlib.util.spec_from_file_location("bench_fidelity", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fidelity")
 
 
 def test_sampled_configurations_start_uncompressed_are_distinct_and_repeatable(fidelity):

@@ -1,20 +1,15 @@
 """bench/kernels.py: every kernel of a build, counted and timed alone."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import ROOT, load_bench
 
 
 def _kernels():
     sys.path.insert(0, str(ROOT / "bench"))  # bench/kernels.py reads configurations with bench/value.py
-    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "bench" / "kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kernels")
 
 
 def test_every_kernel_the_build_calls_is_counted_and_timed(tiny_vit, fast_target):

@@ -1,21 +1,14 @@
 """bench/scale.py: the study files it writes are real study files, and its split adds up."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.bench import load_bench
 from vitune.search.studyfile import load_study_file
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("scale")
 
 
 @pytest.mark.parametrize("name", ["digits_vit_base", "deit_tiny", "deit_small", "deit_base"])

@@ -1,11 +1,11 @@
 """bench/value.py: the configuration a user brings (``--config``), in either form it may come in."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.bench import load_bench
 from vitune.errors import ConfigError
 from vitune.models.default import RECIPES, build_digits_vit
 from vitune.models.layers import discover
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def value():
-    spec = importlib.util.spec_from_file_location("bench_value", ROOT / "bench" / "value.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("value")
 
 
 def test_a_configuration_reads_bare_or_from_an_export_record(value, tmp_path):
