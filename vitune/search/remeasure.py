@@ -72,6 +72,9 @@ def time_front_with_baseline(study, evaluator, workspace, profile, log=print) ->
             config = trial_config(t)
             try:
                 kept = evaluator.builds.get(config.key)
+                reference = getattr(evaluator.latency_source, "reference", None)  # the drift reference: the uncompressed build
+                if kept is None and config.is_identity and reference is not None:
+                    kept = reference.compiled
                 builds[str(t.number)] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
             except Exception as err:  # a member that no longer builds is named, the others are timed
                 errors[str(t.number)] = short_reason(err)
