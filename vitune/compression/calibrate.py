@@ -43,8 +43,9 @@ class Calibration:
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Inputs each named module receives on ``x``, flattened to (rows, in_features), float32.
+def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_size: int = 64, flat: bool = True) -> dict[str, torch.Tensor]:
+    """Inputs each named module receives on ``x`` (its first argument), flattened to (rows,
+    in_features), float32; with ``flat=False`` as they are.
 
     The forward pass of each chunk stops once every named module has been seen.
     """
@@ -55,7 +56,8 @@ def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_si
 
     def hook_for(name):
         def hook(_module, args):
-            got[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32))
+            a = args[0].detach()
+            got[name].append(a.reshape(-1, a.shape[-1]).to(torch.float32) if flat else a)
             seen.add(name)
             if len(seen) == len(want):
                 raise _Stop
@@ -114,33 +116,6 @@ def input_grams(model: nn.Module, names: list[str], x: torch.Tensor, batch_size:
 
 
 @torch.no_grad()
-def block_input(model: nn.Module, name: str, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """What the submodule ``name`` receives as its first argument on ``x``, as it is (not
-    flattened), the forward pass of each chunk stopped there."""
-    got: list[torch.Tensor] = []
-
-    def hook(_module, args):
-        got.append(args[0].detach())
-        raise _Stop
-
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(x), batch_size):
-            try:
-                model(x[start : start + batch_size])
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not got:
-        raise RuntimeError(f"module {name!r} was never called on the calibration batch")
-    return torch.cat(got)
-
-
-@torch.no_grad()
 def run_chunked(module: nn.Module, h: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """``module`` applied to ``h`` in chunks of ``batch_size`` along the first dimension."""
     return torch.cat([module(h[start : start + batch_size]) for start in range(0, len(h), batch_size)])
@@ -155,8 +130,9 @@ def blocks_chain(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> boo
         return False
     n = len(blocks)
     for i in sorted({1, n - 1}):
+        pair = [f"blocks.{i - 1}", f"blocks.{i}"]
         try:
-            before, after = block_input(model, f"blocks.{i - 1}", x, batch_size), block_input(model, f"blocks.{i}", x, batch_size)
+            before, after = capture_inputs(model, pair, x, batch_size, flat=False).values()
         except RuntimeError:
             return False
         if before.shape[0] != after.shape[0] or not torch.equal(run_chunked(blocks[i - 1], before, batch_size), after):

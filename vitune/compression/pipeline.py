@@ -23,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-from vitune.compression.calibrate import Calibration, block_input, blocks_chain, capture_inputs, run_chunked
+from vitune.compression.calibrate import Calibration, blocks_chain, capture_inputs, run_chunked
 from vitune.compression.config import CompressionConfig
 from vitune.compression.distill import DistillSettings, distill
 from vitune.compression.lowrank import factorize, factorize_aa, factorize_aa_residual
@@ -61,7 +61,7 @@ def _lowrank_by_block(student: nn.Module, ranked: list[tuple[str, int]], x: torc
     for name, rank in ranked:
         by_block.setdefault(int(name.split(".")[1]), []).append((name, rank))
     first, last = min(by_block), max(by_block)
-    hidden = block_input(student, f"blocks.{first}", x)  # the same in both: nothing before is compressed
+    hidden = capture_inputs(student, [f"blocks.{first}"], x, flat=False)[f"blocks.{first}"]  # the same in both: nothing before is compressed
     hidden_ref = hidden
     for i in range(first, last + 1):
         block = student.blocks[i]
