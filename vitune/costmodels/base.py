@@ -98,20 +98,21 @@ class MeasuredLatency(LatencySource):
     def latency(self, model, config, example, compiled_out: list | None = None):
         from vitune.targets.measure import DriftReference, measure
 
-        corrects = self.original is not None and self.profile.runner == "local"
-        if corrects and not config.is_identity and self.reference is None:  # built once, on first need
+        if self.original is None or self.profile.runner != "local":
+            return measure(model, example, self.profile, compiled_out, self.tuner)
+        built: list = [] if compiled_out is None else compiled_out
+        if config.is_identity:  # the reference itself (the study's trial 0): its own timing is its speed now
+            m = measure(model, example, self.profile, built, self.tuner)
+            if m.ok:
+                if self.reference is None:
+                    self.reference = DriftReference(built[-1], example, self.profile)
+                self.reference.seen(m.latency_ms)
+            return m
+        if self.reference is None:  # built once, on first need
             from vitune.targets.compile import compile_model
 
             try:
                 self.reference = DriftReference(compile_model(self.original, example, self.profile, self.tuner), example, self.profile)
-            except Exception:  # no reference: latencies as timed
-                corrects = False
-        built: list = [] if compiled_out is None else compiled_out
-        if corrects and not config.is_identity:
-            return measure(model, example, self.profile, built, self.tuner, reference=self.reference)
-        m = measure(model, example, self.profile, built, self.tuner)
-        if corrects and m.ok:  # the reference itself (the study's trial 0): its own timing is its speed now
-            if self.reference is None:
-                self.reference = DriftReference(built[-1], example, self.profile)
-            self.reference.seen(m.latency_ms)
-        return m
+            except Exception:  # no reference: the latency as timed
+                return measure(model, example, self.profile, compiled_out, self.tuner)
+        return measure(model, example, self.profile, compiled_out, self.tuner, reference=self.reference)

@@ -67,12 +67,12 @@ def time_front_with_baseline(study, evaluator, workspace, profile, log=print) ->
     example = workspace.example_input(1)
     tuner = Tuner(profile, "database")
     builds, errors = {}, {}
+    reference = getattr(evaluator.latency_source, "reference", None)  # the drift reference: the uncompressed build
     try:
         for t in members:
             config = trial_config(t)
             try:
                 kept = evaluator.builds.get(config.key)
-                reference = getattr(evaluator.latency_source, "reference", None)  # the drift reference: the uncompressed build
                 if kept is None and config.is_identity and reference is not None:
                     kept = reference.compiled
                 builds[str(t.number)] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
