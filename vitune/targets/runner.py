@@ -38,19 +38,31 @@ RUNNER_ENTRY_POINTS = "vitune.runners"
 MIN_REPEATS = 3  # what a timing budget (Protocol.max_timing_s) never goes below
 
 
-def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
+def _run_ms(vm, dev, args) -> float:
     t0 = time.perf_counter()
-    vm["main"](*args)  # the first warm-up run, timed: it sizes the rest
+    vm["main"](*args)
     dev.sync()
-    once_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    return max((time.perf_counter() - t0) * 1e3, 1e-3)
+
+
+def _timed_loop(vm, dev, args, protocol: Protocol) -> list[float]:
+    budget_ms = 1e3 * protocol.max_timing_s
     warmup, repeat = protocol.warmup, protocol.repeat
-    number = protocol.number or max(1, int(np.ceil(protocol.min_repeat_ms / once_ms)))  # enough runs to last min_repeat_ms
-    if protocol.max_timing_s and (warmup + number * repeat) * once_ms > 1e3 * protocol.max_timing_s:
-        # a slow build (an untuned one, a large model): fewer repeats, one warm-up run
-        warmup = 1
-        repeat = max(MIN_REPEATS, min(repeat, int(1e3 * protocol.max_timing_s / (number * once_ms))))
-    for _ in range(warmup - 1):
+    if budget_ms and warmup:  # the first warm-up run, timed: a slow build gets one warm-up run only
+        if (warmup + repeat) * _run_ms(vm, dev, args) > budget_ms:
+            warmup = 1
+        warmup -= 1
+    for _ in range(warmup):
         vm["main"](*args)
+    number = protocol.number
+    once_ms = None
+    if number == 0:  # calibrate, warm: enough runs per repeat to last min_repeat_ms
+        once_ms = _run_ms(vm, dev, args)
+        number = max(1, int(np.ceil(protocol.min_repeat_ms / once_ms)))
+    if budget_ms:  # a slow build (untuned, a large model): fewer repeats, never under MIN_REPEATS
+        once_ms = once_ms or _run_ms(vm, dev, args)
+        if number * repeat * once_ms > budget_ms:
+            repeat = max(MIN_REPEATS, int(budget_ms / (number * once_ms)))
     timer = vm.time_evaluator(
         "main",
         dev,
