@@ -126,7 +126,7 @@ def split_of(timings: dict, wall: float) -> dict[str, float]:
 
 def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> dict:
     """The measurements of one model, in this process."""
-    import optuna
+    from trial_time import random_trials  # bench/ (this script's folder, on sys.path when run)
 
     from vitune.jsontable import JsonTable
     from vitune.models.layers import discover
@@ -174,17 +174,8 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
     uncompressed = row(identity, time.perf_counter() - t0, ref)
     log(f"uncompressed: {uncompressed['wall_s']:.1f} s, {ref.metrics.latency_ms} ms, accuracy {ref.metrics.accuracy}")
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
     rows, configs = [], []
-    for i in range(trials):
-        trial = study.ask()
-        config = space.suggest(trial)
-        t0 = time.perf_counter()
-        result = evaluator.evaluate(config)
-        wall = time.perf_counter() - t0
-        study.tell(trial, state=optuna.trial.TrialState.FAIL if result.error else optuna.trial.TrialState.COMPLETE,
-                   values=None if result.error else [result.metrics.accuracy, result.metrics.latency_ms])
+    for i, (config, result, wall) in enumerate(random_trials(space, evaluator, trials, seed)):
         rows.append(row(config, wall, result))
         configs.append(config)
         r = rows[-1]

@@ -18,6 +18,24 @@ from pathlib import Path
 STAGES = ("compress_s", "accuracy_s", "export_s", "build_s", "codegen_s", "run_s")
 
 
+def random_trials(space, evaluator, n: int, seed: int):
+    """``n`` random configurations of ``space`` (Optuna's RandomSampler with ``seed``), each
+    evaluated by ``evaluator``: yields ``(config, result, seconds the evaluation took)``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(n):
+        trial = study.ask()
+        config = space.suggest(trial)
+        t0 = time.perf_counter()
+        result = evaluator.evaluate(config)
+        seconds = time.perf_counter() - t0
+        study.tell(trial, state=optuna.trial.TrialState.COMPLETE if result.ok else optuna.trial.TrialState.FAIL,
+                   values=[result.metrics.accuracy, result.metrics.latency_ms] if result.ok else None)
+        yield config, result, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -26,8 +44,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every figure printed to this file")
     args = parser.parse_args()
-
-    import optuna
 
     from vitune.costmodels import get_latency_source
     from vitune.models.layers import discover
@@ -42,18 +58,8 @@ def main() -> None:
     ws = load_workspace(spec.model, spec.data)
     space = SearchSpace.build(spec.space, discover(ws.model))
     evaluator = Evaluator(ws, profile, get_latency_source("measured", profile))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=args.seed))
-
     rows = []
-    for i in range(args.trials):
-        trial = study.ask()
-        config = space.suggest(trial)
-        t0 = time.perf_counter()
-        result = evaluator.evaluate(config)
-        total = time.perf_counter() - t0
-        study.tell(trial, state=optuna.trial.TrialState.COMPLETE if result.ok else optuna.trial.TrialState.FAIL,
-                   values=[result.metrics.accuracy, result.metrics.latency_ms] if result.ok else None)
+    for i, (config, result, total) in enumerate(random_trials(space, evaluator, args.trials, args.seed)):
         row = {"trial": i, "total_s": total, "ok": result.ok, "error": result.error, **{k: result.timings.get(k, 0.0) for k in STAGES}}
         rows.append(row)
         print(f"trial {i:>3}: total {total:6.2f} s  " + "  ".join(f"{k[:-2]} {row[k]:6.3f}" for k in STAGES) + ("" if result.ok else f"  FAILED {result.error}"))
