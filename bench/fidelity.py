@@ -105,13 +105,13 @@ class Proxies:
         from vitune.targets.measure import DriftReference, time_compiled
 
         if name == "tuned":  # the trial's one timing of the tuned build, corrected for drift as a trial's is
-            before = self.reference.now() if self.reference is not None and not config.is_identity else None
+            if self.reference is not None and not config.is_identity:
+                return self.reference.time(shipped, example, self.profile)
             m = time_compiled(shipped, example, self.profile)
             if config.is_identity:
                 self.reference = DriftReference(shipped, example, self.profile)
                 self.reference.seen(m.latency_ms)
-                return m
-            return self.reference.correct(m, before) if self.reference is not None else m
+            return m
         return self.sources[name].latency(model, config, example)
 
 

@@ -91,10 +91,7 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
         return failed
     if compiled_out is not None:
         compiled_out.append(compiled)
-    if reference is None:
-        return time_compiled(compiled, example, profile)
-    before = reference.now()
-    return reference.correct(time_compiled(compiled, example, profile), before)
+    return time_compiled(compiled, example, profile) if reference is None else reference.time(compiled, example, profile)
 
 
 def _compile(model: torch.nn.Module, example: torch.Tensor, profile, tuner):
@@ -224,6 +221,11 @@ class DriftReference:
             return None
         self.seen(m.latency_ms)
         return m.latency_ms
+
+    def time(self, compiled, example: torch.Tensor, profile) -> Measurement:
+        """``compiled`` timed between two timings of the reference, corrected for drift."""
+        before = self.now()
+        return self.correct(time_compiled(compiled, example, profile), before)
 
     def correct(self, m: Measurement, before: float | None = None) -> Measurement:
         """``m`` scaled back by the machine's slowdown: the reference timed now, and ``before``
