@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitune.data.splits import SPLIT_NAMES, accuracy, split_indices
+from vitune.data.splits import SHIFTS, SPLIT_NAMES, ShiftedCopies, accuracy, shifted, split_indices
 
 
 def test_digits_splits_are_disjoint_and_deterministic(digits):
@@ -130,3 +130,44 @@ def test_imagefolder_images_are_decoded_once_within_the_budget(tmp_path, monkeyp
     val = load_workspace(*spec, progress=False).data.val
     again = val[0][0]
     assert val[0][0] is not again and torch.equal(val[0][0], first) and not val.kept
+
+
+def test_shifted_copies_of_the_validation_split(digits):
+    from torch.utils.data import Dataset
+
+    val = digits.val
+    copies = ShiftedCopies(val, 3)
+    assert len(copies) == 3 * len(val)
+    x, y = copies.tensors
+    assert torch.equal(x[: len(val)], val.tensors[0]) and torch.equal(y, val.tensors[1].repeat(3))  # the original first
+    one = val.tensors[0][:1]
+    dy, dx = SHIFTS[1]
+    assert torch.equal(x[len(val)], shifted(one, dy, dx)[0])
+    assert torch.equal(shifted(one, dy, dx)[..., 1:, :], one[..., :-1, :])  # moved one row down
+    assert not torch.equal(x[len(val)], x[0])
+
+    class Lazy(Dataset):  # a data set without tensors (an ImageFolder) is shifted item by item
+        def __len__(self):
+            return len(val)
+
+        def __getitem__(self, i):
+            return val[i]
+
+    lazy = ShiftedCopies(Lazy(), 3)
+    for i in (0, len(val) + 5, 2 * len(val) + 7):
+        assert torch.equal(lazy[i][0], x[i]) and int(lazy[i][1]) == int(y[i])
+    with pytest.raises(ValueError, match="copies must be 1..9"):
+        ShiftedCopies(val, 10)
+
+
+def test_a_study_reads_its_validation_copies(tmp_path):
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import load_study_file
+
+    path = tmp_path / "s.toml"
+    path.write_text("[study]\nname='x'\n[data]\nval_copies=2\n")
+    spec = load_study_file(path)
+    assert spec.data.val_copies == 2
+    ws = load_workspace(spec.model, spec.data, progress=False)
+    plain = load_workspace(spec.model, load_study_file(path).data.__class__(), progress=False)
+    assert len(ws.data.val) == 2 * len(plain.data.val) and len(ws.data.test) == len(plain.data.test)

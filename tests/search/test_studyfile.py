@@ -74,6 +74,8 @@ def test_compression_methods_table(tmp_path):
         ("[study]\nname='x'\n[space]\nprune_mlp=[1.0]\n", r"prune ratio 1\.0 is outside \[0, 1\)"),
         ("[study]\nname='x'\n[[space.override]]\nprecision=['fp32']\n", r"override\]\] #1 layers: required"),
         ("[study]\nname='x'\n[data]\nsource='imagefolder'\n", r"\[data\] root: required"),
+        ("[study]\nname='x'\n[data]\nval_copies=10\n", r"s\.toml \[data\] val_copies: at most 9"),
+        ("[study]\nname='x'\n[data]\nval_copies=0\n", r"\[data\] val_copies: expected an integer >= 1"),
         ("[study]\nname='x'\n[model]\nsource='timm'\n", r"a timm model name is required"),
         ("[study]\nname='x'\n[model]\nname='digits_vit_huge'\n", r"\[model\] name: no embedded model 'digits_vit_huge' \(known: digits_vit, "),
         ("[study]\nname='x'\nstorage='not a url'\n", r"storage 'not a url' is not a URL"),

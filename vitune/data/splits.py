@@ -55,6 +55,52 @@ def split_indices(labels: np.ndarray, fractions: dict[str, float], seed: int) ->
     return {k: np.array(sorted(v), dtype=np.int64) for k, v in out.items()}
 
 
+# Pixel offsets (rows, columns) of the deterministic validation copies, the original first.
+SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``images`` (…, H, W) moved ``dy`` rows down and ``dx`` columns right, edges replicated."""
+    if dy == dx == 0:
+        return images
+    h, w = images.shape[-2:]
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
+    flat = images.reshape(-1, 1, h, w)
+    out = torch.nn.functional.pad(flat, pad, mode="replicate")[..., max(-dy, 0): max(-dy, 0) + h, max(-dx, 0): max(-dx, 0) + w]
+    return out.reshape(images.shape).contiguous()
+
+
+class ShiftedCopies(Dataset):
+    """``copies`` versions of every example of ``base``: the original, then the image moved by
+    one pixel per :data:`SHIFTS` (edges replicated), labels unchanged. Example ``i`` is copy
+    ``i // len(base)`` of ``base[i % len(base)]``, so the first ``len(base)`` are ``base`` itself.
+
+    A larger validation split from a small labelled set, with no image taken from another split
+    (the copies are of validation images only): one image weighs less, so candidates that differ
+    by a few images rank the same way under a re-draw. The copies are not independent images;
+    they make the accuracy a smoother function of the model, not a sample of more digits.
+    """
+
+    def __init__(self, base: Dataset, copies: int):
+        if not 1 <= copies <= len(SHIFTS):
+            raise ValueError(f"copies must be 1..{len(SHIFTS)}, got {copies}")
+        self.base, self.copies = base, copies
+        tensors = getattr(base, "tensors", None)
+        if tensors is not None:  # tensor data: materialise, so batches keep their fast path
+            x, y = tensors
+            self.tensors = (torch.cat([shifted(x, *SHIFTS[k]) for k in range(copies)]), y.repeat(copies))
+
+    def __len__(self) -> int:
+        return len(self.base) * self.copies
+
+    def __getitem__(self, i: int):
+        if hasattr(self, "tensors"):
+            return self.tensors[0][i], self.tensors[1][i]
+        n = len(self.base)
+        x, y = self.base[i % n]
+        return shifted(x, *SHIFTS[i // n]), y
+
+
 def sample_batch(dataset: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather ``dataset[i] for i in idx`` into one batch (fast path for tensor data sets)."""
     tensors = getattr(dataset, "tensors", None)

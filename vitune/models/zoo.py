@@ -112,5 +112,9 @@ def load_workspace(model_spec, data_spec, progress: bool = True) -> Workspace:
             )
     else:  # the study file parser rejects other sources
         raise ConfigError(f"unknown model source {model_spec.source!r}")
+    if data_spec.val_copies > 1:
+        from vitune.data.splits import ShiftedCopies
+
+        data = dataclasses.replace(data, val=ShiftedCopies(data.val, data_spec.val_copies))
     ref = ModelRef(checkpoint_sha256=state_dict_sha256(model), **dataclasses.asdict(model_spec))
     return Workspace(model=model, ref=ref, data=data, info=info)

@@ -25,6 +25,7 @@ Reference (every key optional unless marked)::
     root = ""                      # ImageFolder root (class sub-folders), relative to the study file
     fractions = { train = 0.5, calib = 0.1, val = 0.2, test = 0.2 }  # imagefolder splits
     seed = 0
+    val_copies = 1                 # 2..9: validation split plus shifted copies of its images
 
     [target]
     name = "local-cpu"             # built-in or user profile name, or a path to a .toml profile
@@ -85,6 +86,7 @@ from typing import Any
 
 from vitune.compression.config import PRECISIONS
 from vitune.compression.methods import CompressionMethods
+from vitune.data.splits import SHIFTS
 from vitune.errors import ConfigError
 from vitune.tables import Table, check_prune_ratio, check_rank_fraction, key_path
 from vitune.search.objectives import COSTS
@@ -101,7 +103,7 @@ SECTION_KEYS = {
     "": ("study", "model", "data", "target", "space", "compression", "search"),
     "study": ("name", "storage", "n_trials", "timeout_s", "sampler", "seed"),
     "model": ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"),
-    "data": ("source", "root", "fractions", "seed"),
+    "data": ("source", "root", "fractions", "seed", "val_copies"),
     "data.fractions": ("train", "calib", "val", "test"),
     "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "budget_model_mb",
                "budget_peak_mb", "also"),
@@ -129,6 +131,7 @@ class DataSpec:
     root: str = ""  # resolved absolute path or ""
     fractions: tuple[tuple[str, float], ...] = (("train", 0.5), ("calib", 0.1), ("val", 0.2), ("test", 0.2))
     seed: int = 0
+    val_copies: int = 1  # the validation split with shifted copies of its images (vitune.data.splits.ShiftedCopies)
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,10 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         root=_resolve_path(path.parent, dt.str("root", "")),
         fractions=fractions,
         seed=dt.int("seed", 0),
+        val_copies=dt.int("val_copies", 1, minimum=1),
     )
+    if data_spec.val_copies > len(SHIFTS):
+        raise ConfigError(f"{dt.at('val_copies')}: at most {len(SHIFTS)} (the original and {len(SHIFTS) - 1} one-pixel shifts), got {data_spec.val_copies}")
     if data_spec.source == "imagefolder":
         if not data_spec.root:
             raise ConfigError(f"{dt.at('root')}: required when source = \"imagefolder\"")
