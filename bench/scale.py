@@ -134,13 +134,13 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
     from vitune.search.cache import ResultCache, data_key, target_key
     from vitune.search.evaluate import EarlyStop, Evaluator
     from vitune.search.space import SearchSpace
-    from vitune.search.study import _latency_source, time_baselines
+    from vitune.search.study import latency_source_for, time_baselines
     from vitune.search.studyfile import load_study_file
 
     prepare: dict[str, float] = {}
     t0 = time.perf_counter()
     spec = load_study_file(study_path)
-    profile, source, tuner = _latency_source(spec, spec.target, "[target]")
+    profile, source, tuner = latency_source_for(spec, spec.target, "[target]")
     workspace = load_workspace(spec.model, spec.data, progress=False)
     space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     source.bind(workspace, space, spec.target.tuning)

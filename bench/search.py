@@ -1,23 +1,37 @@
-"""Search quality: vitune's search against the obvious alternatives, same trial budget, one run.
+"""Search quality with statistics: vitune's search against the baselines users would try first,
+the same trial budget each, several seeds, on the latency that ships.
 
-On the study file's model and target (default: the quickstart, i.e. the digits ViT on this CPU,
-TVM-measured latency), each method gets the same number of candidate evaluations:
+On the study file's model and target (default: the quickstart, i.e. ``digits_vit_base`` on this
+CPU, latency of the tuned TVM build ``apply`` ships, drift-corrected), every method gets
+``--trials`` candidate evaluations per seed, ``--seeds`` times:
 
 * ``vitune`` — the study file's sampler with warm start (sensitivity sweep) and early stopping;
+* ``nsga2`` — the same with Optuna's NSGA-II sampler;
 * ``random`` — Optuna's RandomSampler, no warm start, no early stopping;
-* ``uniform`` — the same option on every layer, every combination of the menu's levels
-  (spread evenly over the grid when it has more points than the budget);
-* ``greedy`` — the hardware-blind greedy rank allocation (``vitune compress --strategy
-  greedy-rank``) at evenly spaced parameter budgets.
+* ``uniform`` — the same option on every layer: a seeded draw of the grid of the menu's levels;
+* ``greedy`` — the seeds' hardware-blind greedy rank allocation (``vitune compress --strategy
+  greedy-rank``) at evenly spaced parameter budgets;
+* ``sensitivity`` — HAQ / Neural Compressor style mixed precision: per-layer sensitivity from the
+  warm-start sweep (each option alone, its accuracy drop), then the least sensitive options taken
+  first until the estimated latency meets a budget, one configuration per budget spread from the
+  uncompressed latency down to the fastest the options allow.
 
-Every candidate goes through the same evaluator (compression, validated accuracy, measurement),
-and results are shared through vitune's result cache, so one configuration has one latency in
-every method. Printed per method: the front's hypervolume against a common reference point
-(accuracy ``0.9 ×`` the uncompressed model's, latency the uncompressed model's), its ratio to
-random's, and the best validated accuracy at ``2×`` and ``3×`` the uncompressed model's
-measured speed. ``--json`` writes every figure printed; ``--plot`` saves the four fronts.
+Every candidate goes through vitune's evaluator (compression, validated accuracy, the tuned build
+timed), and results are shared through vitune's result cache: one configuration has one latency in
+every method and seed, so methods differ by what they pick, not by timing noise (the deterministic
+methods are therefore timed once, not re-timed per seed). The validation split has ``--val-copies``
+copies of each image (``[data] val_copies``; 2 gives 538 digits, 0.19 points per image).
 
-    python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--sampler tpe] [--json out.json] [--plot fronts.png]
+Reference: the uncompressed model in the best runtime this machine has (the faster of ONNX Runtime
+and OpenVINO, timed at the start). Per method, over seeds: the median and inter-quartile range of
+the front's hypervolume (accuracy above ``--floor`` × the uncompressed accuracy, latency below the
+reference's), the best validated accuracy at 2×, 3× and 5× the reference's speed (median), and the
+trials needed to reach 95 % of the best hypervolume any run found (median; null where most seeds
+never reach it). ``--json`` writes it all (keys ``methods`` → name → ``hypervolume`` {``median``,
+``iqr``}, ``acc_at`` {``2x``, ``3x``, ``5x``}, ``trials_to_95``); ``--plot`` draws each method's
+median front (best accuracy within a latency) with its inter-quartile band.
+
+    python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--seeds 3] [--json F] [--plot F]
 """
 
 from __future__ import annotations
@@ -26,191 +40,355 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import random
+import statistics
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("vitune", "nsga2", "random", "uniform", "greedy", "sensitivity")
+SPEEDS = (2, 3, 5)
 
+
+# --- figures of one run: its points in the order they were evaluated (None: stopped or failed) ---
 
 def pareto(points):
     """Non-dominated (accuracy, latency_ms) points, fastest first."""
     out = []
-    for a, lat in sorted(points, key=lambda p: (p[1], -p[0])):
+    for a, lat in sorted((p for p in points if p is not None), key=lambda p: (p[1], -p[0])):
         if not out or a > out[-1][0]:
             out.append((a, lat))
     return out
 
 
 def best_at(points, max_ms: float):
-    ok = [a for a, lat in points if lat <= max_ms]
+    ok = [a for a, lat in (p for p in points if p is not None) if lat <= max_ms]
     return max(ok) if ok else None
 
 
-def _study_points(spec):
-    from vitune.search.front import accuracy_of, complete_trials, latency_of
+def hypervolume(points, ref_acc: float, ref_ms: float) -> float:
+    from vitune.search.front import hypervolume as hv
+
+    return hv([p for p in points if p is not None], ref_acc, ref_ms)
+
+
+def hv_curve(points, ref_acc: float, ref_ms: float) -> list[float]:
+    """The hypervolume after each evaluation."""
+    return [hypervolume(points[: i + 1], ref_acc, ref_ms) for i in range(len(points))]
+
+
+def trials_to(curve: list[float], target: float) -> int | None:
+    """1-based count of evaluations until ``curve`` reaches ``target`` (None: never)."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-15), None)
+
+
+def median_or_none(values, missing=-math.inf):
+    """Median with None counted as ``missing`` (worst); None when the median is missing."""
+    m = statistics.median(missing if v is None else v for v in values)
+    return None if m == missing else m
+
+
+def quartiles(values) -> tuple[float, float, float]:
+    xs = sorted(values)
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+def attainment(points, grid):
+    """Best accuracy within each latency of ``grid`` (None: nothing that fast)."""
+    return [best_at(points, ms) for ms in grid]
+
+
+def summarise(runs: dict[str, list[list]], ref_acc: float, ref_ms: float) -> dict:
+    """Per method, the figures over its seeds' runs (each a list of points in evaluation order)."""
+    curves = {m: [hv_curve(pts, ref_acc, ref_ms) for pts in rs] for m, rs in runs.items()}
+    best = max((c[-1] for cs in curves.values() for c in cs if c), default=0.0)
+    out = {}
+    for method, rs in runs.items():
+        finals = [c[-1] if c else 0.0 for c in curves[method]]
+        q1, med, q3 = quartiles(finals)
+        reach = [trials_to(c, 0.95 * best) if best > 0 else None for c in curves[method]]
+        out[method] = {
+            "hypervolume": {"median": med, "iqr": q3 - q1, "q25": q1, "q75": q3, "values": finals},
+            "acc_at": {f"{k}x": median_or_none([best_at(p, ref_ms / k) for p in rs]) for k in SPEEDS},
+            "acc_at_values": {f"{k}x": [best_at(p, ref_ms / k) for p in rs] for k in SPEEDS},
+            "trials_to_95": median_or_none(reach, missing=math.inf),
+            "trials_to_95_values": reach,
+            "evaluated": [len(p) for p in rs],
+            "stopped_or_failed": [sum(x is None for x in p) for p in rs],
+        }
+    return {"best_hypervolume": best, "methods": out}
+
+
+# --- the methods -----------------------------------------------------------------------------
+
+def study_points(spec) -> list:
+    """The study's trials in order: (accuracy, latency) for a complete one, None otherwise."""
+    import optuna
+
+    from vitune.search.front import accuracy_of, latency_of
     from vitune.search.study import open_study
 
     study = open_study(spec, create=False)
-    return [(accuracy_of(t), latency_of(t)) for t in complete_trials(study)], study
+    return [(accuracy_of(t), latency_of(t)) if t.state == optuna.trial.TrialState.COMPLETE else None
+            for t in sorted(study.trials, key=lambda t: t.number)]
 
 
-def run_search(base, name: str, trials: int, sampler: str, warm: bool, out_dir: Path):
+def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool, out_dir: Path) -> list:
     from vitune.search.study import run_study
     from vitune.search.studyfile import SearchSpec
 
     search = base.search if warm else dataclasses.replace(SearchSpec(), warm_start=False, min_fidelity=0.0, accuracy_shards=1)
-    spec = dataclasses.replace(base, name=f"bench-{name}", storage=f"sqlite:///{out_dir / f'{name}.db'}", n_trials=trials,
-                               sampler=sampler, search=search, timeout_s=0.0)
-    t0 = time.perf_counter()
-    summary = run_study(spec, progress=True, log=lambda *_: None)
-    points, study = _study_points(spec)
-    return {"points": points, "seconds": time.perf_counter() - t0, "evaluated": len(study.trials),
-            "stopped_early": summary.new_pruned, "failed": summary.new_failed}
+    spec = dataclasses.replace(base, name=f"bench-{name}-s{seed}", storage=f"sqlite:///{out_dir / f'{name}-s{seed}.db'}",
+                               n_trials=trials, sampler=sampler, seed=base.seed + seed, search=search, timeout_s=0.0)
+    run_study(spec, progress=True, log=lambda *_: None)
+    return study_points(spec)[:trials]
 
 
-def _evaluate_all(evaluator, configs, label):
+def evaluate_all(evaluator, configs, label: str) -> list:
     from tqdm.auto import tqdm
 
-    points, failed, t0 = [], 0, time.perf_counter()
+    out = []
     for config in tqdm(configs, desc=label, unit="config"):
         r = evaluator.evaluate(config)
-        if r.ok:
-            points.append((r.metrics.accuracy, r.metrics.latency_ms))
-        else:
-            failed += 1
-    return {"points": points, "seconds": time.perf_counter() - t0, "evaluated": len(configs), "stopped_early": 0, "failed": failed}
+        out.append((r.metrics.accuracy, r.metrics.latency_ms) if r.ok else None)
+    return out
 
 
 def uniform_configs(space, trials: int, seed: int = 0):
-    """Every combination of one level per knob, applied to every layer that allows it."""
+    """A seeded draw of ``trials`` grid points (one level per knob on every layer that allows it)."""
     from vitune.search.warmstart import knob_levels, uniform_assignment
 
     levels = knob_levels(space)
     grid = []
     for combo in itertools.product(*levels.values()):
         params = uniform_assignment(space, dict(zip(levels, combo)))
-        if params not in grid:
+        if params not in grid and params != space.identity_params():
             grid.append(params)
-    if len(grid) > trials:
-        grid = [grid[0]] + random.Random(seed).sample(grid[1:], trials - 1)
+    grid = random.Random(seed).sample(grid, min(trials, len(grid)))
     return [space.to_config(p) for p in grid]
 
 
 def greedy_configs(ws, layout, methods, trials: int):
+    """The greedy rank allocation at ``trials`` parameter budgets from 0.1 to 1.0 (distinct ones)."""
     from vitune.compression.allocate import allocate
     from vitune.compression.calibrate import Calibration
 
     calib = Calibration.from_dataset(ws.data.calib, methods.calib_images)
-    budgets = [round(0.1 + 0.9 * i / max(1, trials - 1), 3) for i in range(trials)]
-    return [allocate("greedy-rank", ws.model, layout, calib.x, b, methods) for b in budgets]
+    out = []
+    for i in range(trials):
+        budget = round(0.1 + 0.9 * i / max(1, trials - 1), 3)
+        config = allocate("greedy-rank", ws.model, layout, calib.x, budget, methods)
+        if config.key not in {c.key for c in out}:
+            out.append(config)
+    return out
+
+
+def sensitivity_params(space, sweep: dict, trials: int) -> list[dict]:
+    """Least-sensitive-first configurations at ``trials`` latency budgets (distinct ones).
+
+    Options are taken in order of the accuracy they cost alone (then the most time saved); a
+    layer's option replaces a lesser one taken before. Each budget stops the walk at the first
+    configuration whose estimated latency (the uncompressed one less the options' savings) is
+    within it."""
+    from vitune.search.warmstart import option_moves
+
+    base_ms = sweep["identity"]["latency_ms"]
+    moves = sorted(option_moves(space, sweep), key=lambda m: (m.drop, -m.saving_ms, m.param, str(m.value)))
+    walk, params, taken, est = [], space.identity_params(), {}, base_ms
+    for m in moves:
+        if m.saving_ms > taken.get(m.param, 0.0):
+            est -= m.saving_ms - taken.get(m.param, 0.0)
+            taken[m.param] = m.saving_ms
+            params = {**params, m.param: m.value}
+            walk.append((est, params))
+    if not walk:
+        return []
+    fastest = walk[-1][0]
+    out: list[dict] = []
+    for i in range(trials):
+        budget = base_ms - (base_ms - fastest) * (i + 1) / trials
+        chosen = next(p for e, p in walk if e <= budget + 1e-12)
+        if chosen not in out:
+            out.append(chosen)
+    return out
+
+
+def time_reference(ws, profile) -> dict:
+    """The uncompressed model in the best runtime this target has (peers timed side by side)."""
+    from vitune.targets.peers import measure_baseline
+
+    base = measure_baseline(ws.model, ws.example_input(1), profile)
+    return base.to_dict()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "studies" / "quickstart.toml"))
-    ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--greedy-levels", type=int, default=10, help="parameter budgets for the greedy allocation")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "search"))
+    ap.add_argument("--trials", type=int, default=100, help="evaluations per method and seed")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--val-copies", type=int, default=2, help="[data] val_copies of the bench (0: the study file's)")
+    ap.add_argument("--floor", type=float, default=0.9, help="hypervolume's accuracy floor, a fraction of the uncompressed accuracy")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "search"), help="the studies' SQLite files")
+    ap.add_argument("--restart", action="store_true", help="delete the bench's studies first (default: resume them)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--plot", default=None, help="PNG of the four fronts (needs matplotlib)")
-    ap.add_argument("--methods", default="vitune,random,uniform,greedy")
-    ap.add_argument("--sampler", default=None, help="vitune's sampler (default: the study file's)")
+    ap.add_argument("--plot", default=None, help="PNG of the median fronts with inter-quartile bands (needs matplotlib)")
     args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
 
-    from vitune.costmodels import get_latency_source
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
     from vitune.search.cache import ResultCache, data_key, target_key
     from vitune.search.evaluate import Evaluator
     from vitune.search.space import SearchSpace
+    from vitune.search.study import latency_source_for
     from vitune.search.studyfile import load_study_file
-    from vitune.targets import load_target
+    from vitune.search.warmstart import run_sweep
 
+    t_start = time.perf_counter()
     base = load_study_file(args.study)
-    if args.sampler:
-        base = dataclasses.replace(base, sampler=args.sampler)
+    if args.val_copies:
+        base = dataclasses.replace(base, data=dataclasses.replace(base.data, val_copies=args.val_copies))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.restart:
+        for m, s in itertools.product(methods, range(args.seeds)):
+            (out_dir / f"{m}-s{s}.db").unlink(missing_ok=True)
     ws = load_workspace(base.model, base.data)
-    profile = load_target(base.target.name)
-    evaluator = Evaluator(ws, profile, get_latency_source("measured", profile),
-                          cache=ResultCache(ws.ref.checkpoint_sha256, data_key(base.data, "val"), target_key(profile, base.target.tuning)))
+    profile, source, tuner = latency_source_for(base, base.target, "[target]")
     layout = discover(ws.model)
     space = SearchSpace.build(base.space, layout, base.methods)
-    ref = evaluator.evaluate(space.to_config(space.identity_params()))
-    acc0, ms0 = ref.metrics.accuracy, ref.metrics.latency_ms
+    source.bind(ws, space, base.target.tuning)
+    evaluator = Evaluator(ws, profile, source, cache=ResultCache(ws.ref.checkpoint_sha256, data_key(base.data, "val"),
+                                                                  target_key(profile, base.target.tuning)))
+    ref = time_reference(ws, profile)
+    ref_ms = ref["latency_ms"]
+    identity = evaluator.evaluate(space.to_config(space.identity_params()))
+    acc0, ms0 = identity.metrics.accuracy, identity.metrics.latency_ms
+    ref_acc = args.floor * acc0
+    print(f"{base.model.name} on {profile.name}: uncompressed accuracy {acc0:.4f} on {len(ws.data.val)} validation images, "
+          f"TVM {ms0:.4f} ms; reference {ref['label']} {ref_ms:.4f} ms; hypervolume box: accuracy > {ref_acc:.4f}, latency < {ref_ms:.4f} ms")
+    sweep = run_sweep(ws, space, evaluator, base) if "sensitivity" in methods else None
 
-    results = {}
-    for method in args.methods.split(","):
-        if method == "vitune":
-            results[method] = run_search(base, "vitune", args.trials, base.sampler, True, out_dir)
-        elif method == "random":
-            results[method] = run_search(base, "random", args.trials, "random", False, out_dir)
-        elif method == "uniform":
-            results[method] = _evaluate_all(evaluator, uniform_configs(space, args.trials), "uniform")
-        elif method == "greedy":
-            results[method] = _evaluate_all(evaluator, greedy_configs(ws, layout, base.methods, args.greedy_levels), "greedy")
-        else:
-            raise SystemExit(f"unknown method {method!r}")
+    runs: dict[str, list[list]] = {m: [] for m in methods}
+    seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
 
-    from vitune.search.front import hypervolume
+    def write(final: bool):
+        doc = {"study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
+               "sampler": base.sampler, "val_images": len(ws.data.val), "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
+               "reference": ref, "reference_point": {"accuracy": ref_acc, "latency_ms": ref_ms, "floor": args.floor},
+               **summarise({m: r for m, r in runs.items() if r}, ref_acc, ref_ms), "seconds": seconds,
+               "wall_s": time.perf_counter() - t_start, "complete": final, "points": runs}
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=1))
+        return doc
 
-    ref_acc, ref_ms = 0.9 * acc0, ms0
-    rows = {}
-    for method, r in results.items():
-        rows[method] = {
-            "hypervolume": hypervolume(r["points"], ref_acc, ref_ms),
-            "best_at_2x": best_at(r["points"], ms0 / 2),
-            "best_at_3x": best_at(r["points"], ms0 / 3),
-            "front": pareto(r["points"]),
-            **{k: r[k] for k in ("evaluated", "stopped_early", "failed", "seconds")},
-        }
-    hv_random = rows.get("random", {}).get("hypervolume")
-    print(f"model {base.model.name} on {profile.name}: uncompressed accuracy {acc0:.4f}, latency {ms0:.4f} ms; "
-          f"{args.trials} trials per search, vitune's sampler {base.sampler}; hypervolume reference (accuracy {ref_acc:.4f}, latency {ref_ms:.4f} ms)")
-    print(f"{'method':<8} {'evaluated':>9} {'stopped':>7} {'failed':>6} {'seconds':>8} {'hypervolume':>11} {'vs random':>9} {'acc@2x':>7} {'acc@3x':>7}")
-    fmt = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
-    for method, row in rows.items():
-        ratio = row["hypervolume"] / hv_random if hv_random else None
-        row["hypervolume_vs_random"] = ratio
-        print(f"{method:<8} {row['evaluated']:>9} {row['stopped_early']:>7} {row['failed']:>6} {row['seconds']:>8.1f} "
-              f"{row['hypervolume']:>11.5f} {fmt(ratio):>9} {fmt(row['best_at_2x']):>7} {fmt(row['best_at_3x']):>7}")
-    if "vitune" in rows and "uniform" in rows and rows["vitune"]["best_at_2x"] is not None and rows["uniform"]["best_at_2x"] is not None:
-        gain = 100 * (rows["vitune"]["best_at_2x"] - rows["uniform"]["best_at_2x"])
-        print(f"at 2x speed-up vitune is {gain:+.2f} points of accuracy over the best uniform configuration (target: >= +2)")
+    for seed in range(args.seeds):
+        for method in methods:
+            t0 = time.perf_counter()
+            if method == "vitune":
+                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir)
+            elif method == "nsga2":
+                pts = run_search(base, method, seed, args.trials, "nsga2", True, out_dir)
+            elif method == "random":
+                pts = run_search(base, method, seed, args.trials, "random", False, out_dir)
+            elif method == "uniform":
+                pts = evaluate_all(evaluator, uniform_configs(space, args.trials, seed), f"uniform s{seed}")
+            elif method == "greedy":
+                pts = evaluate_all(evaluator, greedy_configs(ws, layout, base.methods, args.trials), f"greedy s{seed}")
+            else:
+                pts = evaluate_all(evaluator, [space.to_config(p) for p in sensitivity_params(space, sweep, args.trials)], f"sensitivity s{seed}")
+            runs[method].append(pts)
+            seconds[method] += time.perf_counter() - t0
+            write(final=False)
+    if tuner is not None:
+        tuner.close()
+    doc = write(final=True)
+    report(doc, methods)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-        for method, r in results.items():
-            xs = [lat for _, lat in r["points"]]
-            ys = [a for a, _ in r["points"]]
-            line = ax.scatter(xs, ys, s=10, alpha=0.35, label=None)
-            front = rows[method]["front"]
-            ax.step([lat for _, lat in front], [a for a, _ in front], where="post", color=line.get_facecolor()[0], alpha=1.0,
-                    label=f"{method}{f' ({base.sampler})' if method == 'vitune' else ''}: HV {rows[method]['hypervolume']:.4f}")
-        ax.scatter([ms0], [acc0], marker="*", s=150, color="black", label="uncompressed")
-        for k in (2, 3):
-            ax.axvline(ms0 / k, color="grey", linestyle=":", linewidth=1)
-            ax.text(ms0 / k, ref_acc, f" {k}x", color="grey")
-        ax.set_xlabel(f"latency on {profile.name} (ms, TVM-measured)")
-        ax.set_ylabel("validated accuracy")
-        ax.set_ylim(ref_acc, min(1.0, acc0 + 0.02))
-        ax.set_title(f"{base.model.name}: Pareto fronts, {args.trials} trials each")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(args.plot)
+        plot(doc, methods, args.plot)
         print(f"wrote {args.plot}")
     if args.json:
-        doc = {"model": base.model.name, "target": profile.name, "trials": args.trials, "sampler": base.sampler, "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
-               "reference_point": {"accuracy": ref_acc, "latency_ms": ref_ms}, "methods": rows,
-               "points": {m: r["points"] for m, r in results.items()}}
-        Path(args.json).write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")
+
+
+def report(doc: dict, methods) -> None:
+    rows = doc["methods"]
+    ref = doc["reference"]
+    hv_random = rows.get("random", {}).get("hypervolume", {}).get("median")
+    fmt = lambda v, f="{:.4f}": f.format(v) if v is not None else "-"  # noqa: E731
+    print(f"{doc['trials']} evaluations per method and seed, {doc['seeds']} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms); "
+          f"{doc['wall_s'] / 60:.1f} min")
+    print(f"{'method':<12} {'HV median':>10} {'HV IQR':>9} {'vs random':>9} {'acc@2x':>7} {'acc@3x':>7} {'acc@5x':>7} {'to 95%':>7} {'seconds':>8}")
+    for m in methods:
+        r = rows[m]
+        hv = r["hypervolume"]
+        ratio = hv["median"] / hv_random if hv_random else None
+        r["hypervolume_vs_random"] = ratio
+        print(f"{m:<12} {hv['median']:>10.6f} {hv['iqr']:>9.6f} {fmt(ratio, '{:.3f}'):>9} {fmt(r['acc_at']['2x']):>7} {fmt(r['acc_at']['3x']):>7} "
+              f"{fmt(r['acc_at']['5x']):>7} {fmt(r['trials_to_95'], '{:.0f}'):>7} {doc['seconds'][m]:>8.0f}")
+    if "vitune" not in rows:
+        return
+    v = rows["vitune"]
+    others = [m for m in methods if m not in ("vitune", "nsga2")]
+    if hv_random:
+        print(f"target: vitune's median hypervolume >= 1.15x random's: {v['hypervolume']['median'] / hv_random:.3f}x")
+    if others:
+        best = max(others, key=lambda m: rows[m]["hypervolume"]["median"])
+        print(f"target: above every baseline's median hypervolume: best baseline {best} "
+              f"{rows[best]['hypervolume']['median']:.6f}, vitune {v['hypervolume']['median']:.6f}")
+        for speed in ("3x", "5x"):
+            accs = [rows[m]["acc_at"][speed] for m in others if rows[m]["acc_at"][speed] is not None]
+            if v["acc_at"][speed] is not None and accs:
+                print(f"target: at {speed} vitune's median accuracy {v['acc_at'][speed]:.4f} against the best baseline's {max(accs):.4f} "
+                      f"({100 * (v['acc_at'][speed] - max(accs)):+.2f} points; target >= +1)")
+    if "random" in rows:
+        r95, v95 = rows["random"]["trials_to_95"], v["trials_to_95"]
+        print(f"target: trials to 95 % of the best hypervolume: vitune {fmt(v95, '{:.0f}')}, random {fmt(r95, '{:.0f}')} (target: <= half)")
+
+
+def plot(doc: dict, methods, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref_ms, ref_acc = doc["reference_point"]["latency_ms"], doc["reference_point"]["accuracy"]
+    every = [p for m in methods for run in doc["points"][m] for p in run if p is not None]
+    lo = min((lat for _, lat in every), default=ref_ms / 5)
+    grid = [lo + (ref_ms - lo) * i / 199 for i in range(200)]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for m in methods:
+        curves = [attainment(run, grid) for run in doc["points"][m]]
+        med, q1s, q3s, xs = [], [], [], []
+        for j, x in enumerate(grid):
+            col = [c[j] if c[j] is not None else ref_acc for c in curves]
+            q1, q2, q3 = quartiles(col)
+            xs.append(x)
+            med.append(q2)
+            q1s.append(q1)
+            q3s.append(q3)
+        hv = doc["methods"][m]["hypervolume"]
+        (line,) = ax.step(xs, med, where="post", label=f"{m}: HV {hv['median']:.5f} (IQR {hv['iqr']:.5f})")
+        ax.fill_between(xs, q1s, q3s, step="post", color=line.get_color(), alpha=0.15)
+    ax.scatter([doc["uncompressed"]["latency_ms"]], [doc["uncompressed"]["accuracy"]], marker="*", s=150, color="black", label="uncompressed (TVM)")
+    for k in SPEEDS:
+        ax.axvline(ref_ms / k, color="grey", linestyle=":", linewidth=1)
+        ax.text(ref_ms / k, ref_acc, f" {k}x", color="grey")
+    ax.set_xlabel(f"latency on {doc['target']} (ms, tuned TVM build); {doc['reference']['label']} = {ref_ms:.3f} ms")
+    ax.set_ylabel(f"best validated accuracy within the latency ({doc['val_images']} images)")
+    ax.set_ylim(ref_acc, min(1.0, doc["uncompressed"]["accuracy"] + 0.02))
+    ax.set_title(f"{doc['model']}: median fronts over {doc['seeds']} seeds, {doc['trials']} evaluations each")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def _check_target(spec, target, profile, where: str = "[target]") -> None:
         )
 
 
-def _latency_source(spec, target, where: str):
+def latency_source_for(spec, target, where: str):
     """(profile, latency source, tuner or None) of one target of the study, checked."""
     from vitune.costmodels import latency_source_class
     from vitune.targets import load_target
@@ -275,8 +275,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     from vitune.search.space import SearchSpace
     from vitune.search.warmstart import first_trials, run_sweep
 
-    profile, source, tuner = _latency_source(spec, spec.target, "[target]")
-    others = [_latency_source(spec, t, f"[[target.also]] #{i + 1}") for i, t in enumerate(spec.also)]
+    profile, source, tuner = latency_source_for(spec, spec.target, "[target]")
+    others = [latency_source_for(spec, t, f"[[target.also]] #{i + 1}") for i, t in enumerate(spec.also)]
     names = [profile.name] + [p.name for p, _, _ in others]
     if len(set(names)) < len(names):
         raise ConfigError(f"{spec.path}: the study names target {next(n for n in names if names.count(n) > 1)!r} twice")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 
 from vitune.jsontable import JsonTable
 
@@ -129,8 +130,19 @@ def guided_params(space, sweep: dict, budgets=DROP_BUDGETS) -> list[dict]:
     return [params for params, _ in guided_by_budget(space, sweep, budgets)]
 
 
-def guided_by_budget(space, sweep: dict, budgets=DROP_BUDGETS) -> list[tuple[dict, float]]:
-    """(configuration, accuracy-drop budget) for each distinct sensitivity-guided configuration."""
+@dataclass(frozen=True)
+class Move:
+    """One option of the sweep: ``param = value`` alone costs ``drop`` accuracy and saves an
+    estimated ``saving_ms`` (its share of its uniform configuration's saving)."""
+
+    param: str
+    value: object
+    drop: float
+    saving_ms: float
+
+
+def option_moves(space, sweep: dict) -> list[Move]:
+    """The sweep's options that save time, each with its accuracy drop and estimated saving."""
     base_acc, base_ms = sweep["identity"]["accuracy"], sweep["identity"]["latency_ms"]
     identity = space.identity_params()
     saving_of: dict[tuple[str, object], float] = {}
@@ -144,20 +156,24 @@ def guided_by_budget(space, sweep: dict, budgets=DROP_BUDGETS) -> list[tuple[dic
     moves = []
     for opt in sweep["options"]:
         saving = saving_of.get((opt["param"], opt["value"]), 0.0)
-        if opt["accuracy"] is None or saving <= 0:
-            continue
-        drop = max(0.0, base_acc - opt["accuracy"])
-        moves.append((saving / (drop + 1e-3), drop, opt["param"], opt["value"]))
-    moves.sort(key=lambda m: (-m[0], m[2], str(m[3])))
+        if opt["accuracy"] is not None and saving > 0:
+            moves.append(Move(opt["param"], opt["value"], max(0.0, base_acc - opt["accuracy"]), saving))
+    return moves
+
+
+def guided_by_budget(space, sweep: dict, budgets=DROP_BUDGETS) -> list[tuple[dict, float]]:
+    """(configuration, accuracy-drop budget) for each distinct sensitivity-guided configuration."""
+    identity = space.identity_params()
+    moves = sorted(option_moves(space, sweep), key=lambda m: (-m.saving_ms / (m.drop + 1e-3), m.param, str(m.value)))
     out: list[tuple[dict, float]] = []
     for budget in budgets:
         params, spent = dict(identity), 0.0
         chosen: set[str] = set()
-        for _, drop, name, value in moves:
-            if name not in chosen and spent + drop <= budget:
-                params[name] = value
-                chosen.add(name)
-                spent += drop
+        for m in moves:
+            if m.param not in chosen and spent + m.drop <= budget:
+                params[m.param] = m.value
+                chosen.add(m.param)
+                spent += m.drop
         if params != identity and all(params != p for p, _ in out):
             out.append((params, budget))
     return out

@@ -1,0 +1,110 @@
+"""The search bench (bench/search.py): its statistics, its baselines' configurations, and (slow)
+the bench itself at ``--seeds 2 --trials 30`` on the quickstart."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench import ROOT, load_bench
+from vitune.models.default import build_digits_vit
+from vitune.models.layers import discover
+from vitune.search.space import SearchSpace
+from vitune.search.studyfile import SpaceSpec
+from vitune.search.warmstart import uniform_params
+
+
+@pytest.fixture(scope="module")
+def search():
+    return load_bench("search")
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.build(SpaceSpec(precision=("fp32", "int8"), rank_fraction=(1.0, 0.5, 0.25), prune_heads=(0.0,), prune_mlp=(0.0,), distill_steps=(0,)), discover(build_digits_vit()))
+
+
+def test_figures_over_seeds(search):
+    # box: accuracy > 0.8, latency < 1.0; two seeds of one method, one of another
+    runs = {
+        "a": [[(0.9, 0.5), None, (0.95, 0.2)],  # HV (1-0.2)*(0.95-0.8): (0.9, 0.5) is dominated
+              [(0.85, 0.3), (0.9, 0.25), (0.7, 0.1)]],  # (1-0.25)*(0.9-0.8); 0.7 is under the floor
+        "b": [[(0.99, 1.5), (0.81, 0.1)]],  # the first is slower than the reference: outside the box
+    }
+    doc = search.summarise(runs, ref_acc=0.8, ref_ms=1.0)
+    a, b = doc["methods"]["a"], doc["methods"]["b"]
+    assert a["hypervolume"]["values"] == pytest.approx([0.12, 0.075])
+    assert a["hypervolume"]["median"] == pytest.approx((0.12 + 0.075) / 2)
+    assert a["hypervolume"]["iqr"] == pytest.approx(a["hypervolume"]["q75"] - a["hypervolume"]["q25"]) and a["hypervolume"]["iqr"] > 0
+    assert b["hypervolume"]["values"] == pytest.approx([0.009]) and b["hypervolume"]["iqr"] == 0
+    assert doc["best_hypervolume"] == pytest.approx(0.12)
+    # at 2x (0.5 ms): a's seeds reach 0.95 and 0.9; at 5x (0.2 ms): 0.95 and 0.7
+    assert a["acc_at"]["2x"] == pytest.approx(0.925) and a["acc_at"]["5x"] == pytest.approx(0.825)
+    assert b["acc_at"]["3x"] == pytest.approx(0.81)
+    # 95 % of 0.12: seed 0 reaches it at its third evaluation, seed 1 never: the median is "never"
+    assert a["trials_to_95_values"] == [3, None] and a["trials_to_95"] is None
+    assert b["trials_to_95"] is None and a["evaluated"] == [3, 3] and a["stopped_or_failed"] == [1, 0]
+
+
+def test_median_counts_a_missing_value_as_the_worst(search):
+    assert search.median_or_none([1, None, 3]) == 1
+    assert search.median_or_none([None, None, 3]) is None
+    assert search.median_or_none([2, None, 4], missing=math.inf) == 4
+    assert search.trials_to([0.0, 0.5, 1.0], 0.5) == 2 and search.trials_to([0.0], 1.0) is None
+
+
+def test_uniform_draw_is_seeded_and_never_the_uncompressed_model(search, space):
+    draw = search.uniform_configs(space, 4, seed=1)
+    assert len(draw) == 4 and not any(c.is_identity for c in draw) and len({c.key for c in draw}) == 4
+    assert [c.key for c in search.uniform_configs(space, 4, seed=1)] == [c.key for c in draw]
+    everything = search.uniform_configs(space, 100, seed=0)
+    assert len(everything) == 2 * 3 - 1  # the whole grid when the budget covers it
+    assert {c.key for c in search.uniform_configs(space, 100, seed=5)} == {c.key for c in everything}
+
+
+def _sweep(space):
+    """A sensitivity sweep: int8 everywhere saves 0.4 ms, rank 0.5 0.3 ms, rank 0.25 0.5 ms; each
+    option alone costs its own made-up accuracy drop, larger for later layers."""
+    identity = space.identity_params()
+    saving = {("precision", "int8"): 0.4, ("rank_fraction", 0.5): 0.3, ("rank_fraction", 0.25): 0.5}
+    uniform = [{"knob": k, "value": v, "params": p, "accuracy": 0.9, "latency_ms": 1.0 - saving[(k, v)], "error": None}
+               for k, v, p in uniform_params(space)]
+    options = []
+    for i, (name, menu) in enumerate((n, m) for n, m in space.choices if len(m) > 1):
+        for v in menu:
+            if v != identity[name]:
+                options.append({"param": name, "value": v, "accuracy": 0.98 - 0.001 * i - (0.01 if v == 0.25 else 0.0)})
+    return {"identity": {"accuracy": 0.98, "latency_ms": 1.0}, "options": options, "uniform": uniform, "complete": True}
+
+
+def test_sensitivity_baseline_compresses_the_least_sensitive_layers_first(search, space):
+    sweep = _sweep(space)
+    configs = search.sensitivity_params(space, sweep, 8)
+    assert 1 < len(configs) <= 8 and all(c != space.identity_params() for c in configs)
+    changed = [{n for n, v in p.items() if v != space.identity_params().get(n)} for p in configs]
+    assert all(a <= b for a, b in zip(changed, changed[1:]))  # tighter budgets only add layers (or deepen them)
+    first_param = min((o for o in sweep["options"]), key=lambda o: (0.98 - o["accuracy"]))["param"]
+    assert first_param in changed[0]  # the least sensitive option is taken first
+    last = configs[-1]  # the tightest budget: every layer at its largest saving
+    assert all(v == "int8" for n, v in last.items() if n.endswith("precision"))
+    assert all(v == 0.25 for n, v in last.items() if n.endswith("rank_fraction"))
+
+
+@pytest.mark.slow
+def test_the_bench_at_two_seeds_and_30_trials(tmp_path):
+    out = tmp_path / "search.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "search.py"), "--seeds", "2", "--trials", "30", "--restart",
+                    "--out-dir", str(tmp_path / "studies"), "--json", str(out), "--plot", str(tmp_path / "fronts.png")],
+                   check=True, cwd=ROOT, timeout=3 * 3600)
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["val_images"] >= 500 and doc["reference"]["runtime"] != "tvm"
+    assert set(doc["methods"]) == set(load_bench("search").METHODS)
+    for name, row in doc["methods"].items():
+        assert len(row["hypervolume"]["values"]) == 2 and row["hypervolume"]["median"] >= 0
+        assert all(0 < n <= 30 for n in row["evaluated"]), name
+        assert set(row["acc_at"]) == {"2x", "3x", "5x"}
+    assert all(n == 30 for n in doc["methods"]["random"]["evaluated"])
+    assert doc["methods"]["vitune"]["hypervolume"]["median"] > 0
+    assert (tmp_path / "fronts.png").stat().st_size > 0
