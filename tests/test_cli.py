@@ -52,10 +52,12 @@ def test_compress_greedy_baseline_then_apply(tmp_path, capsys, default_workspace
     study = tmp_path / "s.toml"
     study.write_text(f"[study]\nname='s'\n[target]\nname='{fast_target_file}'\ntuning='off'\n")
     record = tmp_path / "greedy.json"
-    assert main(["compress", str(study), "--strategy", "greedy-rank", "--params-budget", "0.4", "--out", str(record), "--quiet"]) == 0
+    assert main(["compress", str(study), "--strategy", "greedy-rank", "--params-budget", "0.4", "--measure", "--out", str(record), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "greedy-rank at params budget 0.4" in out and "accuracy  val" in out
+    assert 'untuned kernels: tuning = "off"' in out and "baseline: the uncompressed model in" in out and "x its speed" in out
     doc = json.loads(record.read_text())
+    assert doc["metrics"]["speedup"] > 0 and doc["metrics"]["baseline"]["candidate_ms"] == doc["metrics"]["latency_ms"]
     assert doc["metrics"]["params_ratio"] <= 0.4 and doc["metrics"]["test_accuracy"] > 0.9
     assert main(["apply", str(record), "--out", str(tmp_path / "shipped"), "--quiet"]) == 0
     metrics = json.loads((tmp_path / "shipped" / "metrics.json").read_text())

@@ -2,8 +2,10 @@
 
 ``build_baseline(spec, strategy, params_budget)`` loads the study file's model and data, lets
 :mod:`vitune.compression.allocate` choose the ranks (with the study's ``[compression]``
-methods), compresses, and scores validation and test accuracy (and, if asked, TVM latency on
-the study's target). The record has the same format as ``vitune study export`` writes, so
+methods), compresses, and scores validation and test accuracy. Asked to measure, it builds the
+result as ``apply`` ships it (kernels from the study target's tuning database, unseen workloads
+tuned when ``[target] tuning = "tune"``) and times it side by side with the uncompressed model in
+the best runtime the target has (:func:`vitune.targets.peers.measure_baseline`). The record has the same format as ``vitune study export`` writes, so
 ``vitune apply`` ships it and it can be compared with the search's front.
 """
 
@@ -45,10 +47,7 @@ def build_baseline(spec, strategy: str, params_budget: float, measure_latency: b
         "latency_ms": None,
     }
     if measure_latency:
-        from vitune.targets.measure import measure
-
-        m = measure(model, ws.example_input(1), profile)
-        metrics.update(latency_ms=m.latency_ms, latency_error=m.error)
+        metrics.update(measure_against_baseline(spec, ws, model))
     return {
         "format": FORMAT,
         "strategy": {"name": strategy, "params_budget": params_budget, "study_file": str(spec.path)},
@@ -60,6 +59,29 @@ def build_baseline(spec, strategy: str, params_budget: float, measure_latency: b
         "metrics": metrics,
         "versions": versions(),
     }
+
+
+def measure_against_baseline(spec, ws, model) -> dict:
+    """The shipped build of ``model`` (the study target's tuning) and the uncompressed model in the
+    target's best runtime, timed in the same interleaved rounds: ``latency_ms``, ``latency_error``,
+    ``baseline`` (:class:`~vitune.targets.peers.Baseline` as a dict), ``speedup``, ``tuning``."""
+    from vitune.search.study import latency_source_for
+    from vitune.targets.measure import measure
+    from vitune.targets.peers import Baseline, measure_baseline
+
+    profile, _, tuner = latency_source_for(spec, spec.target, "[target]")
+    example = ws.example_input(1)
+    built: list = []
+    try:
+        m = measure(model, example, profile, compiled_out=built, tuner=tuner)
+    finally:
+        if tuner is not None:
+            tuner.close()
+    if not m.ok:
+        return {"latency_ms": None, "latency_error": m.error, "tuning": spec.target.tuning}
+    base: Baseline = measure_baseline(ws.model, example, profile, candidate=built[0])
+    return {"latency_ms": base.candidate_ms or m.latency_ms, "latency_error": None, "baseline": base.to_dict(),
+            "speedup": base.speedup, "tuning": spec.target.tuning}
 
 
 def write_record(record: dict, out: Path) -> None:

@@ -143,7 +143,14 @@ def _compress(args) -> int:
     print(f"{args.strategy} at params budget {args.params_budget}: {m['params']:,} params ({m['params_ratio']:.3f} of {base['params']:,})")
     print(f"  accuracy  val {m['accuracy']:.4f} (uncompressed {base['accuracy']:.4f})  test {m['test_accuracy']:.4f} (uncompressed {base['test_accuracy']:.4f})")
     if args.measure:
-        print(f"  latency   {m['latency_ms']:.4f} ms on {record['target']['name']}" if m["latency_ms"] else f"  latency   failed: {m['latency_error']}")
+        if m["latency_ms"] is None:
+            print(f"  latency   failed: {m['latency_error']}")
+        else:
+            from vitune.targets.peers import Baseline
+
+            kernels = "untuned kernels: tuning = \"off\"" if m["tuning"] == "off" else f"kernels of the tuning database, tuning = \"{m['tuning']}\""
+            print(f"  latency   {m['latency_ms']:.4f} ms on {record['target']['name']} ({kernels})")
+            print(f"  {Baseline(**m['baseline']).line()}")
     print("  ranks     " + ", ".join(f"{k}={v}" for k, v in ranks.items()))
     if args.out:
         write_record(record, Path(args.out))
