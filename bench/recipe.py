@@ -1,0 +1,216 @@
+"""The seeds' recipe at real size: greedy mixed-rank allocation under a parameter budget
+(arXiv 2402.06004), activation-aware against plain SVD at the same ranks, built and timed.
+
+On a timm model (default ``deit_base_patch16_224``, random init: seeded, so its structure, sizes
+and latency are real and its accuracy is not) with a generated ImageFolder at 224 px
+(``bench/scale.py``'s), the study file's ``[compression]`` settings:
+
+1. ``greedy-rank`` allocation keeping ``--budget`` of the parameters (``vitune compress
+   --strategy greedy-rank``'s :func:`~vitune.compression.allocate.allocate`);
+2. the same ranks compressed by plain ``svd``, activation-aware ``aa`` and ``aa-residual`` (the
+   seeds' principal term + residual with error compensation), each in a process of its own:
+   wall time, peak resident memory, parameters and stored bytes kept, and the output error
+   ``‖f̂(x) − f(x)‖ / ‖f(x)‖`` of the final features and of the logits, on the calibration images
+   and on held-out (validation) images;
+3. the uncompressed model and the ``aa-residual`` result built as ``apply`` ships them (the
+   target's tuning database; unseen workloads tuned with ``--tuning-trials`` MetaSchedule trials
+   each, within ``--tuning-budget-s``) and timed in the same interleaved rounds as the
+   uncompressed model in the target's best runtime (the faster of ONNX Runtime and OpenVINO on
+   a CPU): latencies and speed-ups, with each build's label saying how many of its workloads
+   ran tuned kernels.
+
+Accuracy needs the user's ImageNet (pretrained weights and a validation folder); the README's
+"Real models" section says how to run the same recipe on it.
+
+    python bench/recipe.py [--model deit_base_patch16_224] [--budget 0.4] [--methods svd,aa,aa-residual]
+        [--tuning-trials 8] [--tuning-budget-s 1200] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+CLASSES = 4
+
+
+def study_text(model: str, images: Path, lowrank: str, calib_images: int, refine_steps: int, tuning: str, trials: int, budget_s: float) -> str:
+    from scale import FRACTIONS
+
+    fractions = ", ".join(f"{k} = {v}" for k, v in FRACTIONS.items())
+    return (f'[study]\nname = "recipe"\n\n[model]\nsource = "timm"\nname = "{model}"\npretrained = false\nnum_classes = {CLASSES}\n\n'
+            f'[data]\nsource = "imagefolder"\nroot = "{images}"\nfractions = {{ {fractions} }}\n\n'
+            f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = {trials}\n'
+            f'tuning_budget_s = {budget_s}\n\n'
+            f'[compression]\nlowrank = "{lowrank}"\ncalib_images = {calib_images}\nrefine_steps = {refine_steps}\n')
+
+
+def rel_error(model, ref_model, dataset, limit: int) -> dict:
+    """Relative output error of ``model`` against ``ref_model`` on the first ``limit`` images."""
+    import torch
+
+    from vitune.data.splits import iterate
+
+    num = {"features": 0.0, "logits": 0.0}
+    den = {"features": 0.0, "logits": 0.0}
+    with torch.inference_mode():
+        for x, _ in iterate(dataset, 32, limit):
+            for name, fn in (("features", lambda m: m.forward_head(m.forward_features(x), pre_logits=True)), ("logits", lambda m: m(x))):
+                a, b = fn(model), fn(ref_model)
+                num[name] += float((a - b).pow(2).sum())
+                den[name] += float(b.pow(2).sum())
+    return {k: (num[k] / den[k]) ** 0.5 for k in num}
+
+
+def run_method(study: Path, out: Path, error_images: int) -> None:
+    """One method (the study file's ``lowrank``): allocate, compress, measure error; in this process."""
+    from vitune.compression.allocate import allocate
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.pipeline import compress
+    from vitune.compression.stats import model_stats
+    from vitune.models.layers import discover
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import load_study_file
+
+    spec = load_study_file(study)
+    ws = load_workspace(spec.model, spec.data, progress=False)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
+    config = allocate("greedy-rank", ws.model, discover(ws.model), calib.x, float(json.loads(out.read_text())["budget"]), spec.methods)
+    t_alloc = time.perf_counter() - t0
+    model = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
+    t_total = time.perf_counter() - t0
+    params, size = model_stats(model)
+    base_params, base_size = model_stats(ws.model)
+    doc = json.loads(out.read_text())
+    doc.update({
+        "lowrank": spec.methods.lowrank, "allocate_s": t_alloc, "compress_s": t_total - t_alloc, "wall_s": t_total,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0,
+        "params": params, "params_uncompressed": base_params, "params_kept": params / base_params,
+        "size_bytes": size, "size_bytes_uncompressed": base_size,
+        "ranks": {k: v.rank for k, v in config.linear.items() if v.rank},
+        "error_calib": rel_error(model, ws.model, ws.data.calib, error_images),
+        "error_val": rel_error(model, ws.model, ws.data.val, error_images),
+        "calib_images": spec.methods.calib_images, "config_key": config.key, "config": config.to_dict(),
+    })
+    out.write_text(json.dumps(doc, indent=1))
+
+
+def time_builds(study: Path, config_doc: dict, log=print) -> dict:
+    """The uncompressed model and the study's compression at the greedy ranks, built with the
+    target's tuning and timed beside the best runtime's uncompressed model."""
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.config import CompressionConfig
+    from vitune.compression.pipeline import compress
+    from vitune.models.zoo import load_workspace
+    from vitune.search.study import latency_source_for
+    from vitune.search.studyfile import load_study_file
+    from vitune.targets.compile import compile_model
+    from vitune.targets.peers import build_label, measure_baseline
+
+    spec = load_study_file(study)
+    ws = load_workspace(spec.model, spec.data, progress=False)
+    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
+    model = compress(ws.model, CompressionConfig.from_dict(config_doc), train_data=ws.data.train, calibration=calib)
+    profile, _, tuner = latency_source_for(spec, spec.target, "[target]")
+    example = ws.example_input(1)
+    out: dict = {}
+    try:
+        t0 = time.perf_counter()
+        base_build = compile_model(ws.model, example, profile, tuner)
+        out["uncompressed_build_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        comp_build = compile_model(model, example, profile, tuner)
+        out["compressed_build_s"] = time.perf_counter() - t0
+        out["tuning"] = tuner.report.line() if tuner is not None else "off"
+    finally:
+        if tuner is not None:
+            tuner.close()
+    base = measure_baseline(ws.model, example, profile, candidate=comp_build, others={"vitune uncompressed": base_build})
+    out.update(baseline=base.to_dict(), compressed_label=build_label(comp_build), uncompressed_label=build_label(base_build),
+               compressed_ms=base.candidate_ms, uncompressed_tvm_ms=base.others_ms.get("vitune uncompressed"),
+               reference_ms=base.latency_ms, reference=base.label,
+               speedup_vs_reference=base.speedup,
+               speedup_vs_tvm_uncompressed=(base.others_ms["vitune uncompressed"] / base.candidate_ms
+                                            if base.candidate_ms and base.others_ms.get("vitune uncompressed") else None))
+    log(base.line())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="deit_base_patch16_224")
+    ap.add_argument("--budget", type=float, default=0.4, help="share of the parameters kept")
+    ap.add_argument("--methods", default="svd,aa,aa-residual")
+    ap.add_argument("--calib-images", type=int, default=64)
+    ap.add_argument("--refine-steps", type=int, default=50)
+    ap.add_argument("--error-images", type=int, default=64, help="images the output error is read on, per split")
+    ap.add_argument("--images", type=int, default=128, help="validation images of the generated ImageFolder")
+    ap.add_argument("--tuning", default="tune", choices=("tune", "database", "off"))
+    ap.add_argument("--tuning-trials", type=int, default=8)
+    ap.add_argument("--tuning-budget-s", type=float, default=1200.0)
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--work", default=None, help="folder for the images and study files (default: a temporary one)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)  # study file, output JSON: one method in this process
+    args = ap.parse_args()
+    if args._one:
+        study, out = map(Path, args._one)
+        run_method(study, out, args.error_images)
+        return
+
+    from scale import make_images
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="vitune-recipe-"))
+    work.mkdir(parents=True, exist_ok=True)
+    images = make_images(work / "images", args.images)
+    t_start = time.perf_counter()
+    doc: dict = {"model": args.model, "budget": args.budget, "calib_images": args.calib_images, "refine_steps": args.refine_steps,
+                 "tuning": {"mode": args.tuning, "trials_per_workload": args.tuning_trials, "budget_s": args.tuning_budget_s}, "methods": {}}
+
+    def write():
+        doc["wall_s"] = time.perf_counter() - t_start
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=1))
+
+    for method in args.methods.split(","):
+        study = work / f"recipe-{method}.toml"
+        study.write_text(study_text(args.model, images, method, args.calib_images, args.refine_steps, args.tuning,
+                                    args.tuning_trials, args.tuning_budget_s))
+        out = work / f"recipe-{method}.json"
+        out.write_text(json.dumps({"budget": args.budget}))
+        print(f"{method}: allocating and compressing {args.model} at {args.budget:g} of its parameters ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--error-images", str(args.error_images), "--_one", str(study), str(out)], check=True)
+        row = json.loads(out.read_text())
+        doc["methods"][method] = row
+        print(f"  {row['params_kept']:.3f} of {row['params_uncompressed']:,} parameters kept; output error (features / logits): "
+              f"calibration {row['error_calib']['features']:.4f} / {row['error_calib']['logits']:.4f}, "
+              f"held-out {row['error_val']['features']:.4f} / {row['error_val']['logits']:.4f}; "
+              f"{row['wall_s']:.1f} s (allocation {row['allocate_s']:.1f} s), peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+        write()
+    keys = {row["config_key"] for row in doc["methods"].values()}
+    doc["same_ranks"] = len(keys) == 1
+    if not args.no_latency and "aa-residual" in doc["methods"]:
+        print(f"building the uncompressed model and the aa-residual result ({args.tuning}, {args.tuning_trials} trials per new workload, "
+              f"budget {args.tuning_budget_s:.0f} s) and timing them beside the best runtime ...", flush=True)
+        doc["latency"] = time_builds(work / "recipe-aa-residual.toml", doc["methods"]["aa-residual"]["config"])
+        lat = doc["latency"]
+        print(f"  {args.model}: aa-residual at {args.budget:g} {lat['compressed_ms']:.2f} ms ({lat['compressed_label']}), "
+              f"vitune uncompressed {lat['uncompressed_tvm_ms']:.2f} ms ({lat['uncompressed_label']}), {lat['reference']} {lat['reference_ms']:.2f} ms: "
+              f"{lat['speedup_vs_reference']:.2f}x the best runtime, {lat['speedup_vs_tvm_uncompressed']:.2f}x vitune's uncompressed build", flush=True)
+    write()
+    if args.json:
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
