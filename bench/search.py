@@ -189,33 +189,11 @@ def greedy_configs(ws, layout, methods, trials: int):
 
 
 def sensitivity_params(space, sweep: dict, trials: int) -> list[dict]:
-    """Least-sensitive-first configurations at ``trials`` latency budgets (distinct ones).
+    """The least-sensitive-first walk (:func:`vitune.search.warmstart.latency_walk`) stopped at
+    ``trials`` evenly spaced shares of its whole estimated saving (distinct configurations)."""
+    from vitune.search.warmstart import walked_by_latency
 
-    Options are taken in order of the accuracy they cost alone (then the most time saved); a
-    layer's option replaces a lesser one taken before. Each budget stops the walk at the first
-    configuration whose estimated latency (the uncompressed one less the options' savings) is
-    within it."""
-    from vitune.search.warmstart import option_moves
-
-    base_ms = sweep["identity"]["latency_ms"]
-    moves = sorted(option_moves(space, sweep), key=lambda m: (m.drop, -m.saving_ms, m.param, str(m.value)))
-    walk, params, taken, est = [], space.identity_params(), {}, base_ms
-    for m in moves:
-        if m.saving_ms > taken.get(m.param, 0.0):
-            est -= m.saving_ms - taken.get(m.param, 0.0)
-            taken[m.param] = m.saving_ms
-            params = {**params, m.param: m.value}
-            walk.append((est, params))
-    if not walk:
-        return []
-    fastest = walk[-1][0]
-    out: list[dict] = []
-    for i in range(trials):
-        budget = base_ms - (base_ms - fastest) * (i + 1) / trials
-        chosen = next(p for e, p in walk if e <= budget + 1e-12)
-        if chosen not in out:
-            out.append(chosen)
-    return out
+    return [p for p, _ in walked_by_latency(space, sweep, [(i + 1) / trials for i in range(trials)])]
 
 
 def time_reference(ws, profile) -> dict:

@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from tests.bench import ROOT, load_bench
+from tests.search.test_warmstart import synthetic_sweep
 from vitune.models.default import build_digits_vit
 from vitune.models.layers import discover
 from vitune.search.space import SearchSpace
 from vitune.search.studyfile import SpaceSpec
-from vitune.search.warmstart import uniform_params
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +64,8 @@ def test_uniform_draw_is_seeded_and_never_the_uncompressed_model(search, space):
     assert {c.key for c in search.uniform_configs(space, 100, seed=5)} == {c.key for c in everything}
 
 
-def _sweep(space):
-    """A sensitivity sweep: int8 everywhere saves 0.4 ms, rank 0.5 0.3 ms, rank 0.25 0.5 ms; each
-    option alone costs its own made-up accuracy drop, larger for later layers."""
-    identity = space.identity_params()
-    saving = {("precision", "int8"): 0.4, ("rank_fraction", 0.5): 0.3, ("rank_fraction", 0.25): 0.5}
-    uniform = [{"knob": k, "value": v, "params": p, "accuracy": 0.9, "latency_ms": 1.0 - saving[(k, v)], "error": None}
-               for k, v, p in uniform_params(space)]
-    options = []
-    for i, (name, menu) in enumerate((n, m) for n, m in space.choices if len(m) > 1):
-        for v in menu:
-            if v != identity[name]:
-                options.append({"param": name, "value": v, "accuracy": 0.98 - 0.001 * i - (0.01 if v == 0.25 else 0.0)})
-    return {"identity": {"accuracy": 0.98, "latency_ms": 1.0}, "options": options, "uniform": uniform, "complete": True}
-
-
 def test_sensitivity_baseline_compresses_the_least_sensitive_layers_first(search, space):
-    sweep = _sweep(space)
+    sweep = synthetic_sweep(space)
     configs = search.sensitivity_params(space, sweep, 8)
     assert 1 < len(configs) <= 8 and all(c != space.identity_params() for c in configs)
     changed = [{n for n, v in p.items() if v != space.identity_params().get(n)} for p in configs]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from vitune.jsontable import JsonTable
 
 DROP_BUDGETS = (0.005, 0.01, 0.02, 0.04, 0.08)
+WALK_FRACTIONS = (1.0, 0.85, 0.7, 0.5, 0.3)  # shares of the walk's whole estimated saving, fastest first
 
 
 def knob_levels(space) -> dict[str, list]:
@@ -179,14 +180,51 @@ def guided_by_budget(space, sweep: dict, budgets=DROP_BUDGETS) -> list[tuple[dic
     return out
 
 
+def latency_walk(space, sweep: dict) -> list[tuple[float, dict]]:
+    """(estimated latency, configuration) at each step of the least-sensitive-first walk.
+
+    The walk takes the sweep's options in order of the accuracy each costs alone (then the most
+    time saved), as HAQ- and Neural Compressor-style mixed-precision tools do; a layer's option
+    replaces a lesser one taken before. The estimate is the uncompressed latency less the taken
+    options' savings. Its last step has every layer at its largest saving: the fast end of the
+    space, which accuracy-drop budgets never reach."""
+    base_ms = sweep["identity"]["latency_ms"]
+    moves = sorted(option_moves(space, sweep), key=lambda m: (m.drop, -m.saving_ms, m.param, str(m.value)))
+    walk, params, taken, est = [], space.identity_params(), {}, base_ms
+    for m in moves:
+        if m.saving_ms > taken.get(m.param, 0.0):
+            est -= m.saving_ms - taken.get(m.param, 0.0)
+            taken[m.param] = m.saving_ms
+            params = {**params, m.param: m.value}
+            walk.append((est, params))
+    return walk
+
+
+def walked_by_latency(space, sweep: dict, fractions=WALK_FRACTIONS) -> list[tuple[dict, float]]:
+    """(configuration, estimated latency) where the walk first saves each share of its whole
+    estimated saving (distinct configurations, in the order of ``fractions``)."""
+    walk = latency_walk(space, sweep)
+    if not walk:
+        return []
+    base_ms, fastest = sweep["identity"]["latency_ms"], walk[-1][0]
+    out: list[tuple[dict, float]] = []
+    for f in fractions:
+        est, params = next((e, p) for e, p in walk if e <= base_ms - f * (base_ms - fastest) + 1e-12)
+        if all(params != p for p, _ in out):
+            out.append((params, est))
+    return out
+
+
 def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]]:
-    """What to enqueue, each with its origin (shown in reports): the uncompressed model, then the
-    sensitivity-guided configurations and the uniform ones (the same option on every layer) in
-    turn, so a small budget still gets both kinds."""
+    """What to enqueue, each with its origin (shown in reports): the uncompressed model, then in
+    turn the sensitivity-guided configurations (accuracy-drop budgets), the latency walk's (from
+    its fast end) and the uniform ones (the same option on every layer), so a small budget still
+    gets every kind."""
     guided = [(p, f"guided (accuracy drop <= {b:g})") for p, b in guided_by_budget(space, sweep)] if sweep else []
+    walked = [(p, f"latency walk (estimated {ms:.3g} ms)") for p, ms in walked_by_latency(space, sweep)] if sweep else []
     uniform = [(p, f"uniform {k} = {v}") for k, v, p in uniform_params(space)]
     out = [(space.identity_params(), "uncompressed")]
-    for pair in itertools.chain.from_iterable(itertools.zip_longest(guided, uniform)):
+    for pair in itertools.chain.from_iterable(itertools.zip_longest(guided, walked, uniform)):
         if pair is not None and all(pair[0] != seen for seen, _ in out):
             out.append(pair)
     return out[: max(1, limit)]

@@ -1,0 +1,52 @@
+"""The warm start's configurations from a sweep: accuracy-drop budgets, the latency walk, uniform."""
+
+import pytest
+
+from vitune.models.default import build_digits_vit
+from vitune.models.layers import discover
+from vitune.search import warmstart
+from vitune.search.space import SearchSpace
+from vitune.search.studyfile import SpaceSpec
+
+
+@pytest.fixture(scope="module")
+def space():
+    spec = SpaceSpec(precision=("fp32", "int8"), rank_fraction=(1.0, 0.5, 0.25), prune_heads=(0.0,), prune_mlp=(0.0,), distill_steps=(0,))
+    return SearchSpace.build(spec, discover(build_digits_vit()))
+
+
+def synthetic_sweep(space):
+    """A sensitivity sweep: int8 everywhere saves 0.4 ms, rank 0.5 0.3 ms, rank 0.25 0.5 ms; each
+    option alone costs its own made-up accuracy drop, larger for later layers."""
+    identity = space.identity_params()
+    saving = {("precision", "int8"): 0.4, ("rank_fraction", 0.5): 0.3, ("rank_fraction", 0.25): 0.5}
+    uniform = [{"knob": k, "value": v, "params": p, "accuracy": 0.9, "latency_ms": 1.0 - saving[(k, v)], "error": None}
+               for k, v, p in warmstart.uniform_params(space)]
+    options = []
+    for i, (name, menu) in enumerate((n, m) for n, m in space.choices if len(m) > 1):
+        for v in menu:
+            if v != identity[name]:
+                options.append({"param": name, "value": v, "accuracy": 0.98 - 0.001 * i - (0.01 if v == 0.25 else 0.0)})
+    return {"identity": {"accuracy": 0.98, "latency_ms": 1.0}, "options": options, "uniform": uniform, "complete": True}
+
+
+def test_the_latency_walk_ends_with_every_layer_at_its_largest_saving(space):
+    sweep = synthetic_sweep(space)
+    walk = warmstart.latency_walk(space, sweep)
+    estimates = [e for e, _ in walk]
+    assert estimates == sorted(estimates, reverse=True)  # each step saves more
+    assert estimates[-1] == pytest.approx(1.0 - 0.4 - 0.5)  # int8 and rank 0.25 everywhere
+    last = walk[-1][1]
+    assert all(v == "int8" for n, v in last.items() if n.endswith("precision"))
+    assert all(v == 0.25 for n, v in last.items() if n.endswith("rank_fraction"))
+    picks = warmstart.walked_by_latency(space, sweep)
+    assert picks[0][0] == last and len(picks) == len(warmstart.WALK_FRACTIONS)
+    assert [ms for _, ms in picks] == sorted(ms for _, ms in picks)  # fastest first
+
+
+def test_first_trials_interleave_guided_walked_and_uniform(space):
+    sweep = synthetic_sweep(space)
+    first = warmstart.first_trials(space, sweep, 4)
+    assert [origin.split(" ")[0] for _, origin in first] == ["uncompressed", "guided", "latency", "uniform"]
+    assert first[2][0] == warmstart.latency_walk(space, sweep)[-1][1]  # the walk's fast end comes first
+    assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))
