@@ -9,7 +9,7 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
    --strategy greedy-rank``'s :func:`~vitune.compression.allocate.allocate`);
 2. the same ranks compressed by plain ``svd``, activation-aware ``aa`` and ``aa-residual`` (the
    seeds' principal term + residual with error compensation), each in a process of its own:
-   wall time, peak resident memory, parameters and stored bytes kept, and the output error
+   wall time and CPU time, peak resident memory, parameters and stored bytes kept, and the output error
    ``‖f̂(x) − f(x)‖ / ‖f(x)‖`` of the final features and of the logits, on the calibration images
    and on held-out (validation) images;
 3. the uncompressed model and the ``aa-residual`` result built as ``apply`` ships them (the
@@ -83,6 +83,7 @@ def run_method(study: Path, out: Path, error_images: int) -> None:
     spec = load_study_file(study)
     ws = load_workspace(spec.model, spec.data, progress=False)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    use0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
     config = allocate("greedy-rank", ws.model, discover(ws.model), calib.x, float(json.loads(out.read_text())["budget"]), spec.methods)
@@ -94,6 +95,7 @@ def run_method(study: Path, out: Path, error_images: int) -> None:
     doc = json.loads(out.read_text())
     doc.update({
         "lowrank": spec.methods.lowrank, "allocate_s": t_alloc, "compress_s": t_total - t_alloc, "wall_s": t_total,
+        "cpu_s": (lambda u: u.ru_utime + u.ru_stime - use0.ru_utime - use0.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0,
         "params": params, "params_uncompressed": base_params, "params_kept": params / base_params,
         "size_bytes": size, "size_bytes_uncompressed": base_size,
@@ -195,7 +197,7 @@ def main() -> None:
         print(f"  {row['params_kept']:.3f} of {row['params_uncompressed']:,} parameters kept; output error (features / logits): "
               f"calibration {row['error_calib']['features']:.4f} / {row['error_calib']['logits']:.4f}, "
               f"held-out {row['error_val']['features']:.4f} / {row['error_val']['logits']:.4f}; "
-              f"{row['wall_s']:.1f} s (allocation {row['allocate_s']:.1f} s), peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"{row['wall_s']:.1f} s (allocation {row['allocate_s']:.1f} s; CPU {row['cpu_s']:.0f} s), peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
         write()
     keys = {row["config_key"] for row in doc["methods"].values()}
     doc["same_ranks"] = len(keys) == 1
