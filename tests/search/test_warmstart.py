@@ -47,6 +47,6 @@ def test_the_latency_walk_ends_with_every_layer_at_its_largest_saving(space):
 def test_first_trials_interleave_guided_walked_and_uniform(space):
     sweep = synthetic_sweep(space)
     first = warmstart.first_trials(space, sweep, 4)
-    assert [origin.split(" ")[0] for _, origin in first] == ["uncompressed", "guided", "latency", "uniform"]
-    assert first[2][0] == warmstart.latency_walk(space, sweep)[-1][1]  # the walk's fast end comes first
+    assert [origin.split(" ")[0] for _, origin in first] == ["uncompressed", "guided", "uniform", "latency"]
+    assert first[3][0] == warmstart.latency_walk(space, sweep)[-1][1]  # the walk's fast end comes first
     assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))

@@ -217,14 +217,14 @@ def walked_by_latency(space, sweep: dict, fractions=WALK_FRACTIONS) -> list[tupl
 
 def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]]:
     """What to enqueue, each with its origin (shown in reports): the uncompressed model, then in
-    turn the sensitivity-guided configurations (accuracy-drop budgets), the latency walk's (from
-    its fast end) and the uniform ones (the same option on every layer), so a small budget still
-    gets every kind."""
+    turn the sensitivity-guided configurations (accuracy-drop budgets), the uniform ones (the same
+    option on every layer, the report's baselines) and the latency walk's (from its fast end), so
+    a budget of four or more gets every kind."""
     guided = [(p, f"guided (accuracy drop <= {b:g})") for p, b in guided_by_budget(space, sweep)] if sweep else []
     walked = [(p, f"latency walk (estimated {ms:.3g} ms)") for p, ms in walked_by_latency(space, sweep)] if sweep else []
     uniform = [(p, f"uniform {k} = {v}") for k, v, p in uniform_params(space)]
     out = [(space.identity_params(), "uncompressed")]
-    for pair in itertools.chain.from_iterable(itertools.zip_longest(guided, walked, uniform)):
+    for pair in itertools.chain.from_iterable(itertools.zip_longest(guided, uniform, walked)):
         if pair is not None and all(pair[0] != seen for seen, _ in out):
             out.append(pair)
     return out[: max(1, limit)]
