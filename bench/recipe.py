@@ -12,7 +12,7 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
    wall time and CPU time, peak resident memory, parameters and stored bytes kept, and the output error
    ``‖f̂(x) − f(x)‖ / ‖f(x)‖`` of the final features and of the logits, on the calibration images
    and on held-out (validation) images;
-3. the uncompressed model and the ``aa-residual`` result built as ``apply`` ships them (the
+3. in the ``aa-residual`` process, its result and the uncompressed model built as ``apply`` ships them (the
    target's tuning database; unseen workloads tuned with ``--tuning-trials`` MetaSchedule trials
    each, within ``--tuning-budget-s``) and timed in the same interleaved rounds as the
    uncompressed model in the target's best runtime (the faster of ONNX Runtime and OpenVINO on
@@ -70,8 +70,9 @@ def rel_error(model, ref_model, dataset, limit: int) -> dict:
     return {k: (num[k] / den[k]) ** 0.5 for k in num}
 
 
-def run_method(study: Path, out: Path, error_images: int) -> None:
-    """One method (the study file's ``lowrank``): allocate, compress, measure error; in this process."""
+def run_method(study: Path, out: Path, error_images: int, timed: bool) -> None:
+    """One method (the study file's ``lowrank``): allocate, compress, measure error, and if
+    ``timed`` build and time the result (:func:`timings`); in this process."""
     from vitune.compression.allocate import allocate
     from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress
@@ -82,17 +83,17 @@ def run_method(study: Path, out: Path, error_images: int) -> None:
 
     spec = load_study_file(study)
     ws = load_workspace(spec.model, spec.data, progress=False)
+    doc = json.loads(out.read_text())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     use0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
-    config = allocate("greedy-rank", ws.model, discover(ws.model), calib.x, float(json.loads(out.read_text())["budget"]), spec.methods)
+    config = allocate("greedy-rank", ws.model, discover(ws.model), calib.x, float(doc["budget"]), spec.methods)
     t_alloc = time.perf_counter() - t0
     model = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
     t_total = time.perf_counter() - t0
     params, size = model_stats(model)
     base_params, base_size = model_stats(ws.model)
-    doc = json.loads(out.read_text())
     doc.update({
         "lowrank": spec.methods.lowrank, "allocate_s": t_alloc, "compress_s": t_total - t_alloc, "wall_s": t_total,
         "cpu_s": (lambda u: u.ru_utime + u.ru_stime - use0.ru_utime - use0.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
@@ -105,47 +106,23 @@ def run_method(study: Path, out: Path, error_images: int) -> None:
         "calib_images": spec.methods.calib_images, "config_key": config.key, "config": config.to_dict(),
     })
     out.write_text(json.dumps(doc, indent=1))
+    if timed:  # after the compression's figures: the builds' memory is not counted in its peak
+        doc["latency"] = timings(spec, ws, model)
+        out.write_text(json.dumps(doc, indent=1))
 
 
-def time_builds(study: Path, config_doc: dict, log=print) -> dict:
-    """The uncompressed model and the study's compression at the greedy ranks, built with the
-    target's tuning and timed beside the best runtime's uncompressed model."""
-    from vitune.compression.calibrate import Calibration
-    from vitune.compression.config import CompressionConfig
-    from vitune.compression.pipeline import compress
-    from vitune.models.zoo import load_workspace
-    from vitune.search.study import latency_source_for
-    from vitune.search.studyfile import load_study_file
-    from vitune.targets.compile import compile_model
-    from vitune.targets.peers import build_label, measure_baseline
+def timings(spec, ws, model) -> dict:
+    """``model`` and the uncompressed one built with the target's tuning and timed beside the best
+    runtime's uncompressed model (:func:`vitune.baseline.measure_against_baseline`)."""
+    from vitune.baseline import TVM_UNCOMPRESSED, measure_against_baseline
 
-    spec = load_study_file(study)
-    ws = load_workspace(spec.model, spec.data, progress=False)
-    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
-    model = compress(ws.model, CompressionConfig.from_dict(config_doc), train_data=ws.data.train, calibration=calib)
-    profile, _, tuner = latency_source_for(spec, spec.target, "[target]")
-    example = ws.example_input(1)
-    out: dict = {}
-    try:
-        t0 = time.perf_counter()
-        base_build = compile_model(ws.model, example, profile, tuner)
-        out["uncompressed_build_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        comp_build = compile_model(model, example, profile, tuner)
-        out["compressed_build_s"] = time.perf_counter() - t0
-        out["tuning"] = tuner.report.line() if tuner is not None else "off"
-    finally:
-        if tuner is not None:
-            tuner.close()
-    base = measure_baseline(ws.model, example, profile, candidate=comp_build, others={"vitune uncompressed": base_build})
-    out.update(baseline=base.to_dict(), compressed_label=build_label(comp_build), uncompressed_label=build_label(base_build),
-               compressed_ms=base.candidate_ms, uncompressed_tvm_ms=base.others_ms.get("vitune uncompressed"),
-               reference_ms=base.latency_ms, reference=base.label,
-               speedup_vs_reference=base.speedup,
-               speedup_vs_tvm_uncompressed=(base.others_ms["vitune uncompressed"] / base.candidate_ms
-                                            if base.candidate_ms and base.others_ms.get("vitune uncompressed") else None))
-    log(base.line())
-    return out
+    t0 = time.perf_counter()
+    m = measure_against_baseline(spec, ws, model, tvm_uncompressed=True)
+    base = m.get("baseline", {})
+    tvm_ms = base.get("others_ms", {}).get(TVM_UNCOMPRESSED)
+    return {**m, "build_and_time_s": time.perf_counter() - t0, "compressed_ms": m["latency_ms"], "uncompressed_tvm_ms": tvm_ms,
+            "reference_ms": base.get("latency_ms"), "reference": base.get("label"), "speedup_vs_reference": m.get("speedup"),
+            "speedup_vs_tvm_uncompressed": tvm_ms / m["latency_ms"] if tvm_ms and m["latency_ms"] else None}
 
 
 def main() -> None:
@@ -164,10 +141,11 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the images and study files (default: a temporary one)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)  # study file, output JSON: one method in this process
+    ap.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)  # ... and its result built and timed
     args = ap.parse_args()
     if args._one:
         study, out = map(Path, args._one)
-        run_method(study, out, args.error_images)
+        run_method(study, out, args.error_images, args.timed)
         return
 
     from scale import make_images
@@ -190,8 +168,12 @@ def main() -> None:
                                     args.tuning_trials, args.tuning_budget_s))
         out = work / f"recipe-{method}.json"
         out.write_text(json.dumps({"budget": args.budget}))
-        print(f"{method}: allocating and compressing {args.model} at {args.budget:g} of its parameters ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--error-images", str(args.error_images), "--_one", str(study), str(out)], check=True)
+        timed = method == "aa-residual" and not args.no_latency  # the seeds' method is the one shipped
+        print(f"{method}: allocating and compressing {args.model} at {args.budget:g} of its parameters"
+              + (f", then building it and the uncompressed model ({args.tuning}, {args.tuning_trials} trials per new workload, "
+                 f"budget {args.tuning_budget_s:.0f} s) and timing them beside the best runtime" if timed else "") + " ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--error-images", str(args.error_images), "--_one", str(study), str(out)]
+                       + (["--timed"] if timed else []), check=True)
         row = json.loads(out.read_text())
         doc["methods"][method] = row
         print(f"  {row['params_kept']:.3f} of {row['params_uncompressed']:,} parameters kept; output error (features / logits): "
@@ -201,14 +183,17 @@ def main() -> None:
         write()
     keys = {row["config_key"] for row in doc["methods"].values()}
     doc["same_ranks"] = len(keys) == 1
-    if not args.no_latency and "aa-residual" in doc["methods"]:
-        print(f"building the uncompressed model and the aa-residual result ({args.tuning}, {args.tuning_trials} trials per new workload, "
-              f"budget {args.tuning_budget_s:.0f} s) and timing them beside the best runtime ...", flush=True)
-        doc["latency"] = time_builds(work / "recipe-aa-residual.toml", doc["methods"]["aa-residual"]["config"])
-        lat = doc["latency"]
-        print(f"  {args.model}: aa-residual at {args.budget:g} {lat['compressed_ms']:.2f} ms ({lat['compressed_label']}), "
-              f"vitune uncompressed {lat['uncompressed_tvm_ms']:.2f} ms ({lat['uncompressed_label']}), {lat['reference']} {lat['reference_ms']:.2f} ms: "
-              f"{lat['speedup_vs_reference']:.2f}x the best runtime, {lat['speedup_vs_tvm_uncompressed']:.2f}x vitune's uncompressed build", flush=True)
+    lat = doc["methods"].get("aa-residual", {}).get("latency")
+    if lat is not None:
+        doc["latency"] = lat
+        if lat["latency_ms"] is None:
+            print(f"  {args.model}: aa-residual not timed: {lat['latency_error']}", flush=True)
+        else:
+            kernels = lat["kernels"]
+            print(f"  {args.model}: aa-residual at {args.budget:g} {lat['compressed_ms']:.2f} ms ({kernels['candidate']}), "
+                  f"vitune uncompressed {lat['uncompressed_tvm_ms']:.2f} ms ({kernels.get('vitune uncompressed')}), "
+                  f"{lat['reference']} {lat['reference_ms']:.2f} ms: {lat['speedup_vs_reference']:.2f}x the best runtime, "
+                  f"{lat['speedup_vs_tvm_uncompressed']:.2f}x vitune's uncompressed build", flush=True)
     write()
     if args.json:
         print(f"wrote {args.json}")

@@ -61,27 +61,37 @@ def build_baseline(spec, strategy: str, params_budget: float, measure_latency: b
     }
 
 
-def measure_against_baseline(spec, ws, model) -> dict:
+TVM_UNCOMPRESSED = "vitune uncompressed"  # the name of vitune's uncompressed build among the others timed
+
+
+def measure_against_baseline(spec, ws, model, tvm_uncompressed: bool = False) -> dict:
     """The shipped build of ``model`` (the study target's tuning) and the uncompressed model in the
-    target's best runtime, timed in the same interleaved rounds: ``latency_ms``, ``latency_error``,
-    ``baseline`` (:class:`~vitune.targets.peers.Baseline` as a dict), ``speedup``, ``tuning``."""
+    target's best runtime, timed in the same interleaved rounds (and vitune's own uncompressed
+    build with them, if asked): ``latency_ms``, ``latency_error``, ``baseline``
+    (:class:`~vitune.targets.peers.Baseline` as a dict; vitune's uncompressed build in its
+    ``others_ms`` under :data:`TVM_UNCOMPRESSED`), ``speedup``, ``tuning``, ``kernels`` (how each
+    build's kernels were scheduled)."""
+    from vitune.errors import short_reason
     from vitune.search.study import latency_source_for
-    from vitune.targets.measure import measure
-    from vitune.targets.peers import Baseline, measure_baseline
+    from vitune.targets.compile import compile_model
+    from vitune.targets.peers import build_label, measure_baseline
 
     profile, _, tuner = latency_source_for(spec, spec.target, "[target]")
     example = ws.example_input(1)
-    built: list = []
+    others = {}
     try:
-        m = measure(model, example, profile, compiled_out=built, tuner=tuner)
+        built = compile_model(model, example, profile, tuner)
+        if tvm_uncompressed:
+            others[TVM_UNCOMPRESSED] = compile_model(ws.model, example, profile, tuner)
+    except Exception as err:  # a measurement is a record: the reason, not an exception
+        return {"latency_ms": None, "latency_error": f"compile failed on {profile.name}: {short_reason(err)}", "tuning": spec.target.tuning}
     finally:
         if tuner is not None:
             tuner.close()
-    if not m.ok:
-        return {"latency_ms": None, "latency_error": m.error, "tuning": spec.target.tuning}
-    base: Baseline = measure_baseline(ws.model, example, profile, candidate=built[0])
-    return {"latency_ms": base.candidate_ms or m.latency_ms, "latency_error": None, "baseline": base.to_dict(),
-            "speedup": base.speedup, "tuning": spec.target.tuning}
+    base = measure_baseline(ws.model, example, profile, candidate=built, others=others)
+    return {"latency_ms": base.candidate_ms, "latency_error": None if base.candidate_ms else "; ".join(base.errors.values()) or "not timed",
+            "baseline": base.to_dict(), "speedup": base.speedup, "tuning": spec.target.tuning,
+            "kernels": {"candidate": build_label(built), **{k: build_label(v) for k, v in others.items()}}}
 
 
 def write_record(record: dict, out: Path) -> None:
