@@ -107,3 +107,61 @@ def test_tuned_kernels_read_weights_laid_out_once(tiny_vit, fast_target, tmp_pat
     assert all(tuple(p.shape) in original for p in plain.params)
     with pytest.raises(Exception):
         plain.runtime_module()[TRANSFORM_PARAMS]
+
+
+def _every_record_reads_back(folder) -> int:
+    """Open ``folder``'s database as MetaSchedule does (it replays every record on its workload)."""
+    from vitune.targets.tuning import json_database
+
+    return len(json_database(folder, allow_missing=False).get_all_tuning_records())
+
+
+def test_two_tuners_of_one_database_keep_its_records_on_their_workloads(tiny_mlp, fast_target, tmp_path, monkeypatch):
+    """Two writers of one database (two study workers, a study beside `vitune tune`): the one
+    that opened it first tunes after the other appended workloads. Each process numbers its
+    workloads by what it read, so without re-reading under the lock its records named the
+    other's workloads and the database stopped opening."""
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    model, x = tiny_mlp
+    early = Tuner(fast_target, "tune", trials_per_task=2)
+    early.database  # opened (empty) before the other process writes
+    compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    # the same first layer (a workload the other tuned), a new last one
+    other = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 12)).eval()
+    late = compile_model(other, x, fast_target, early)
+    assert late.tuning.tuned >= 1 and late.tuning.from_database >= 1  # the other's records, read under the lock
+    assert _every_record_reads_back(database_dir(fast_target)) >= late.tuning.workloads + 1
+
+
+def test_a_database_that_no_longer_opens_keeps_its_readable_records(tiny_mlp, fast_target, tmp_path, monkeypatch, caplog):
+    import json
+
+    from vitune.targets.tuning import open_database
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    model, x = tiny_mlp
+    first = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    folder = database_dir(fast_target)
+    records = folder / "records.json"
+    lines = records.read_text().splitlines()
+    good = len(lines)
+    assert good >= first.tuning.workloads
+    # what two writers did: a record that names another workload (its schedule does not replay
+    # there), and a line torn by a process killed mid-write
+    idx, rec = json.loads(lines[0])
+    others = [json.loads(line)[0] for line in lines if json.loads(line)[0] != idx]
+    assert others
+    lines += [json.dumps([others[0], rec]), lines[0][: len(lines[0]) // 2]]
+    records.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(Exception):
+        _every_record_reads_back(folder)
+
+    with caplog.at_level("WARNING"):
+        db = open_database(fast_target)
+    assert len(db.get_all_tuning_records()) == good
+    assert f"kept {good} records, dropped 2" in caplog.text
+    (aside,) = folder.glob("unreadable-*")
+    assert len((aside / "records.json").read_text().splitlines()) == good + 2
+    # and the repaired database serves the model's workloads again, without tuning
+    again = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    assert again.tuning.from_database == again.tuning.workloads and again.tuning.tuned == 0

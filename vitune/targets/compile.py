@@ -202,7 +202,9 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
         timings["tune_s"] = report.seconds
-        timings["build_s"] -= report.seconds
+        timings["build_s"] -= report.seconds + report.waited_s
+        if report.waited_s:
+            timings["tune_wait_s"] = report.waited_s
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
     if layout is not None:

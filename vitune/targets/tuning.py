@@ -12,7 +12,9 @@ a local device, timed) in one watched worker process, :mod:`vitune.targets.mswor
 whose build or run passes its deadline (the profile's ``[tuning]`` table) or crashes the worker
 is failed with its reason, the worker is replaced and tuning carries on; the full reasons go to
 the database's ``failures/failures.log``. Targets with an ``rpc`` runner are timed on the device
-by :mod:`vitune.targets.msremote`.
+by :mod:`vitune.targets.msremote`. Processes share the folder through :func:`database_lock`
+(one writer at a time, re-reading the files first); a database that no longer opens is
+repaired on open, keeping every record that still reads back (:func:`repair_database`).
 
 Modes (``[target] tuning`` in a study file):
 
@@ -27,11 +29,13 @@ Modes (``[target] tuning`` in a study file):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +69,7 @@ class TuneReport:
     crashed: int = 0  # ... of which: crashed the worker
     failures_log: str = ""  # where the stopped and crashed candidates' full reasons are
     seconds: float = 0.0
+    waited_s: float = 0.0  # waiting for another process's tuning into the same database (database_lock)
     names: list[str] = field(default_factory=list)  # tuned workloads
     seed_note: str = ""  # where the shipped schedules were tuned, e.g. " tuned on znver5, not this CPU"
 
@@ -75,6 +80,7 @@ class TuneReport:
         self.failures_log = other.failures_log or self.failures_log
         self.seed_note = other.seed_note or self.seed_note
         self.seconds += other.seconds
+        self.waited_s += other.waited_s
         self.names += other.names
 
     def line(self) -> str:
@@ -99,10 +105,99 @@ def database_dir(profile) -> Path:
     return cache_dir() / "tuning" / f"{profile.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def open_database(profile):
+@contextmanager
+def database_lock(folder: Path, exclusive: bool):
+    """The database's lock across processes: shared to read its files, exclusive to write them.
+
+    MetaSchedule's JSON database is not safe for two writers: each process numbers the
+    workloads it appends by its own in-memory count, so two processes tuning into one folder
+    (two study workers, a study beside ``vitune tune``) point each other's records at the
+    wrong workloads. Seen here: 1840 of 5317 records of the local CPU's database, every one
+    after workload 275, replayed their schedules on another workload and failed
+    (``old_outputs.size() == new_outputs.size()``), and the database no longer opened. A
+    writer holds this lock and re-reads the files under it (:meth:`Tuner.prepare`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_database(profile, locked: bool = False):
+    """The target's database; one that no longer opens is repaired first (:func:`repair_database`).
+    ``locked``: the caller holds :func:`database_lock` exclusively."""
     folder = database_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if locked:
+            return json_database(folder, allow_missing=True)
+        with database_lock(folder, exclusive=False):
+            return json_database(folder, allow_missing=True)
+    except Exception as err:  # noqa: BLE001 -- TVM raises its own error types
+        reason = short_error(err)
+    if locked:
+        repair_database(folder, reason)
+    else:
+        with database_lock(folder, exclusive=True):
+            try:  # another process may have repaired it while this one waited
+                return json_database(folder, allow_missing=True)
+            except Exception:  # noqa: BLE001
+                repair_database(folder, reason)
     return json_database(folder, allow_missing=True)
+
+
+def short_error(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:200]
+
+
+def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
+    """Keep the records of ``folder`` that still read back on their workload; move the files as
+    they were to ``unreadable-<time>/`` beside them and say so. Returns ``(kept, dropped)``.
+
+    A record is kept when its line parses and its schedule replays on the workload it names
+    (what MetaSchedule checks when it opens the database); a workload is kept when it parses.
+    Lines torn by a process killed mid-write are dropped the same way. The caller holds
+    :func:`database_lock` exclusively."""
+    from tvm.s_tir import meta_schedule as ms
+
+    import_tensor_intrinsics()
+    wpath, rpath = folder / "workloads.json", folder / "records.json"
+    workloads, index = [], {}
+    if wpath.exists():
+        for i, line in enumerate(wpath.read_text().splitlines()):
+            try:
+                ms.database.Workload.from_json(json.loads(line))
+            except Exception:  # noqa: BLE001
+                continue
+            index[i] = len(workloads)
+            workloads.append(line)
+    parsed = [ms.database.Workload.from_json(json.loads(line)) for line in workloads]
+    kept, dropped = [], 0
+    if rpath.exists():
+        for line in rpath.read_text().splitlines():
+            try:
+                idx, rec = json.loads(line)
+                ms.database.TuningRecord.from_json(rec, parsed[index[idx]])
+                kept.append(json.dumps([index[idx], rec]))
+            except Exception:  # noqa: BLE001
+                dropped += 1
+    aside = folder / f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(exist_ok=True)
+    for path, lines in ((wpath, workloads), (rpath, kept)):
+        if path.exists():
+            path.replace(aside / path.name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        tmp.replace(path)
+    logging.getLogger(__name__).warning(
+        "tuning database %s did not open (%s): kept %d records, dropped %d that no longer read back "
+        "(their workloads are tuned again on first need); the files as they were are in %s",
+        folder, reason, len(kept), dropped, aside,
+    )
+    return len(kept), dropped
 
 
 def json_database(folder: Path, allow_missing: bool):
@@ -357,8 +452,18 @@ class Tuner:
         report.seed_note = self.seed_note(list({id(s): s for s in used}.values()))
         if unseen and self.mode == "tune" and self._left_s() > 0:
             t0 = time.perf_counter()
-            self._tune(unseen, target, db, report)
-            report.seconds = time.perf_counter() - t0
+            # one writer at a time, on the files as they are now (see database_lock): another
+            # process may have tuned some of these meanwhile
+            with database_lock(self.database_path, exclusive=True):
+                self._db = db = open_database(self.profile, locked=True)
+                waited = time.perf_counter() - t0
+                theirs = [t for t in unseen if self._has_record(db, t, target)]
+                unseen = [t for t in unseen if t not in theirs]
+                report.from_database += len(theirs)
+                if unseen:
+                    self._tune(unseen, target, db, report)
+            report.waited_s = waited
+            report.seconds = time.perf_counter() - t0 - waited
             tuned = [t for t in unseen if self._has_record(db, t, target)]
             report.tuned = len(tuned)
             report.names = [t.task_name for t in tuned]
