@@ -42,6 +42,10 @@ def test_the_latency_walk_ends_with_every_layer_at_its_largest_saving(space):
     picks = warmstart.walked_by_latency(space, sweep)
     assert picks[0][0] == last and len(picks) == len(warmstart.WALK_FRACTIONS)
     assert [ms for _, ms in picks] == sorted(ms for _, ms in picks)  # fastest first
+    back = warmstart.walked_from_end(space, sweep)
+    assert [p for p, _ in back[:3]] == [walk[-1][1], walk[-2][1], walk[-3][1]]  # the fast end step by step
+    assert [p for p, _ in back[3:5]] == [walk[-5][1], walk[-9][1]]  # then further apart
+    assert len(back) == sum(1 for k in warmstart.WALK_BACK if k < len(walk))
 
 
 def test_first_trials_interleave_guided_walked_and_uniform(space):
