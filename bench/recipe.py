@@ -63,8 +63,9 @@ def rel_error(model, ref_model, dataset, limit: int) -> dict:
     den = {"features": 0.0, "logits": 0.0}
     with torch.inference_mode():
         for x, _ in iterate(dataset, 32, limit):
-            for name, fn in (("features", lambda m: m.forward_head(m.forward_features(x), pre_logits=True)), ("logits", lambda m: m(x))):
-                a, b = fn(model), fn(ref_model)
+            tokens = model.forward_features(x), ref_model.forward_features(x)  # one pass of each model
+            for name, pre_logits in (("features", True), ("logits", False)):
+                a, b = (m.forward_head(t, pre_logits=pre_logits) for m, t in zip((model, ref_model), tokens))
                 num[name] += float((a - b).pow(2).sum())
                 den[name] += float(b.pow(2).sum())
     return {k: (num[k] / den[k]) ** 0.5 for k in num}
