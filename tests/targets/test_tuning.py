@@ -159,9 +159,34 @@ def test_a_database_that_no_longer_opens_keeps_its_readable_records(tiny_mlp, fa
     with caplog.at_level("WARNING"):
         db = open_database(fast_target)
     assert len(db.get_all_tuning_records()) == good
-    assert f"kept {good} records, dropped 2" in caplog.text
+    assert f"kept {good} records, dropped 2" in caplog.text and "needed repair" in caplog.text
     (aside,) = folder.glob("unreadable-*")
     assert len((aside / "records.json").read_text().splitlines()) == good + 2
     # and the repaired database serves the model's workloads again, without tuning
     again = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
     assert again.tuning.from_database == again.tuning.workloads and again.tuning.tuned == 0
+
+
+def test_a_repeated_workload_is_merged_before_it_misnumbers_new_records(tiny_mlp, fast_target, tmp_path, monkeypatch, caplog):
+    """A workloads.json that repeats a line opens (MetaSchedule reads the repeat once), but the
+    next workload appended gets the repeat's number, and its records name the wrong workload."""
+    from vitune.targets.tuning import open_database, repeated_workloads
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    model, x = tiny_mlp
+    compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    folder = database_dir(fast_target)
+    workloads = folder / "workloads.json"
+    lines = workloads.read_text().splitlines()
+    workloads.write_text("".join(f"{line}\n" for line in [*lines, lines[0]]))
+    assert repeated_workloads(folder) == {len(lines): 0}
+    _every_record_reads_back(folder)  # it still opens: nothing says it is broken
+
+    with caplog.at_level("WARNING"):
+        open_database(fast_target)
+    assert "repeats 1 workloads" in caplog.text
+    assert repeated_workloads(folder) == {} and len(workloads.read_text().splitlines()) == len(lines)
+    other = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 12)).eval()
+    late = compile_model(other, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    assert late.tuning.tuned >= 1
+    assert _every_record_reads_back(folder) >= len(lines) + late.tuning.tuned

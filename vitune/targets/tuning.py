@@ -126,26 +126,65 @@ def database_lock(folder: Path, exclusive: bool):
 
 
 def open_database(profile, locked: bool = False):
-    """The target's database; one that no longer opens is repaired first (:func:`repair_database`).
-    ``locked``: the caller holds :func:`database_lock` exclusively."""
+    """The target's database; one that no longer opens, or whose workloads file repeats a
+    workload, is repaired first (:func:`repair_database`). ``locked``: the caller holds
+    :func:`database_lock` exclusively."""
     folder = database_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        if locked:
-            return json_database(folder, allow_missing=True)
-        with database_lock(folder, exclusive=False):
-            return json_database(folder, allow_missing=True)
-    except Exception as err:  # noqa: BLE001 -- TVM raises its own error types
-        reason = short_error(err)
     if locked:
-        repair_database(folder, reason)
-    else:
-        with database_lock(folder, exclusive=True):
-            try:  # another process may have repaired it while this one waited
+        return _open_or_repair(folder)
+    with database_lock(folder, exclusive=False):
+        try:
+            if not repeated_workloads(folder):
                 return json_database(folder, allow_missing=True)
-            except Exception:  # noqa: BLE001
-                repair_database(folder, reason)
+        except Exception:  # noqa: BLE001 -- TVM raises its own error types; repaired below
+            pass
+    with database_lock(folder, exclusive=True):  # another process may have repaired it meanwhile
+        return _open_or_repair(folder)
+
+
+def _open_or_repair(folder: Path):
+    reason = ""
+    repeated = repeated_workloads(folder)
+    if repeated:
+        reason = f"workloads.json repeats {len(repeated)} workloads (lines {', '.join(str(i + 1) for i in sorted(repeated)[:5])})"
+    else:
+        try:
+            return json_database(folder, allow_missing=True)
+        except Exception as err:  # noqa: BLE001
+            reason = short_error(err)
+    repair_database(folder, reason)
     return json_database(folder, allow_missing=True)
+
+
+def _workload_hash(line: str) -> str:
+    """The structural hash a workloads.json line starts with (``["<hash>", ...``), without
+    parsing the rest of the line."""
+    head = line[: line.find(",")] if "," in line else line
+    return head.strip('[" ')
+
+
+def repeated_workloads(folder: Path) -> dict[int, int]:
+    """``{line: earlier line}`` for each line of ``workloads.json`` that repeats an earlier
+    workload (the same structural hash).
+
+    MetaSchedule reads a repeated workload once, so it numbers the next workload it appends
+    by a count one short of the file's lines: from then on every record it writes names the
+    workload before its own. Two processes appending the same workload left such a pair in
+    the local CPU's database, and a later run's 224 new records all failed to read back."""
+    path = folder / "workloads.json"
+    if not path.exists():
+        return {}
+    first: dict[str, int] = {}
+    out = {}
+    with open(path) as fh:
+        for i, line in enumerate(fh):
+            h = _workload_hash(line)
+            if h in first:
+                out[i] = first[h]
+            else:
+                first[h] = i
+    return out
 
 
 def short_error(err: BaseException) -> str:
@@ -157,22 +196,29 @@ def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
     """Keep the records of ``folder`` that still read back on their workload; move the files as
     they were to ``unreadable-<time>/`` beside them and say so. Returns ``(kept, dropped)``.
 
-    A record is kept when its line parses and its schedule replays on the workload it names
-    (what MetaSchedule checks when it opens the database); a workload is kept when it parses.
+    A workload is kept when it parses and is not a repeat (:func:`repeated_workloads`: a
+    repeat's records go to the first); a record is kept when its line parses and its schedule
+    replays on the workload it names (what MetaSchedule checks when it opens the database).
     Lines torn by a process killed mid-write are dropped the same way. The caller holds
     :func:`database_lock` exclusively."""
     from tvm.s_tir import meta_schedule as ms
 
     import_tensor_intrinsics()
     wpath, rpath = folder / "workloads.json", folder / "records.json"
-    workloads, index = [], {}
+    workloads: list[str] = []
+    index: dict[int, int] = {}  # line of workloads.json -> line of the repaired file
+    by_hash: dict[str, int] = {}
     if wpath.exists():
         for i, line in enumerate(wpath.read_text().splitlines()):
+            h = _workload_hash(line)
+            if h in by_hash:
+                index[i] = by_hash[h]
+                continue
             try:
                 ms.database.Workload.from_json(json.loads(line))
             except Exception:  # noqa: BLE001
                 continue
-            index[i] = len(workloads)
+            index[i] = by_hash[h] = len(workloads)
             workloads.append(line)
     parsed = [ms.database.Workload.from_json(json.loads(line)) for line in workloads]
     kept, dropped = [], 0
@@ -193,7 +239,7 @@ def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
         tmp.write_text("".join(f"{line}\n" for line in lines))
         tmp.replace(path)
     logging.getLogger(__name__).warning(
-        "tuning database %s did not open (%s): kept %d records, dropped %d that no longer read back "
+        "tuning database %s needed repair (%s): kept %d records, dropped %d that no longer read back "
         "(their workloads are tuned again on first need); the files as they were are in %s",
         folder, reason, len(kept), dropped, aside,
     )
