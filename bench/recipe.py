@@ -182,8 +182,9 @@ def main() -> None:
               f"held-out {row['error_val']['features']:.4f} / {row['error_val']['logits']:.4f}; "
               f"{row['wall_s']:.1f} s (allocation {row['allocate_s']:.1f} s; CPU {row['cpu_s']:.0f} s), peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
         write()
-    keys = {row["config_key"] for row in doc["methods"].values()}
-    doc["same_ranks"] = len(keys) == 1
+    # the methods' configurations differ by their [compression] methods; their ranks must not
+    ranks = {json.dumps(row["ranks"], sort_keys=True) for row in doc["methods"].values()}
+    doc["same_ranks"] = len(ranks) == 1
     lat = doc["methods"].get("aa-residual", {}).get("latency")
     if lat is not None:
         doc["latency"] = lat
