@@ -8,7 +8,8 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
 1. ``greedy-rank`` allocation keeping ``--budget`` of the parameters (``vitune compress
    --strategy greedy-rank``'s :func:`~vitune.compression.allocate.allocate`);
 2. the same ranks compressed by plain ``svd``, activation-aware ``aa`` and ``aa-residual`` (the
-   seeds' principal term + residual with error compensation), each in a process of its own:
+   seeds' principal term + residual with error compensation; ``aa-residual+als`` fits the
+   residual by alternating least squares instead of Adam), each in a process of its own:
    wall time and CPU time, peak resident memory, parameters and stored bytes kept, and the output error
    ``‖f̂(x) − f(x)‖ / ‖f(x)‖`` of the final features and of the logits, on the calibration images
    and on held-out (validation) images;
@@ -22,7 +23,7 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
 Accuracy needs the user's ImageNet (pretrained weights and a validation folder); the README's
 "Real models" section says how to run the same recipe on it.
 
-    python bench/recipe.py [--model deit_base_patch16_224] [--budget 0.4] [--methods svd,aa,aa-residual]
+    python bench/recipe.py [--model deit_base_patch16_224] [--budget 0.4] [--methods svd,aa,aa-residual[,aa-residual+als]]
         [--tuning-trials 8] [--tuning-budget-s 1200] [--json F]
 """
 
@@ -42,15 +43,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CLASSES = 4
 
 
-def study_text(model: str, images: Path, lowrank: str, calib_images: int, refine_steps: int, tuning: str, trials: int, budget_s: float) -> str:
+def study_text(model: str, images: Path, method: str, calib_images: int, refine_steps: int, tuning: str, trials: int, budget_s: float) -> str:
+    """The study file of one ``method``: a ``lowrank`` method, with ``+als`` for ``aa-residual``
+    fitted by alternating least squares (``refine_solver = "als"``)."""
     from scale import FRACTIONS
+
+    lowrank, _, solver = method.partition("+")
+    solver_line = f'refine_solver = "{solver}"\n' if solver else ""
 
     fractions = ", ".join(f"{k} = {v}" for k, v in FRACTIONS.items())
     return (f'[study]\nname = "recipe"\n\n[model]\nsource = "timm"\nname = "{model}"\npretrained = false\nnum_classes = {CLASSES}\n\n'
             f'[data]\nsource = "imagefolder"\nroot = "{images}"\nfractions = {{ {fractions} }}\n\n'
             f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = {trials}\n'
             f'tuning_budget_s = {budget_s}\n\n'
-            f'[compression]\nlowrank = "{lowrank}"\ncalib_images = {calib_images}\nrefine_steps = {refine_steps}\n')
+            f'[compression]\nlowrank = "{lowrank}"\ncalib_images = {calib_images}\nrefine_steps = {refine_steps}\n{solver_line}')
 
 
 def rel_error(model, ref_model, dataset, limit: int) -> dict:
@@ -91,12 +97,13 @@ def run_method(study: Path, out: Path, error_images: int, timed: bool) -> None:
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
     config = allocate("greedy-rank", ws.model, discover(ws.model), calib.x, float(doc["budget"]), spec.methods)
     t_alloc = time.perf_counter() - t0
-    model = compress(ws.model, config, train_data=ws.data.train, calibration=calib)
+    details: dict = {}
+    model = compress(ws.model, config, train_data=ws.data.train, calibration=calib, report=details)
     t_total = time.perf_counter() - t0
     params, size = model_stats(model)
     base_params, base_size = model_stats(ws.model)
     doc.update({
-        "lowrank": spec.methods.lowrank, "allocate_s": t_alloc, "compress_s": t_total - t_alloc, "wall_s": t_total,
+        "lowrank": spec.methods.lowrank, "refine_solver": spec.methods.refine_solver, "allocate_s": t_alloc, "compress_s": t_total - t_alloc, "wall_s": t_total,
         "cpu_s": (lambda u: u.ru_utime + u.ru_stime - use0.ru_utime - use0.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0,
         "params": params, "params_uncompressed": base_params, "params_kept": params / base_params,
@@ -105,6 +112,8 @@ def run_method(study: Path, out: Path, error_images: int, timed: bool) -> None:
         "error_calib": rel_error(model, ws.model, ws.data.calib, error_images),
         "error_val": rel_error(model, ws.model, ws.data.val, error_images),
         "calib_images": spec.methods.calib_images, "config_key": config.key, "config": config.to_dict(),
+        # aa-residual: each layer's output loss before and after the error compensation
+        "refine": details.get("lowrank", {}),
     })
     out.write_text(json.dumps(doc, indent=1))
     if timed:  # after the compression's figures: the builds' memory is not counted in its peak

@@ -11,14 +11,16 @@ def recipe():
     return load_bench("recipe")
 
 
-@pytest.mark.parametrize("lowrank", ["svd", "aa", "aa-residual"])
-def test_each_method_gets_a_study_file_vitune_reads(recipe, lowrank, tmp_path):
+@pytest.mark.parametrize("method", ["svd", "aa", "aa-residual", "aa-residual+als"])
+def test_each_method_gets_a_study_file_vitune_reads(recipe, method, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    path = tmp_path / f"recipe-{lowrank}.toml"
-    path.write_text(recipe.study_text("deit_base_patch16_224", images, lowrank, 64, 50, "tune", 8, 600.0))
+    path = tmp_path / f"recipe-{method}.toml"
+    path.write_text(recipe.study_text("deit_base_patch16_224", images, method, 64, 50, "tune", 8, 600.0))
     spec = load_study_file(path)
-    assert spec.methods.lowrank == lowrank and spec.methods.calib_images == 64 and spec.methods.refine_steps == 50
+    lowrank, _, solver = method.partition("+")
+    assert spec.methods.lowrank == lowrank and spec.methods.refine_solver == (solver or "adam")
+    assert spec.methods.calib_images == 64 and spec.methods.refine_steps == 50
     assert spec.model.name == "deit_base_patch16_224" and not spec.model.pretrained
     assert spec.target.tuning == "tune" and spec.target.tuning_trials == 8 and spec.target.tuning_budget_s == 600.0
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from vitune.compression.lowrank import WhitenedSVD, factorize, factorize_aa, factorize_aa_residual, gram, output_error
-from vitune.compression.methods import CompressionMethods
+from vitune.compression.methods import REFINE_SOLVERS, CompressionMethods
 from vitune.compression.modules import LowRankLinear
 from vitune.errors import ConfigError
 
@@ -49,12 +49,13 @@ def test_activation_aware_beats_plain_svd_on_output_error():
         assert aware == pytest.approx(expected, rel=1e-3)
 
 
-def test_residual_refinement_never_ends_above_its_start_and_compensates_upstream_error():
+@pytest.mark.parametrize("solver", REFINE_SOLVERS)
+def test_residual_refinement_never_ends_above_its_start_and_compensates_upstream_error(solver):
     torch.manual_seed(3)
     layer = nn.Linear(24, 32)
     x_ref = _correlated_inputs()
     x = x_ref + 0.05 * torch.randn_like(x_ref) + 0.1  # what an approximated upstream layer delivers
-    m = CompressionMethods(refine_steps=200)
+    m = CompressionMethods(refine_steps=200, refine_solver=solver)
     module, info = factorize_aa_residual(layer, 6, x, x_ref, m)
     assert module.rank == 6 and info["residual_rank"] == 2
     assert info["loss_end"] < info["loss_start"]
@@ -64,11 +65,30 @@ def test_residual_refinement_never_ends_above_its_start_and_compensates_upstream
         assert float((module(x) - target).norm()) < float((before(x) - target).norm())
 
 
-def test_rank_one_has_no_residual_term():
+@pytest.mark.parametrize("solver", REFINE_SOLVERS)
+def test_rank_one_has_no_residual_term(solver):
     layer = nn.Linear(8, 8)
     x = torch.randn(50, 8)
-    module, info = factorize_aa_residual(layer, 1, x, x)
+    module, info = factorize_aa_residual(layer, 1, x, x + 0.1, CompressionMethods(refine_solver=solver))
     assert info["residual_rank"] == 0 and module.rank == 1
+    assert info["loss_end"] <= info["loss_start"]  # the bias alone still compensates the shift
+
+
+def test_least_squares_refinement_fits_at_least_as_well_as_many_adam_steps():
+    """ALS solves each factor exactly (no step size): in 50 sweeps it ends at or below where 400
+    Adam steps end, and the module it returns computes the loss it reports."""
+    torch.manual_seed(4)
+    layer = nn.Linear(24, 40)
+    x_ref = _correlated_inputs()
+    x = x_ref @ (torch.eye(24) + 0.05 * torch.randn(24, 24)) + 0.2  # upstream error to compensate
+    adam = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="adam", refine_steps=400))[1]
+    module, als = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="als", refine_steps=50))
+    assert als["loss_end"] < als["loss_start"]
+    assert als["loss_end"] <= adam["loss_end"] * (1 + 1e-6)
+    with torch.no_grad():
+        target = layer(x_ref).double()
+        got = float((module(x).double() - target).pow(2).sum() / target.pow(2).sum())
+    assert got == pytest.approx(als["loss_end"], rel=1e-3)
 
 
 @pytest.mark.parametrize("method", [factorize, lambda l, r, where: factorize_aa(l, r, torch.randn(20, 8), where=where)])

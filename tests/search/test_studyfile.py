@@ -84,6 +84,7 @@ def test_compression_methods_table(tmp_path):
         ("[study]\nname='x'\n[compression]\nresidual=0.1\n", r"\[compression\]: unknown key 'residual'"),
         ("[study]\nname='x'\n[compression]\nint4_group_size=7\n", r"\[compression\] int4_group_size: must be even"),
         ("[study]\nname='x'\n[compression]\nrefine_steps=1.5\n", r"\[compression\] refine_steps: expected int, got 1\.5"),
+        ("[study]\nname='x'\n[compression]\nrefine_solver='lbfgs'\n", r"\[compression\] refine_solver: expected one of adam, als, got 'lbfgs'"),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path, body, message):

@@ -27,7 +27,15 @@ approximated) and X_ref those it receives in the model before low-rank. The grad
 compensates the error accumulated upstream, not only this layer's own truncation. P stays
 fixed (it is the closed-form optimum; training it from there lands in shallow minima). ℓ is
 quadratic in (C D, b), so the gradients are exact and computed from the Gram matrix of X̃
-(cost independent of the number of calibration tokens); the refinement keeps the best parameters seen, so ℓ never ends above its starting value. P and R
+(cost independent of the number of calibration tokens); the refinement keeps the best parameters seen, so ℓ never ends above its starting value.
+
+``refine_solver = "als"`` fits the same ℓ by alternating least squares instead of Adam: with D
+fixed, ℓ is a least-squares problem in (C, b), solved exactly through an (r_res + 1)² system;
+with C and b fixed, one in D, solved through the Cholesky factor of X̃ᵀX̃ (factored once per
+layer). Each half-step is an exact minimum, so ℓ never rises and no step size is involved;
+``refine_steps`` counts sweeps (both half-steps), stopping early once a sweep gains less than
+1e-6 of ℓ. On DeiT-B (random init, greedy ranks at 40 % of the parameters) 50 Adam steps did
+not improve on the starting point of any layer at a step size that works on DeiT-Tiny. P and R
 are merged into one rank-r pair ([P_second R_second], [P_first; R_first]), so the deployed
 layer is two matmuls, like the other methods.
 """
@@ -175,6 +183,13 @@ def factorize_aa_residual(
     def rms(v):
         return float(v.pow(2).mean().sqrt().clamp(min=1e-12))
 
+    if methods.refine_solver == "als":
+        d, c, b, start, end = _als(g, h, tt, yy, d, c, b, methods.refine_steps)
+        first = torch.cat([p_first, d]) if r_res else p_first
+        second = torch.cat([p_second, c], dim=1) if r_res else p_second
+        bias = b if (layer.bias is not None or methods.refine_steps) else None
+        return _module(first, second, bias, layer.weight.dtype), {"loss_start": start, "loss_end": end, "residual_rank": r_res}
+
     params = [b] + ([d, c] if r_res else [])
     lrs = [methods.refine_lr * rms(y)] + ([methods.refine_lr * rms(d), methods.refine_lr * rms(c)] if r_res else [])
     m1 = [torch.zeros_like(p) for p in params]
@@ -211,3 +226,42 @@ def output_error(layer: nn.Module, approx: nn.Module, x: torch.Tensor) -> float:
         bias = getattr(getattr(approx, "second", approx), "bias", None)
         got = approx(x) - (0 if bias is None else bias)
         return float((ref - got).norm() / ref.norm().clamp(min=1e-30))
+
+
+def _als(g, h, tt: float, yy: float, d, c, b, sweeps: int, tol: float = 1e-6):
+    """Alternating least squares on ℓ (see the module doc), from (D, C, b); returns the best
+    (D, C, b) seen with ℓ at the start and at the end.
+
+    ``g`` = AᵀA and ``h`` = AᵀT with A = [X̃, 1] (float64). With E = blockdiag(D, 1), the
+    (C, b) step solves (E G Eᵀ) Z = E H for Z = [Cᵀ; bᵀ]; the D step solves
+    G_xx Dᵀ (CᵀC) = (H_x − G_x1 bᵀ) C. A ridge of 1e-9 of the mean diagonal keeps both solvable
+    when the calibration inputs or the factors are rank-deficient."""
+    n_in = g.shape[0] - 1
+    r = d.shape[0]
+
+    def loss(d, c, b):
+        theta = torch.cat([(c @ d).T, b[None, :]]) if r else torch.cat([torch.zeros(n_in, h.shape[1], dtype=g.dtype), b[None, :]])
+        return (float((theta * (g @ theta)).sum()) - 2 * float((theta * h).sum()) + tt) / yy
+
+    def ridge(m):
+        return m + 1e-9 * float(m.diagonal().mean().clamp(min=1e-30)) * torch.eye(m.shape[0], dtype=m.dtype)
+
+    start = loss(d, c, b)
+    best = (start, d, c, b)
+    chol = torch.linalg.cholesky(ridge(g[:n_in, :n_in])) if r else None
+    for _ in range(sweeps):
+        e = torch.zeros(r + 1, n_in + 1, dtype=g.dtype)
+        e[:r, :n_in], e[r, n_in] = d, 1.0
+        z = torch.linalg.solve(ridge(e @ g @ e.T), e @ h)  # (r + 1) × out
+        c, b = z[:r].T.contiguous(), z[r].clone()
+        if r:
+            m = h[:n_in] - g[:n_in, n_in:] @ b[None, :]  # in × out
+            rhs = m @ c @ torch.linalg.inv(ridge(c.T @ c))  # in × r
+            d = torch.cholesky_solve(rhs, chol).T.contiguous()
+        now = loss(d, c, b)
+        gained = best[0] - now
+        if now < best[0]:
+            best = (now, d, c, b)
+        if gained < tol * max(best[0], 1e-30):
+            break
+    return best[1], best[2], best[3], start, best[0]

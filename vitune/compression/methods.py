@@ -17,8 +17,12 @@ lowrank                "aa-residual"  ``svd`` (plain truncated SVD of W), ``aa``
                                       principal term + compact residual term refined by layer-wise
                                       error compensation, see :mod:`vitune.compression.lowrank`)
 residual_share         0.25           share of a layer's rank given to the residual term
-refine_steps           100            Adam steps of the error-compensation refinement per layer
-refine_lr              0.05           step size, relative to each tensor's RMS
+refine_solver          "adam"         how the residual term is fitted: ``adam`` (gradient steps) or
+                                      ``als`` (alternating least squares: exact solves of each factor
+                                      in turn, no step size), see :mod:`vitune.compression.lowrank`
+refine_steps           100            Adam steps (or ALS sweeps) of the error-compensation refinement
+                                      per layer
+refine_lr              0.05           Adam's step size, relative to each tensor's RMS
 damping                1e-3           Tikhonov damping of XᵀX, relative to its mean diagonal
 calib_images           256            calibration images used (from the ``calib`` split)
 prune_criterion        "magnitude"    ``magnitude`` | ``activation`` | ``taylor``
@@ -45,6 +49,7 @@ from vitune.errors import ConfigError
 from vitune.tables import Table, check_between, check_choice, check_int, is_number, key_path
 
 LOWRANK_METHODS = ("svd", "aa", "aa-residual")
+REFINE_SOLVERS = ("adam", "als")
 PRUNE_CRITERIA = ("magnitude", "activation", "taylor")
 ACT_CALIBRATIONS = ("minmax", "percentile")
 
@@ -53,6 +58,7 @@ ACT_CALIBRATIONS = ("minmax", "percentile")
 class CompressionMethods:
     lowrank: str = "aa-residual"
     residual_share: float = 0.25
+    refine_solver: str = "adam"
     refine_steps: int = 100
     refine_lr: float = 0.05
     damping: float = 1e-3
@@ -75,6 +81,7 @@ class CompressionMethods:
             return key_path(where, key)
 
         check_choice(self.lowrank, LOWRANK_METHODS, at("lowrank"))
+        check_choice(self.refine_solver, REFINE_SOLVERS, at("refine_solver"))
         check_choice(self.prune_criterion, PRUNE_CRITERIA, at("prune_criterion"))
         check_choice(self.act_calibration, ACT_CALIBRATIONS, at("act_calibration"))
         check_between(self.residual_share, 0.0, 0.5, at("residual_share"), hi_open=False)
