@@ -105,6 +105,14 @@ def test_rank_deficient_inputs_are_damped_not_fatal():
     assert output_error(layer, lr, x) < 1e-2  # rank 4 covers a rank-3 input space
 
 
+def test_least_squares_refinement_survives_rank_deficient_inputs():
+    layer = nn.Linear(16, 16)
+    x_ref = torch.randn(100, 3) @ torch.randn(3, 16)  # rank 3 inputs, singular Gram matrix
+    module, info = factorize_aa_residual(layer, 8, x_ref + 0.01, x_ref, CompressionMethods(refine_solver="als", refine_steps=20))
+    assert torch.isfinite(module.first.weight).all() and torch.isfinite(module.second.weight).all()
+    assert info["loss_end"] <= info["loss_start"]
+
+
 @pytest.mark.parametrize("lowrank", ["aa", "aa-residual"])
 def test_block_by_block_inputs_are_those_of_the_whole_model(default_workspace, lowrank, monkeypatch):
     """Low-rank layer after layer reads each layer's calibration inputs from its own block, the
