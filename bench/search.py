@@ -327,11 +327,17 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
+def seeds_done(doc: dict) -> str:
+    """The seeds every method completed, e.g. ``"1 of 2"`` for a run stopped early."""
+    done = min((len(runs) for runs in doc["points"].values() if runs), default=0)
+    return str(done) if done == doc["seeds"] else f"{done} of {doc['seeds']}"
+
+
 def report(doc: dict, methods) -> None:
     rows = doc["methods"]
     ref = doc["reference"]
     fmt = lambda v, f="{:.4f}": f.format(v) if v is not None else "-"  # noqa: E731
-    print(f"{doc['trials']} evaluations per method and seed, {doc['seeds']} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms); "
+    print(f"{doc['trials']} evaluations per method and seed, {seeds_done(doc)} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms); "
           f"{doc['wall_s'] / 60:.1f} min")
     print(f"{'method':<12} {'HV median':>10} {'HV IQR':>9} {'vs random':>9} " + " ".join(f"{'acc@' + k:>8}" for k in next(iter(rows.values()))["acc_at"])
           + f" {'to 95%':>7} {'seconds':>8}")
@@ -394,7 +400,7 @@ def plot(doc: dict, methods, path: str) -> None:
     ax.set_xlabel(f"latency on {doc['target']} (ms, tuned TVM build); {doc['reference']['label']} = {ref_ms:.3f} ms")
     ax.set_ylabel(f"best validated accuracy within the latency ({doc['val_images']} images)")
     ax.set_ylim(max(ref_acc, doc["uncompressed"]["accuracy"] - 0.04), min(1.0, doc["uncompressed"]["accuracy"] + 0.015))
-    ax.set_title(f"{doc['model']}: median fronts over {doc['seeds']} seeds, {doc['trials']} evaluations each")
+    ax.set_title(f"{doc['model']}: median fronts over {seeds_done(doc)} seeds, {doc['trials']} evaluations each")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
