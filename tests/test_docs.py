@@ -68,7 +68,7 @@ def test_toml_examples_parse_and_validate(doc, tmp_path, monkeypatch):
         if data.get("model", {}).get("checkpoint"):  # paths a study names must exist when it is read
             (folder / data["model"]["checkpoint"]).write_bytes(b"")
         if data.get("data", {}).get("root"):
-            (folder / data["data"]["root"]).mkdir()
+            (folder / data["data"]["root"]).mkdir(parents=True)
         spec = parse_study(data, folder / "study.toml")
         if "/" not in spec.target.name:
             load_target(spec.target.name)  # a study's target must be one the reader can load
