@@ -186,38 +186,34 @@ def factorize_aa_residual(
         return float(v.pow(2).mean().sqrt().clamp(min=1e-12))
 
     if methods.refine_solver == "als":
-        d, c, b, start, end = _als(g, h, tt, yy, d, c, b, methods.refine_steps)
-        first = torch.cat([p_first, d]) if r_res else p_first
-        second = torch.cat([p_second, c], dim=1) if r_res else p_second
-        bias = b if (layer.bias is not None or methods.refine_steps) else None
-        return _module(first, second, bias, layer.weight.dtype), {"loss_start": start, "loss_end": end, "residual_rank": r_res}
-
-    params = [b] + ([d, c] if r_res else [])
-    lrs = [methods.refine_lr * rms(y)] + ([methods.refine_lr * rms(d), methods.refine_lr * rms(c)] if r_res else [])
-    m1 = [torch.zeros_like(p) for p in params]
-    m2 = [torch.zeros_like(p) for p in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-12
-    start, best = None, (float("inf"), None)
-    for step in range(methods.refine_steps + 1):
-        loss, grad_d, grad_c, grad_b = loss_and_grads()
-        start = loss if start is None else start
-        if loss < best[0]:
-            best = (loss, (d.clone(), c.clone(), b.clone()))
-        if step == methods.refine_steps:
-            break
-        grads = [grad_b] + ([grad_d, grad_c] if r_res else [])
-        for i, (p, grad) in enumerate(zip(params, grads)):  # Adam, in place
-            m1[i].mul_(beta1).add_(grad, alpha=1 - beta1)
-            m2[i].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            hat1 = m1[i] / (1 - beta1 ** (step + 1))
-            hat2 = m2[i] / (1 - beta2 ** (step + 1))
-            p.sub_(lrs[i] * hat1 / (hat2.sqrt() + eps))
-    d_best, c_best, b_best = best[1]
+        d_best, c_best, b_best, start, end = _als(g, h, tt, yy, d, c, b, methods.refine_steps)
+    else:
+        params = [b] + ([d, c] if r_res else [])
+        lrs = [methods.refine_lr * rms(y)] + ([methods.refine_lr * rms(d), methods.refine_lr * rms(c)] if r_res else [])
+        m1 = [torch.zeros_like(p) for p in params]
+        m2 = [torch.zeros_like(p) for p in params]
+        beta1, beta2, eps = 0.9, 0.999, 1e-12
+        start, best = None, (float("inf"), None)
+        for step in range(methods.refine_steps + 1):
+            loss, grad_d, grad_c, grad_b = loss_and_grads()
+            start = loss if start is None else start
+            if loss < best[0]:
+                best = (loss, (d.clone(), c.clone(), b.clone()))
+            if step == methods.refine_steps:
+                break
+            grads = [grad_b] + ([grad_d, grad_c] if r_res else [])
+            for i, (p, grad) in enumerate(zip(params, grads)):  # Adam, in place
+                m1[i].mul_(beta1).add_(grad, alpha=1 - beta1)
+                m2[i].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                hat1 = m1[i] / (1 - beta1 ** (step + 1))
+                hat2 = m2[i] / (1 - beta2 ** (step + 1))
+                p.sub_(lrs[i] * hat1 / (hat2.sqrt() + eps))
+        end, (d_best, c_best, b_best) = best
     first = torch.cat([p_first, d_best]) if r_res else p_first
     second = torch.cat([p_second, c_best], dim=1) if r_res else p_second
     bias = b_best if (layer.bias is not None or methods.refine_steps) else None
     module = _module(first, second, bias, layer.weight.dtype)
-    return module, {"loss_start": start, "loss_end": best[0], "residual_rank": r_res}
+    return module, {"loss_start": start, "loss_end": end, "residual_rank": r_res}
 
 
 def output_error(layer: nn.Module, approx: nn.Module, x: torch.Tensor) -> float:
@@ -262,8 +258,9 @@ def _als(g, h, tt: float, yy: float, d, c, b, sweeps: int, tol: float = 1e-6):
     for _ in range(sweeps):
         z = torch.linalg.solve(ridge(ege), eh)  # (r + 1) × out: the best (C, b) for this D
         c, b = z[:r].T.contiguous(), z[r].clone()
-        if loss(z, ege, eh) < best[0]:
-            best = (loss(z, ege, eh), d, c, b)
+        after_c = loss(z, ege, eh)
+        if after_c < best[0]:
+            best = (after_c, d, c, b)
         if not r:
             break  # the bias alone: one exact solve
         m = h[:n_in] - g[:n_in, n_in:] @ b[None, :]  # in × out

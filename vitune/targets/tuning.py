@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitune.errors import message_line
 from vitune.paths import cache_dir
 
 TUNING_MODES = ("off", "database", "tune")
@@ -152,7 +153,7 @@ def _open_or_repair(folder: Path):
         try:
             return json_database(folder, allow_missing=True)
         except Exception as err:  # noqa: BLE001
-            reason = short_error(err)
+            reason = message_line(err)[:200]
     repair_database(folder, reason)
     return json_database(folder, allow_missing=True)
 
@@ -187,11 +188,6 @@ def repeated_workloads(folder: Path) -> dict[int, int]:
     return out
 
 
-def short_error(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:200]
-
-
 def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
     """Keep the records of ``folder`` that still read back on their workload; move the files as
     they were to ``unreadable-<time>/`` beside them and say so. Returns ``(kept, dropped)``.
@@ -206,6 +202,7 @@ def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
     import_tensor_intrinsics()
     wpath, rpath = folder / "workloads.json", folder / "records.json"
     workloads: list[str] = []
+    parsed: list = []  # the kept workloads, read
     index: dict[int, int] = {}  # line of workloads.json -> line of the repaired file
     by_hash: dict[str, int] = {}
     if wpath.exists():
@@ -215,12 +212,11 @@ def repair_database(folder: Path, reason: str = "") -> tuple[int, int]:
                 index[i] = by_hash[h]
                 continue
             try:
-                ms.database.Workload.from_json(json.loads(line))
+                parsed.append(ms.database.Workload.from_json(json.loads(line)))
             except Exception:  # noqa: BLE001
                 continue
             index[i] = by_hash[h] = len(workloads)
             workloads.append(line)
-    parsed = [ms.database.Workload.from_json(json.loads(line)) for line in workloads]
     kept, dropped = [], 0
     if rpath.exists():
         for line in rpath.read_text().splitlines():
@@ -501,8 +497,8 @@ class Tuner:
             # one writer at a time, on the files as they are now (see database_lock): another
             # process may have tuned some of these meanwhile
             with database_lock(self.database_path, exclusive=True):
-                self._db = db = open_database(self.profile, locked=True)
                 waited = time.perf_counter() - t0
+                self._db = db = open_database(self.profile, locked=True)
                 theirs = [t for t in unseen if self._has_record(db, t, target)]
                 unseen = [t for t in unseen if t not in theirs]
                 report.from_database += len(theirs)
