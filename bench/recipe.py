@@ -196,13 +196,15 @@ def main() -> None:
     doc["same_ranks"] = len(ranks) == 1
     lat = doc["methods"].get("aa-residual", {}).get("latency")
     if lat is not None:
+        from vitune.baseline import TVM_UNCOMPRESSED
+
         doc["latency"] = lat
         if lat["latency_ms"] is None:
             print(f"  {args.model}: aa-residual not timed: {lat['latency_error']}", flush=True)
         else:
             kernels = lat["kernels"]
             print(f"  {args.model}: aa-residual at {args.budget:g} {lat['compressed_ms']:.2f} ms ({kernels['candidate']}), "
-                  f"vitune uncompressed {lat['uncompressed_tvm_ms']:.2f} ms ({kernels.get('vitune uncompressed')}), "
+                  f"vitune uncompressed {lat['uncompressed_tvm_ms']:.2f} ms ({kernels.get(TVM_UNCOMPRESSED)}), "
                   f"{lat['reference']} {lat['reference_ms']:.2f} ms: {lat['speedup_vs_reference']:.2f}x the best runtime, "
                   f"{lat['speedup_vs_tvm_uncompressed']:.2f}x vitune's uncompressed build", flush=True)
     write()
