@@ -132,3 +132,39 @@ def test_distillation_moves_student_towards_teacher(tiny_vit, tiny_calib, train_
     before = gap()
     losses = distill(student, tiny_vit, train_data, steps=60, settings=DistillSettings(hidden_weight=0.5), seed=0)
     assert len(losses) == 60 and gap() < before
+
+
+@pytest.mark.parametrize("hidden_weight", [0.0, 0.5])
+def test_teacher_targets_are_computed_once_per_study_and_change_nothing(hidden_weight, tiny_vit, tiny_calib, train_data):
+    """Two candidates that distil (5 and 3 steps) through one study's calibration: the teacher
+    runs 5 times in all, and each student comes out exactly as without the shared targets."""
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.distill import TeacherTargets
+
+    methods = CompressionMethods(lowrank="svd", kd_hidden_weight=hidden_weight)
+    configs = [CompressionConfig.make(_linears(tiny_vit, rank_fraction=f), distill_steps=s, methods=methods) for f, s in ((0.25, 5), (0.5, 3))]
+    shared = tiny_calib
+    for config in configs:
+        cached = compress(tiny_vit, config, train_data=train_data, calibration=shared)
+        fresh = compress(tiny_vit, config, train_data=train_data, calibration=Calibration(tiny_calib.x, tiny_calib.y))
+        for (name, a), (_, b) in zip(cached.state_dict().items(), fresh.state_dict().items()):
+            assert torch.equal(a, b), name
+    (targets,) = [v for v in shared._cache.values() if isinstance(v, TeacherTargets)]
+    assert targets.forwards == 5
+
+
+def test_teacher_targets_beyond_their_memory_are_recomputed(tiny_vit, train_data):
+    from vitune.compression.distill import DistillSettings, TeacherTargets, distill
+
+    settings = DistillSettings(hidden_weight=0.5, batch_size=8)
+    one_step = 8 * 5 * 32 * 4  # 8 images, 5 tokens (4 patches and the class token), width 32, float32
+    targets = TeacherTargets(tiny_vit, train_data, settings, keep_bytes=2 * one_step)
+    student = compress(tiny_vit, CompressionConfig.make(_linears(tiny_vit, rank_fraction=0.5), methods=CompressionMethods(lowrank="svd")))
+    for p in student.parameters():
+        p.requires_grad_(True)
+    distill(student, tiny_vit, train_data, 4, settings, targets=targets)
+    assert targets.forwards == 4
+    distill(student, tiny_vit, train_data, 4, settings, targets=targets)
+    assert targets.forwards == 6  # steps 0 and 1 kept their tokens, 2 and 3 ran the teacher again
+    with pytest.raises(ValueError, match="another teacher"):
+        distill(student, tiny_vit, train_data, 1, settings, seed=1, targets=targets)

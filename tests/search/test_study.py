@@ -312,6 +312,28 @@ def test_resuming_with_other_compression_methods_is_refused(ran):
         run_study(changed, n_trials=1, progress=False, log=lambda *_: None)
 
 
+def test_a_study_recorded_before_a_setting_existed_resumes(ran):
+    """A study made before ``refine_solver`` existed recorded no such key: it was made with Adam,
+    so it resumes under the default, and refuses ALS naming the setting."""
+    import dataclasses
+
+    from vitune.compression.methods import CompressionMethods
+
+    spec, _, _ = ran
+    study = open_study(spec, create=False)
+    meta = dict(study.user_attrs["vitune"])
+    old = {k: v for k, v in meta["methods"].items() if k != "refine_solver"}
+    study.set_user_attr("vitune", {**meta, "methods": old})
+    try:
+        run_study(spec, n_trials=0, progress=False, log=lambda *_: None)
+        changed = dataclasses.replace(spec, methods=dataclasses.replace(spec.methods, refine_solver="als"))
+        with pytest.raises(ConfigError, match=r"was run with \[compression\] refine_solver = 'adam', the study file now says 'als'"):
+            run_study(changed, n_trials=0, progress=False, log=lambda *_: None)
+    finally:
+        study.set_user_attr("vitune", meta)
+    assert CompressionMethods.as_recorded(old) == spec.methods.to_dict()
+
+
 def test_resuming_with_another_tuning_mode_is_refused(ran):
     import dataclasses
 

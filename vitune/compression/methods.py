@@ -52,6 +52,10 @@ LOWRANK_METHODS = ("svd", "aa", "aa-residual")
 REFINE_SOLVERS = ("adam", "als")
 PRUNE_CRITERIA = ("magnitude", "activation", "taylor")
 ACT_CALIBRATIONS = ("minmax", "percentile")
+# Settings added after studies were first recorded, with the value that does what vitune did
+# before each existed: a study recorded without the key was made that way (its default may
+# change later; this may not).
+BEFORE_ADDED: Mapping[str, Any] = {"refine_solver": "adam"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,14 @@ class CompressionMethods:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def as_recorded(cls, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """A methods table recorded by an earlier vitune (a study's metadata), with the settings
+        added since filled in: each by the value that does what vitune did before the setting
+        existed (:data:`BEFORE_ADDED`), else its default. Unknown keys are kept as they are."""
+        defaults = cls().to_dict()
+        return {**defaults, **{k: v for k, v in BEFORE_ADDED.items() if k in defaults}, **recorded}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "methods") -> "CompressionMethods":

@@ -25,7 +25,7 @@ from torch import nn
 
 from vitune.compression.calibrate import Calibration, blocks_chain, capture_inputs, run_chunked
 from vitune.compression.config import CompressionConfig
-from vitune.compression.distill import DistillSettings, distill
+from vitune.compression.distill import DistillSettings, TeacherTargets, distill
 from vitune.compression.lowrank import factorize, factorize_aa, factorize_aa_residual
 from vitune.compression.prune import prune_heads, prune_mlp, unit_scores
 from vitune.compression.quantize import quantize_model
@@ -139,7 +139,12 @@ def compress(
             raise ConfigError("distill_steps > 0 needs the training split, which was not given")
         for p in student.parameters():
             p.requires_grad_(True)
-        report["distill_loss"] = distill(student, model, train_data, config.distill_steps, DistillSettings.from_methods(methods), seed)
+        settings = DistillSettings.from_methods(methods)
+        targets = None
+        if calibration is not None:  # the teacher's side once per study (it never depends on the student)
+            targets = calibration.cached(("teacher_targets", id(model), id(train_data), settings, seed),
+                                         lambda: TeacherTargets(model, train_data, settings, seed))
+        report["distill_loss"] = distill(student, model, train_data, config.distill_steps, settings, seed, targets)
 
     precisions = {name: spec.precision for name, spec in config.linear_items if spec.precision != "fp32"}
     if precisions:

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 from vitune.compression.config import CompressionConfig
+from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError, message_line
 from vitune.search.budgets import META_KEYS as BUDGET_KEYS
 from vitune.search.budgets import Budget
@@ -150,6 +151,8 @@ def check_metadata(study, spec, ref, profile, more_profiles: tuple = (), objecti
         # a different budget changes which trials count; the trials themselves stay valid
         study.set_user_attr("vitune", {**meta, **budgets, "also": also})
     recorded = meta.get("methods")
+    if recorded is not None:  # settings added since the study was made are read as it was made
+        recorded = CompressionMethods.as_recorded(recorded)
     if recorded is not None and recorded != spec.methods.to_dict():
         changed = sorted(k for k in spec.methods.to_dict() if recorded.get(k) != getattr(spec.methods, k))
         key = changed[0] if changed else "?"
