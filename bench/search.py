@@ -131,19 +131,35 @@ def summarise(runs: dict[str, list[list]], ref_acc: float, ref_ms: float) -> dic
 
 # --- the methods -----------------------------------------------------------------------------
 
-def study_points(spec) -> list:
-    """The study's trials in order: (accuracy, latency) for a complete one, None otherwise."""
+def study_points(spec, evaluator=None) -> list:
+    """The study's trials in order: (accuracy, latency) for a complete one, None otherwise.
+
+    With ``evaluator`` (the bench's, sharing the results cache), each complete trial's
+    configuration is read through it: a cache hit where this run (or this code, on this target)
+    measured it, a measurement now where the study recorded it in an earlier run (resumed, with
+    other code or on another day). So a configuration has one latency in every method and seed of
+    a run, resumed studies included; without it, the values the study recorded."""
     import optuna
 
     from vitune.search.front import accuracy_of, latency_of
-    from vitune.search.study import open_study
+    from vitune.search.study import open_study, trial_config
 
     study = open_study(spec, create=False)
-    return [(accuracy_of(t), latency_of(t)) if t.state == optuna.trial.TrialState.COMPLETE else None
-            for t in sorted(study.trials, key=lambda t: t.number)]
+    out = []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            out.append(None)
+            continue
+        config = trial_config(t) if evaluator is not None else None
+        if config is None:
+            out.append((accuracy_of(t), latency_of(t)))
+            continue
+        r = evaluator.evaluate(config)
+        out.append((r.metrics.accuracy, r.metrics.latency_ms) if r.ok else None)
+    return out
 
 
-def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool, out_dir: Path) -> list:
+def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool, out_dir: Path, evaluator=None) -> list:
     from vitune.search.study import run_study
     from vitune.search.studyfile import SearchSpec
 
@@ -151,7 +167,7 @@ def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool
     spec = dataclasses.replace(base, name=f"bench-{name}-s{seed}", storage=f"sqlite:///{out_dir / f'{name}-s{seed}.db'}",
                                n_trials=trials, sampler=sampler, seed=base.seed + seed, search=search, timeout_s=0.0)
     run_study(spec, progress=True, log=lambda *_: None)
-    return study_points(spec)[:trials]
+    return study_points(spec, evaluator)[:trials]
 
 
 def evaluate_all(evaluator, configs, label: str) -> list:
@@ -302,11 +318,11 @@ def main() -> None:
         for method in methods:
             t0 = time.perf_counter()
             if method == "vitune":
-                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir)
+                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
             elif method == "nsga2":
-                pts = run_search(base, method, seed, args.trials, "nsga2", True, out_dir)
+                pts = run_search(base, method, seed, args.trials, "nsga2", True, out_dir, evaluator)
             elif method == "random":
-                pts = run_search(base, method, seed, args.trials, "random", False, out_dir)
+                pts = run_search(base, method, seed, args.trials, "random", False, out_dir, evaluator)
             elif method == "uniform":
                 pts = evaluate_all(evaluator, uniform_configs(space, args.trials, seed), f"uniform s{seed}")
             elif method == "greedy":
