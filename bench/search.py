@@ -7,6 +7,8 @@ CPU, latency of the tuned TVM build ``apply`` ships, drift-corrected), every met
 
 * ``vitune`` — the study file's sampler with warm start (sensitivity sweep) and early stopping;
 * ``nsga2`` — the same with Optuna's NSGA-II sampler;
+* ``evolution`` — the same with vitune's evolution sampler (children of the front, one to three
+  layers moved to a neighbouring option);
 * ``random`` — Optuna's RandomSampler, no warm start, no early stopping;
 * ``uniform`` — the same option on every layer: a seeded draw of the grid of the menu's levels;
 * ``greedy`` — the seeds' hardware-blind greedy rank allocation (``vitune compress --strategy
@@ -50,7 +52,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("vitune", "nsga2", "random", "uniform", "greedy", "sensitivity")
+METHODS = ("vitune", "nsga2", "evolution", "random", "uniform", "greedy", "sensitivity")
 SPEEDS = (2, 2.5, 3, 5)  # accuracy at these multiples of the reference's speed
 
 
@@ -319,8 +321,8 @@ def main() -> None:
             t0 = time.perf_counter()
             if method == "vitune":
                 pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
-            elif method == "nsga2":
-                pts = run_search(base, method, seed, args.trials, "nsga2", True, out_dir, evaluator)
+            elif method in ("nsga2", "evolution"):
+                pts = run_search(base, method, seed, args.trials, method, True, out_dir, evaluator)
             elif method == "random":
                 pts = run_search(base, method, seed, args.trials, "random", False, out_dir, evaluator)
             elif method == "uniform":

@@ -1,6 +1,7 @@
 import pytest
 
 from vitune.compression.config import CompressionConfig, LinearConfig
+from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 from vitune.models.default import build_digits_vit
 from vitune.models.layers import discover
@@ -53,6 +54,20 @@ def test_methods_are_part_of_the_record_and_the_key():
 def test_bad_methods_are_rejected_with_their_key(methods, message):
     with pytest.raises(ConfigError, match=message):
         CompressionConfig.from_dict({"methods": methods})
+
+
+def test_a_configuration_recorded_before_a_setting_existed_reads_as_it_was_made(monkeypatch):
+    # were the default to change, a configuration recorded without the key (an older trial or
+    # export) must still read as what vitune did then, not as the new default
+    from vitune.compression import methods as methods_module
+
+    monkeypatch.setattr(methods_module, "BEFORE_ADDED", {"refine_solver": "als"})
+    recorded = {k: v for k, v in CompressionMethods().to_dict().items() if k != "refine_solver"}
+    assert CompressionConfig.from_dict({"methods": recorded}).methods.refine_solver == "als"
+    assert CompressionConfig.from_dict({}).methods.refine_solver == "als"
+    assert CompressionConfig.from_dict({"methods": {**recorded, "refine_solver": "adam"}}).methods.refine_solver == "adam"
+    with pytest.raises(ConfigError, match=r"config\.methods: unknown key 'bogus'"):
+        CompressionConfig.from_dict({"methods": {**recorded, "bogus": 1}})
 
 
 def test_identity():

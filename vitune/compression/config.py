@@ -155,7 +155,11 @@ class CompressionConfig:
         heads, mlp = ({k: check_prune_ratio(v, f"{t.where}[{k!r}]") for k, v in t.data.items()}
                       for t in (table.table("prune_heads"), table.table("prune_mlp")))
         steps = check_int(data.get("distill_steps", 0), table.at("distill_steps"))
-        methods = CompressionMethods.from_dict(data.get("methods", {}), f"{where}.methods")
+        # a configuration is recorded by vitune (a trial, an export): a [compression] setting it
+        # lacks was added after it was made, and reads as what vitune did before the setting existed
+        recorded = data.get("methods", {})
+        methods = CompressionMethods.from_dict(
+            CompressionMethods.as_recorded(recorded) if isinstance(recorded, Mapping) else recorded, f"{where}.methods")
         return cls.make(linear, heads, mlp, steps, methods)
 
     @classmethod
