@@ -5,9 +5,11 @@ On the study file's model and target (default: the quickstart, i.e. ``digits_vit
 CPU, latency of the tuned TVM build ``apply`` ships, drift-corrected), every method gets
 ``--trials`` candidate evaluations per seed, ``--seeds`` times:
 
-* ``vitune`` — the study file's sampler with warm start (sensitivity sweep) and early stopping;
-* ``nsga2`` — the same with Optuna's NSGA-II sampler;
-* ``evolution`` — the same with vitune's evolution sampler (children of the front, one to three
+* ``vitune`` — the study file's sampler with warm start (sensitivity sweep), front refinement
+  (:mod:`vitune.search.refine`) and early stopping;
+* ``no-refine`` — ``vitune`` without front refinement (``[search] refine_front = false``);
+* ``nsga2`` — ``vitune`` with Optuna's NSGA-II sampler;
+* ``evolution`` — ``vitune`` with vitune's evolution sampler (children of the front, one to three
   layers moved to a neighbouring option);
 * ``random`` — Optuna's RandomSampler, no warm start, no early stopping;
 * ``uniform`` — the same option on every layer: a seeded draw of the grid of the menu's levels;
@@ -52,7 +54,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("vitune", "nsga2", "evolution", "random", "uniform", "greedy", "sensitivity")
+METHODS = ("vitune", "no-refine", "nsga2", "evolution", "random", "uniform", "greedy", "sensitivity")
 SPEEDS = (2, 2.5, 3, 5)  # accuracy at these multiples of the reference's speed
 
 
@@ -161,14 +163,19 @@ def study_points(spec, evaluator=None) -> list:
     return out
 
 
-def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool, out_dir: Path, evaluator=None) -> list:
+def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool, out_dir: Path, evaluator=None,
+               refine: bool = True) -> list:
     from vitune.search.study import run_study
     from vitune.search.studyfile import SearchSpec
 
     search = base.search if warm else dataclasses.replace(SearchSpec(), warm_start=False, min_fidelity=0.0, accuracy_shards=1)
+    search = search if refine else dataclasses.replace(search, refine_front=False)
     spec = dataclasses.replace(base, name=f"bench-{name}-s{seed}", storage=f"sqlite:///{out_dir / f'{name}-s{seed}.db'}",
                                n_trials=trials, sampler=sampler, seed=base.seed + seed, search=search, timeout_s=0.0)
-    run_study(spec, progress=True, log=lambda *_: None)
+    if run_study(spec, progress=True, log=lambda *_: None).interrupted:
+        # Ctrl-C or SIGTERM stopped the study after its current trial: stop the bench too (its
+        # studies and the results cache keep what was measured; the next run resumes them)
+        raise KeyboardInterrupt
     return study_points(spec, evaluator)[:trials]
 
 
@@ -321,6 +328,8 @@ def main() -> None:
             t0 = time.perf_counter()
             if method == "vitune":
                 pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
+            elif method == "no-refine":
+                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator, refine=False)
             elif method in ("nsga2", "evolution"):
                 pts = run_search(base, method, seed, args.trials, method, True, out_dir, evaluator)
             elif method == "random":

@@ -158,7 +158,8 @@ def default_model_row(study_path: Path, max_drop: float, trials_per_task: int, r
     ws = load_workspace(spec.model, spec.data, progress=False)
     if config_path is None:
         t0 = time.perf_counter()
-        run_study(spec, progress=False, log=lambda line: print(f"  study: {line}", flush=True))
+        if run_study(spec, progress=False, log=lambda line: print(f"  study: {line}", flush=True)).interrupted:
+            raise KeyboardInterrupt  # stopped by Ctrl-C or SIGTERM: no export from a part of the study
         study_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as tmp:
             record = export(spec, "fastest", Path(tmp) / "fastest.json", max_drop=max_drop)

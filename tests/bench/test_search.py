@@ -77,6 +77,25 @@ def test_sensitivity_baseline_compresses_the_least_sensitive_layers_first(search
     assert all(v == 0.25 for n, v in last.items() if n.endswith("rank_fraction"))
 
 
+def test_a_study_stopped_by_a_signal_stops_the_bench(search, tmp_path, monkeypatch):
+    # the study finishes its trial and returns on Ctrl-C or SIGTERM; the bench must not go on to
+    # its next method as if the study were complete
+    import dataclasses
+
+    from vitune.search import study as study_module
+    from vitune.search.studyfile import load_study_file
+
+    stopped = study_module.RunSummary(0, 0, 0.0, 3, interrupted=True)
+    monkeypatch.setattr(study_module, "run_study", lambda *a, **k: stopped)
+    monkeypatch.setattr(search, "study_points", lambda *a, **k: pytest.fail("points read from a stopped study"))
+    base = load_study_file(ROOT / "studies" / "quickstart.toml")
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(base, "vitune", 0, 5, base.sampler, True, tmp_path)
+    monkeypatch.setattr(study_module, "run_study", lambda *a, **k: dataclasses.replace(stopped, interrupted=False))
+    monkeypatch.setattr(search, "study_points", lambda *a, **k: [(0.9, 0.1)] * 7)
+    assert search.run_search(base, "vitune", 0, 5, base.sampler, True, tmp_path) == [(0.9, 0.1)] * 5
+
+
 @pytest.mark.slow
 def test_the_bench_at_two_seeds_and_30_trials(tmp_path):
     out = tmp_path / "search.json"

@@ -32,7 +32,7 @@ class TrialRow:
     params: int | None
     size_bytes: int | None
     summary: str
-    origin: str  # "uncompressed", "uniform rank_fraction = 0.5", "guided (...)" or "sampled"
+    origin: str  # "uncompressed", "uniform rank_fraction = 0.5", "guided (...)", "latency walk (...)", "refine: ..." or "sampled"
     reason: str  # why it failed or stopped early ("" otherwise)
     latencies: dict = field(default_factory=dict, compare=False)  # target → ms, the primary first
     recipe: dict = field(default_factory=dict, compare=False)

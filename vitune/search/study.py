@@ -276,7 +276,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     from vitune.search.coordination import HostLock, reap_stale
     from vitune.search.evaluate import EarlyStop, Evaluator, MoreTarget
     from vitune.search.space import SearchSpace
-    from vitune.search.warmstart import first_trials, run_sweep
+    from vitune.search.refine import Refiner, refine_after
+    from vitune.search.warmstart import cached_sweep, first_trials, run_sweep
 
     profile, source, tuner = latency_source_for(spec, spec.target, "[target]")
     others = [latency_source_for(spec, t, f"[[target.also]] #{i + 1}") for i, t in enumerate(spec.also)]
@@ -334,11 +335,15 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     goal = spec.n_trials if n_trials is None else done + max(0, n_trials)
     remaining = max(0, goal - done)
     timeout = timeout_s if timeout_s is not None else (spec.timeout_s or None)
+    limit = spec.n_trials // 3  # at most a third of the budget goes to warm-start trials, another to refinement
+    sweep = None
     if not study.trials and remaining:
-        limit = spec.n_trials // 3  # at most a third of the budget goes to warm-start trials
         sweep = run_sweep(workspace, space, evaluator, spec, progress=progress, log=log) if spec.search.warm_start and limit > 1 else None
         for params, origin in first_trials(space, sweep, limit):
             study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
+    elif spec.search.warm_start and spec.search.refine_front and remaining:
+        sweep = cached_sweep(workspace, space, evaluator, spec)  # resumed: the sweep made when the study began
+    refiner = Refiner(space, sweep) if sweep is not None and spec.search.refine_front else None
     seed = spec.seed + len(study.trials) + (os.getpid() if worker else 0)
     study.sampler = make_sampler(spec.sampler, seed % 2**31, spec.n_trials)
     log(
@@ -377,6 +382,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                 ref = uncompressed_trial(study_)
                 kept = front(study_) + ([ref] if ref is not None else [])
                 evaluator.retain(c.key for c in map(trial_config, kept) if c is not None)
+            if refiner is not None:  # the neighbours of a new front member run next
+                refine_after(study_, trial, refiner, limit)
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 acc, ms = accuracy_of(trial), latency_of(trial)
                 bar.set_postfix(acc=f"{acc:.3f}", ms=f"{ms:.3f}")

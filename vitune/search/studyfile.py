@@ -47,6 +47,8 @@ Reference (every key optional unless marked)::
                                    # any of latency_ms, model_mb, peak_mb (MiB; per target)
     warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform and
                                    # sensitivity-guided configurations are the first trials
+    refine_front = true            # a trial that joins the front: its neighbours along the
+                                   # sweep's sensitivity order are the next trials (needs warm_start)
     min_fidelity = 0.5             # stop a candidate whose top-1 agreement with the uncompressed
                                    # model on calibration images is below this (0 = off)
     fidelity_images = 256
@@ -108,7 +110,7 @@ SECTION_KEYS = {
     "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "budget_model_mb",
                "budget_peak_mb", "also"),
     "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms", "budget_model_mb", "budget_peak_mb"),
-    "search": ("mode", "objectives", "warm_start", "min_fidelity", "fidelity_images", "accuracy_shards"),
+    "search": ("mode", "objectives", "warm_start", "refine_front", "min_fidelity", "fidelity_images", "accuracy_shards"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
     "space.tie": ("layers", "knobs"),
@@ -152,6 +154,7 @@ class SearchSpec:
     mode: str = "pareto"
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # "accuracy", then costs of vitune.search.objectives.COSTS
     warm_start: bool = True
+    refine_front: bool = True
     min_fidelity: float = 0.5
     fidelity_images: int = 256
     accuracy_shards: int = 4
@@ -339,6 +342,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         mode=se.str("mode", "pareto", MODES),
         objectives=_objectives(se),
         warm_start=se.bool("warm_start", True),
+        refine_front=se.bool("refine_front", True),
         min_fidelity=se.float("min_fidelity", 0.5),
         fidelity_images=se.int("fidelity_images", 256, minimum=1),
         accuracy_shards=se.int("accuracy_shards", 4, minimum=1),

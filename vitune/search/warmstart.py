@@ -83,15 +83,26 @@ def sweep_key(workspace, space, evaluator, spec) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _sweep_table(workspace, space, evaluator, spec) -> JsonTable:
+    from vitune.paths import cache_dir
+
+    return JsonTable(cache_dir() / "sweeps" / f"{sweep_key(workspace, space, evaluator, spec)}.json")
+
+
+def cached_sweep(workspace, space, evaluator, spec) -> dict | None:
+    """The sweep of this model and space where this machine's cache holds it complete, else None
+    (nothing is evaluated)."""
+    table = _sweep_table(workspace, space, evaluator, spec)
+    return table.data if table.get("complete") else None
+
+
 def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=print) -> dict:
     """The sensitivity sweep of this model and space (computed once, then read from the cache)."""
     from tqdm.auto import tqdm
 
     from vitune.data.splits import accuracy
-    from vitune.paths import cache_dir
 
-    key = sweep_key(workspace, space, evaluator, spec)
-    table = JsonTable(cache_dir() / "sweeps" / f"{key}.json")
+    table = _sweep_table(workspace, space, evaluator, spec)
     if table.get("complete"):
         return table.data
     identity = space.identity_params()
