@@ -184,6 +184,22 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     uniform = [p for _, _, p in warmstart.uniform_params(space)]
     assert any(t.params in uniform for t in study.trials[:4]) or len(guided) >= 3
 
+    # front refinement: the uncompressed model joined the front first, so its faster neighbour
+    # waits; resumed, the study reads the saved sweep back and refines on (front members'
+    # neighbours along the sensitivity order, each naming the trial it refines)
+    from vitune.search.refine import REFINE_ORIGIN, Refiner
+
+    run_study(spec, n_trials=2, progress=False, log=lambda *_: None)
+    study = open_study(spec, create=False)
+    refined = [t for t in study.trials if str(t.user_attrs.get("origin", "")).startswith(REFINE_ORIGIN)]
+    assert refined and any(t.state == optuna.trial.TrialState.COMPLETE for t in refined)
+    refiner = Refiner(space, sweep)
+    for t in refined:
+        origin = t.user_attrs["origin"]
+        parent = study.trials[int(origin.rsplit(" ", 1)[1])]
+        which = "faster" if origin.startswith(f"{REFINE_ORIGIN}: faster") else "more accurate"
+        assert (t.system_attrs.get("fixed_params", t.params), which) in refiner.neighbours({**space.identity_params(), **parent.params})
+
 
 def load_fast(path):
     from vitune.targets import load_target

@@ -21,13 +21,9 @@ lacked; README, *Benchmarks*). Neighbours of the front are where its gaps are.
 
 from __future__ import annotations
 
-from vitune.search.warmstart import Move, option_moves
+from vitune.search.warmstart import option_moves, walk_order
 
 REFINE_ORIGIN = "refine"  # the origin user attribute of refinement trials starts with it
-
-
-def _order(m: Move) -> tuple:
-    return (m.drop, -m.saving_ms, m.param, str(m.value))
 
 
 class Refiner:
@@ -35,16 +31,13 @@ class Refiner:
 
     def __init__(self, space, sweep: dict):
         self.identity = space.identity_params()
-        self.moves = sorted(option_moves(space, sweep), key=_order)
-        self._move = {(m.param, repr(m.value)): m for m in self.moves}
-        self._rank = {(m.param, repr(m.value)): i for i, m in enumerate(self.moves)}
-
-    def _held(self, params: dict, name: str) -> Move | None:
-        return self._move.get((name, repr(params.get(name))))
+        self.moves = sorted(option_moves(space, sweep), key=walk_order)
+        self._rank = {(m.param, repr(m.value)): i for i, m in enumerate(self.moves)}  # option → place in the order
 
     def _saving(self, params: dict, name: str) -> float:
-        held = self._held(params, name)
-        return held.saving_ms if held is not None else 0.0
+        """The estimated saving of the option ``params`` holds on ``name`` (0: none in the order)."""
+        rank = self._rank.get((name, repr(params.get(name))))
+        return self.moves[rank].saving_ms if rank is not None else 0.0
 
     def faster(self, params: dict) -> dict | None:
         """The least sensitive option that saves more on its layer than what the layer holds."""
@@ -86,13 +79,14 @@ def refine_after(study, trial, refiner: Refiner, limit: int) -> int:
         return 0
     trials = study.get_trials(deepcopy=False)
     used = sum(1 for t in trials if str(t.user_attrs.get("origin", "")).startswith(REFINE_ORIGIN))
-    params = {**refiner.identity, **trial.params}
+    # what the study holds, in any state (an enqueued trial's parameters are its fixed_params)
+    held = [t.system_attrs.get("fixed_params", t.params) for t in trials]
     added = 0
-    for p, which in refiner.neighbours(params):
+    for p, which in refiner.neighbours({**refiner.identity, **trial.params}):
         if used + added >= limit:
             break
-        before = len(trials) + added
-        study.enqueue_trial(p, user_attrs={"origin": f"{REFINE_ORIGIN}: {which} than trial {trial.number}"}, skip_if_exists=True)
-        if len(study.get_trials(deepcopy=False)) > before:
+        if p not in held:  # skip_if_exists: another worker may have enqueued it meanwhile
+            study.enqueue_trial(p, user_attrs={"origin": f"{REFINE_ORIGIN}: {which} than trial {trial.number}"}, skip_if_exists=True)
+            held.append(p)
             added += 1
     return added
