@@ -22,14 +22,22 @@ CPU, latency of the tuned TVM build ``apply`` ships, drift-corrected), every met
 
 Every candidate goes through vitune's evaluator (compression, validated accuracy, the tuned build
 timed), and results are shared through vitune's result cache: one configuration has one latency in
-every method and seed, so methods differ by what they pick, not by timing noise (the deterministic
-methods are therefore timed once, not re-timed per seed). The validation split has ``--val-copies``
-copies of each image (``[data] val_copies``; 2 gives 538 digits, 0.19 points per image).
+every method and seed (the deterministic methods are therefore timed once, not re-timed per seed).
+That alone does not take timing noise out of the ranking: near-identical configurations are timed
+once each, and a method that proposes more of them near the front draws more low timings (a
+winner's curse; stop 37 saw one shape recorded from 0.26 to 0.40 ms). So at the end, every
+configuration on or near any run's front (``--retime-margin``: no point beats it by more than that
+fraction of latency at the same accuracy) is built again as ``apply`` ships it and timed with the
+uncompressed build and the baseline runtimes side by side in ``--retime-rounds`` interleaved
+rounds; the figures use those latencies (``points``; the trials' own in ``points_recorded``). The
+validation split has ``--val-copies`` copies of each image (``[data] val_copies``; 2 gives 538
+digits, 0.19 points per image).
 
 Reference: the uncompressed model in the best runtime this machine has (the faster of ONNX Runtime
-and OpenVINO), timed at the start in interleaved rounds beside vitune's uncompressed build; their
-ratio scales that build's fastest timing, the speed drift-corrected candidate latencies are
-expressed at (so a slow window during the reference's timing does not move the box). Per method, over seeds: the median and inter-quartile range of
+and OpenVINO), timed in the end's interleaved rounds beside vitune's uncompressed build and the
+fronts (and, for the figures written while the run goes on, at the start); the latencies are
+expressed at the speed of the uncompressed build's cached, drift-corrected timing, by their ratio
+to it in the same rounds. Per method, over seeds: the median and inter-quartile range of
 the front's hypervolume (accuracy above ``--floor`` × the uncompressed accuracy, latency below the
 reference's), the best validated accuracy at 2×, 2.5×, 3× and 5× the reference's speed (median), and the
 trials needed to reach 95 % of the best hypervolume any run found (median; null where most seeds
@@ -133,10 +141,79 @@ def summarise(runs: dict[str, list[list]], ref_acc: float, ref_ms: float) -> dic
     return {"best_hypervolume": best, "methods": out}
 
 
+# --- the fronts timed again at the end, side by side ------------------------------------------
+
+def near_front(points, margin: float) -> list[int]:
+    """Indices of the complete points that no other point beats by more than ``margin`` (a
+    fraction of latency) at the same or better accuracy: the front, and what one unlucky timing
+    could have kept off it."""
+    pts = [(i, p) for i, p in enumerate(points) if p is not None]
+    return [i for i, (a, lat) in pts if not any(b >= a and k * (1 + margin) < lat for _, (b, k) in pts)]
+
+
+def front_keys(runs: dict[str, list[list]], keys: dict[str, list[list]], margin: float) -> list[str]:
+    """The configurations near any run's front (:func:`near_front`), each once, in first-seen order."""
+    out: dict[str, None] = {}
+    for method, rs in runs.items():
+        for points, ks in zip(rs, keys[method]):
+            out.update((ks[i], None) for i in near_front(points, margin) if ks[i] is not None)
+    return list(out)
+
+
+def retimed(runs: dict[str, list[list]], keys: dict[str, list[list]], latency: dict[str, float]) -> dict[str, list[list]]:
+    """``runs`` with every point whose configuration was timed again (``latency``, by key) at that latency."""
+    return {m: [[(p[0], latency[k]) if p is not None and k in latency else p for p, k in zip(points, ks)]
+                 for points, ks in zip(rs, keys[m])] for m, rs in runs.items()}
+
+
+def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identity_ms: float, rounds: int) -> dict:
+    """Every configuration of ``configs`` (key → configuration; the uncompressed one among them
+    as ``identity_key``) built as ``vitune apply`` ships it (tuned kernels from the target's
+    database) and timed with the target's baseline runtimes side by side, in ``rounds``
+    interleaved rounds, so that one slow or lucky timing during a study no longer ranks the
+    fronts. Latencies are given in the candidates' units: the ratio to the uncompressed build in
+    the same rounds times ``identity_ms`` (its latency in the results cache); so is the
+    reference."""
+    from tqdm.auto import tqdm
+
+    from vitune.errors import short_reason
+    from vitune.targets.compile import compile_model
+    from vitune.targets.peers import OTHER, build_label, measure_baseline
+    from vitune.targets.tuning import Tuner
+
+    example = ws.example_input(1)
+    tuner = Tuner(profile, "database")
+    builds, labels, errors = {}, {}, {}
+    try:
+        for key, config in tqdm(configs.items(), desc="front builds", unit="build"):
+            try:
+                builds[key] = compile_model(evaluator.compress(config), example, profile, tuner)
+                labels[key] = build_label(builds[key])
+            except Exception as err:  # a configuration that no longer builds keeps its recorded latency
+                errors[key] = short_reason(err)
+    finally:
+        tuner.close()
+    t0 = time.perf_counter()
+    base = measure_baseline(ws.model, example, profile, rounds=rounds, others=builds)
+    errors.update({k.removeprefix(OTHER): v for k, v in base.errors.items()})
+    uncompressed = base.others_ms.get(identity_key)
+    if not uncompressed or not base.latency_ms:
+        raise SystemExit(f"the fronts could not be timed side by side: {base.line()}; {errors}")
+    scale = identity_ms / uncompressed
+    return {"rounds": base.rounds, "configs": len(configs), "timing_s": time.perf_counter() - t0,
+            "label": base.label, "runtime": base.runtime, "latency_ms": base.latency_ms * scale,
+            "ratio_to_tvm": base.latency_ms / uncompressed, "timed_ms": base.latency_ms, "tvm_uncompressed_ms": uncompressed,
+            "peers_ms": base.peers_ms, "errors": errors,
+            "untuned": sorted(k for k, v in labels.items() if "untuned" in v),
+            "timed": dict(base.others_ms),
+            "retimed_ms": {k: v * scale for k, v in base.others_ms.items()}}
+
+
 # --- the methods -----------------------------------------------------------------------------
 
 def study_points(spec, evaluator=None) -> list:
-    """The study's trials in order: (accuracy, latency) for a complete one, None otherwise.
+    """The study's trials in order: ((accuracy, latency), configuration) for a complete one,
+    (None, None) otherwise.
 
     With ``evaluator`` (the bench's, sharing the results cache), each complete trial's
     configuration is read through it: a cache hit where this run (or this code, on this target)
@@ -149,17 +226,17 @@ def study_points(spec, evaluator=None) -> list:
     from vitune.search.study import open_study, trial_config
 
     study = open_study(spec, create=False)
-    out = []
+    out: list = []
     for t in sorted(study.trials, key=lambda t: t.number):
         if t.state != optuna.trial.TrialState.COMPLETE:
-            out.append(None)
+            out.append((None, None))
             continue
-        config = trial_config(t) if evaluator is not None else None
-        if config is None:
-            out.append((accuracy_of(t), latency_of(t)))
+        config = trial_config(t)
+        if evaluator is None or config is None:
+            out.append(((accuracy_of(t), latency_of(t)), config))
             continue
         r = evaluator.evaluate(config)
-        out.append((r.metrics.accuracy, r.metrics.latency_ms) if r.ok else None)
+        out.append(((r.metrics.accuracy, r.metrics.latency_ms), config) if r.ok else (None, None))
     return out
 
 
@@ -180,12 +257,13 @@ def run_search(base, name: str, seed: int, trials: int, sampler: str, warm: bool
 
 
 def evaluate_all(evaluator, configs, label: str) -> list:
+    """Each configuration evaluated, in order: (point, configuration) as :func:`study_points`."""
     from tqdm.auto import tqdm
 
-    out = []
+    out: list = []
     for config in tqdm(configs, desc=label, unit="config"):
         r = evaluator.evaluate(config)
-        out.append((r.metrics.accuracy, r.metrics.latency_ms) if r.ok else None)
+        out.append(((r.metrics.accuracy, r.metrics.latency_ms), config) if r.ok else (None, None))
     return out
 
 
@@ -255,6 +333,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "search"), help="the studies' SQLite files")
     ap.add_argument("--restart", action="store_true", help="delete the bench's studies first (default: resume them)")
+    ap.add_argument("--retime-rounds", type=int, default=7,
+                    help="interleaved rounds in which every run's front is timed again at the end, side by side (0: the figures on the trials' timings)")
+    ap.add_argument("--retime-margin", type=float, default=1.0,
+                    help="time again every configuration no point beats by more than this fraction of latency at the same accuracy")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median fronts with inter-quartile bands (needs matplotlib)")
     ap.add_argument("--from-json", default=None, help="recompute the figures, table and plot from a run's JSON (its points), running nothing")
@@ -300,7 +382,8 @@ def main() -> None:
     source.bind(ws, space, base.target.tuning)
     evaluator = Evaluator(ws, profile, source, cache=ResultCache(ws.ref.checkpoint_sha256, data_key(base.data, "val"),
                                                                   target_key(profile, base.target.tuning)))
-    identity = evaluator.evaluate(space.to_config(space.identity_params()))
+    identity_config = space.to_config(space.identity_params())
+    identity = evaluator.evaluate(identity_config)
     acc0, ms0 = identity.metrics.accuracy, identity.metrics.latency_ms
     ref = time_reference(ws, profile, tuner, ms0)
     ref_ms = ref["latency_ms"]
@@ -311,14 +394,24 @@ def main() -> None:
     sweep = run_sweep(ws, space, evaluator, base) if "sensitivity" in methods else None
 
     runs: dict[str, list[list]] = {m: [] for m in methods}
+    keys: dict[str, list[list]] = {m: [] for m in methods}  # each point's configuration key (None: stopped or failed)
+    configs: dict = {}
     seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
 
-    def write(final: bool):
+    def write(final: bool, timing: dict | None = None):
+        reference, box = ref, {"accuracy": ref_acc, "latency_ms": ref_ms, "floor": args.floor}
+        points = {m: r for m, r in runs.items() if r}
+        extra: dict = {}
+        if timing is not None:  # the figures on the fronts timed side by side at the end
+            reference = {**ref, **{k: timing[k] for k in ("label", "runtime", "latency_ms", "ratio_to_tvm", "timed_ms", "tvm_uncompressed_ms", "rounds")}}
+            box = {**box, "latency_ms": timing["latency_ms"]}
+            extra = {"reference_at_start": ref, "front_timing": timing, "points_recorded": points}
+            points = retimed(points, keys, timing["retimed_ms"])
         doc = {"study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
                "sampler": base.sampler, "val_images": len(ws.data.val), "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
-               "reference": ref, "reference_point": {"accuracy": ref_acc, "latency_ms": ref_ms, "floor": args.floor},
-               **summarise({m: r for m, r in runs.items() if r}, ref_acc, ref_ms), "seconds": seconds,
-               "wall_s": time.perf_counter() - t_start, "complete": final, "points": runs}
+               "reference": reference, "reference_point": box,
+               **summarise(points, ref_acc, box["latency_ms"]), "seconds": seconds,
+               "wall_s": time.perf_counter() - t_start, "complete": final, "points": points, "keys": keys, **extra}
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=1))
         return doc
@@ -327,25 +420,40 @@ def main() -> None:
         for method in methods:
             t0 = time.perf_counter()
             if method == "vitune":
-                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
+                pairs = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
             elif method == "no-refine":
-                pts = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator, refine=False)
+                pairs = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator, refine=False)
             elif method in ("nsga2", "evolution"):
-                pts = run_search(base, method, seed, args.trials, method, True, out_dir, evaluator)
+                pairs = run_search(base, method, seed, args.trials, method, True, out_dir, evaluator)
             elif method == "random":
-                pts = run_search(base, method, seed, args.trials, "random", False, out_dir, evaluator)
+                pairs = run_search(base, method, seed, args.trials, "random", False, out_dir, evaluator)
             elif method == "uniform":
-                pts = evaluate_all(evaluator, uniform_configs(space, args.trials, seed), f"uniform s{seed}")
+                pairs = evaluate_all(evaluator, uniform_configs(space, args.trials, seed), f"uniform s{seed}")
             elif method == "greedy":
-                pts = evaluate_all(evaluator, greedy_configs(ws, layout, base.methods, args.trials), f"greedy s{seed}")
+                pairs = evaluate_all(evaluator, greedy_configs(ws, layout, base.methods, args.trials), f"greedy s{seed}")
             else:
-                pts = evaluate_all(evaluator, [space.to_config(p) for p in sensitivity_params(space, sweep, args.trials)], f"sensitivity s{seed}")
-            runs[method].append(pts)
+                pairs = evaluate_all(evaluator, [space.to_config(p) for p in sensitivity_params(space, sweep, args.trials)], f"sensitivity s{seed}")
+            runs[method].append([p for p, _ in pairs])
+            keys[method].append([c.key if p is not None and c is not None else None for p, c in pairs])
+            configs.update((c.key, c) for p, c in pairs if p is not None and c is not None)
             seconds[method] += time.perf_counter() - t0
             write(final=False)
     if tuner is not None:
         tuner.close()
-    doc = write(final=True)
+    timing = None
+    if args.retime_rounds:
+        wanted = front_keys(runs, keys, args.retime_margin)
+        print(f"{len(wanted)} configurations on or within {100 * args.retime_margin:.0f} % of a run's front, built and timed "
+              f"side by side with the uncompressed model in {args.retime_rounds} interleaved rounds")
+        todo = {k: configs[k] for k in wanted}
+        todo.setdefault(identity_config.key, identity_config)
+        t0 = time.perf_counter()
+        timing = time_fronts(ws, profile, evaluator, todo, identity_config.key, ms0, args.retime_rounds)
+        timing["margin"] = args.retime_margin
+        seconds["front timing"] = time.perf_counter() - t0
+        if timing["untuned"]:
+            print(f"warning: {len(timing['untuned'])} builds had untuned workloads: {timing['untuned']}")
+    doc = write(final=True, timing=timing)
     report(doc, methods)
     if args.plot:
         plot(doc, methods, args.plot)

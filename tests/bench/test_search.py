@@ -55,6 +55,22 @@ def test_median_counts_a_missing_value_as_the_worst(search):
     assert search.trials_to([0.0, 0.5, 1.0], 0.5) == 2 and search.trials_to([0.0], 1.0) is None
 
 
+def test_the_fronts_near_members_are_timed_again_and_their_new_latencies_rank_them(search):
+    # a: the front is (0.95, 0.2); (0.95, 0.28) is 40 % slower at the same accuracy: near it at a
+    # 50 % margin, not at 20 %; (0.9, 0.5) is beaten by 150 %: never
+    a = [(0.95, 0.2), (0.95, 0.28), None, (0.9, 0.5)]
+    assert search.near_front(a, 0.5) == [0, 1] and search.near_front(a, 0.2) == [0] and search.near_front(a, 0.0) == [0]
+    assert search.near_front([None, (0.9, 0.3), (0.8, 0.1)], 0.0) == [1, 2]  # a faster, less accurate point is on the front too
+    runs = {"m": [a], "n": [[(0.95, 0.3), (0.95, 0.2)]]}
+    keys = {"m": [["k1", "k2", None, "k3"]], "n": [["k2", "k1"]]}
+    assert search.front_keys(runs, keys, 0.5) == ["k1", "k2"]  # each configuration once, in the order first seen
+    # timed side by side, k1 turns out the slower: its lucky timing no longer puts it on the front
+    again = search.retimed(runs, keys, {"k1": 0.3, "k2": 0.25})
+    assert again == {"m": [[(0.95, 0.3), (0.95, 0.25), None, (0.9, 0.5)]], "n": [[(0.95, 0.25), (0.95, 0.3)]]}
+    doc = search.summarise(again, ref_acc=0.8, ref_ms=1.0)
+    assert doc["methods"]["m"]["hypervolume"]["values"] == pytest.approx([(1 - 0.25) * (0.95 - 0.8)])
+
+
 def test_uniform_draw_is_seeded_and_never_the_uncompressed_model(search, space):
     draw = search.uniform_configs(space, 4, seed=1)
     assert len(draw) == 4 and not any(c.is_identity for c in draw) and len({c.key for c in draw}) == 4
@@ -92,12 +108,13 @@ def test_a_study_stopped_by_a_signal_stops_the_bench(search, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         search.run_search(base, "vitune", 0, 5, base.sampler, True, tmp_path)
     monkeypatch.setattr(study_module, "run_study", lambda *a, **k: dataclasses.replace(stopped, interrupted=False))
-    monkeypatch.setattr(search, "study_points", lambda *a, **k: [(0.9, 0.1)] * 7)
-    assert search.run_search(base, "vitune", 0, 5, base.sampler, True, tmp_path) == [(0.9, 0.1)] * 5
+    monkeypatch.setattr(search, "study_points", lambda *a, **k: [((0.9, 0.1), None)] * 7)
+    assert search.run_search(base, "vitune", 0, 5, base.sampler, True, tmp_path) == [((0.9, 0.1), None)] * 5
 
 
 @pytest.mark.slow
 def test_the_bench_at_two_seeds_and_30_trials(tmp_path):
+    search_module = load_bench("search")
     out = tmp_path / "search.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "search.py"), "--seeds", "2", "--trials", "30", "--restart",
                     "--out-dir", str(tmp_path / "studies"), "--json", str(out), "--plot", str(tmp_path / "fronts.png")],
@@ -111,4 +128,11 @@ def test_the_bench_at_two_seeds_and_30_trials(tmp_path):
         assert set(row["acc_at"]) == {"2x", "2.5x", "3x", "5x"}
     assert all(n == 30 for n in doc["methods"]["random"]["evaluated"])
     assert doc["methods"]["vitune"]["hypervolume"]["median"] > 0
+    # the fronts timed again side by side at the end: every key a figure's point carries was timed
+    timing = doc["front_timing"]
+    assert timing["rounds"] == 7 and not timing["errors"] and doc["reference"]["latency_ms"] == timing["latency_ms"]
+    for method, runs in doc["points"].items():
+        for points, keys, recorded in zip(runs, doc["keys"][method], doc["points_recorded"][method]):
+            for i in search_module.near_front(recorded, timing["margin"]):
+                assert points[i][1] == pytest.approx(timing["retimed_ms"][keys[i]]), method
     assert (tmp_path / "fronts.png").stat().st_size > 0
