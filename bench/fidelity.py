@@ -9,7 +9,11 @@ first), each compressed once:
 
   - ``untuned``: TVM's default schedules (a study with ``tuning = "off"``);
   - ``tuned``: kernels from the target's tuning database, unseen workloads tuned first (a study
-    with ``tuning = "tune"``; the build is the one shipped, timed once as the trial does);
+    with ``tuning = "tune"``; the build is the one shipped, timed once as the trial does, between
+    two timings of the uncompressed build and corrected for the machine's drift);
+  - ``tuned-fastest``: the same build corrected as vitune did before stop 38 (against the
+    reference's fastest timing, no retries in a slow window); ``tuned-raw``: as timed, no
+    correction (each its own timing, at its own moment);
   - ``lut``, ``learned``, ``analytical``: a cost model fitted with ``vitune costmodel fit``
     for the study's model and the tuned builds (skipped with the reason when none is fitted);
 
@@ -47,7 +51,12 @@ import tempfile
 import time
 from pathlib import Path
 
-PROXIES = ("untuned", "tuned", "lut", "learned", "analytical")
+PROXIES = ("untuned", "tuned", "tuned-fastest", "tuned-raw", "lut", "learned", "analytical")
+# the tuned build's one timing, per rule for the machine's drift (vitune.targets.measure.DriftReference):
+# "tuned" as a trial does it now, "tuned-fastest" as vitune did before stop 38 (scaled against the
+# reference's fastest timing, no retries), "tuned-raw" as timed (no reference)
+DRIFT_RULES = {"tuned": {}, "tuned-fastest": {"baseline": "fastest", "retries": 0}}
+TIMED = (*DRIFT_RULES, "tuned-raw")
 
 
 def sample_configs(space, n: int, seed: int) -> list:
@@ -82,7 +91,7 @@ class Proxies:
         from vitune.costmodels import get_latency_source
 
         self.profile = profile
-        self.reference = None  # the uncompressed model's build (the first configuration), for drift
+        self.references: dict = {}  # per drift rule: the uncompressed model's build (the first configuration)
         self.sources, self.errors = {}, {}
         for name in names:
             if name == "untuned":
@@ -97,20 +106,20 @@ class Proxies:
                     self.errors[name] = short_reason(err)
                     continue
                 self.sources[name] = source
-            elif name != "tuned":
+            elif name not in TIMED:
                 raise SystemExit(f"--proxies: unknown proxy {name!r} (known: {', '.join(PROXIES)})")
-        self.names = [n for n in names if n == "tuned" or n in self.sources]
+        self.names = [n for n in names if n in TIMED or n in self.sources]
 
     def recorded(self, name: str, model, config, example, shipped):
         from vitune.targets.measure import DriftReference, time_compiled
 
-        if name == "tuned":  # the trial's one timing of the tuned build, corrected for drift as a trial's is
-            if self.reference is not None and not config.is_identity:
-                return self.reference.time(shipped, example, self.profile)
+        if name in TIMED:  # the trial's one timing of the tuned build, corrected for drift by the rule's reference
+            if name in self.references and not config.is_identity:
+                return self.references[name].time(shipped, example, self.profile)
             m = time_compiled(shipped, example, self.profile)
-            if config.is_identity:
-                self.reference = DriftReference(shipped, example, self.profile)
-                self.reference.seen(m.latency_ms)
+            if config.is_identity and name in DRIFT_RULES:
+                self.references[name] = DriftReference(shipped, example, self.profile, **DRIFT_RULES[name])
+                self.references[name].seen(m.latency_ms)
             return m
         return self.sources[name].latency(model, config, example)
 
@@ -187,7 +196,7 @@ def model_row(label: str, original, workspace, example, space, configs, profile,
     out = {"model": label, "target": profile.name, "configs": len(configs), "rounds": rounds, "statistic": profile.protocol.statistic,
            "trials_per_task": trials_per_task, "tuning": tuner.report.line(), "seconds": time.perf_counter() - t_start,
            "proxy_errors": proxies.errors, "proxies": {}, "rows": rows,
-           "partly_untuned": sum(1 for r in rows if "kernels" in r and r["kernels"] != "vitune's TVM build, tuned")}
+           "partly_untuned": sum(1 for r in rows if "untuned" in r.get("kernels", ""))}
     for name in proxies.names:
         out["proxies"][name] = agreement([r["recorded_ms"].get(name) for r in rows], shipped_ms)
     if rounds > 1:  # the noise floor: the shipped builds' first rounds against their last rounds
@@ -237,7 +246,7 @@ def deit_model(target: str, n: int, seed: int, proxy_names, trials_per_task: int
     calib = Calibration(torch.randn(16, 3, 224, 224, generator=gen), torch.zeros(16, dtype=torch.long))
     example = torch.randn(1, 3, 224, 224, generator=gen)
     return model_row("deit_tiny_patch16_224 (random init, 224 px)", model, None, example, space, sample_configs(space, n, seed),
-                     load_target(target), [p for p in proxy_names if p in ("untuned", "tuned")], trials_per_task, rounds, budget_s,
+                     load_target(target), [p for p in proxy_names if p == "untuned" or p in TIMED], trials_per_task, rounds, budget_s,
                      calibration=calib)
 
 
@@ -257,7 +266,7 @@ def plot(report: dict, path: Path) -> None:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, color="#c0392b")
         lo, hi = min(min(p) for p in pts), max(max(p) for p in pts)
-        if name == "tuned" or name in ("lut", "learned", "analytical"):
+        if name in TIMED or name in ("lut", "learned", "analytical"):
             ax.plot([lo, hi], [lo, hi], color="#888", linewidth=0.8)
         f = m["proxies"][name]
         ax.set_title(f"{m['model'].split(' (')[0]}: {name}\nrho {f['spearman']:.3f}, MAPE {100 * f['mape']:.1f} %", fontsize=9)
