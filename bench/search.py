@@ -175,25 +175,13 @@ def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identi
     fronts. Latencies are given in the candidates' units: the ratio to the uncompressed build in
     the same rounds times ``identity_ms`` (its latency in the results cache); so is the
     reference."""
-    from tqdm.auto import tqdm
-
-    from vitune.errors import short_reason
-    from vitune.targets.compile import compile_model
+    from vitune.search.remeasure import build_as_shipped
     from vitune.targets.peers import OTHER, build_label, measure_baseline
-    from vitune.targets.tuning import Tuner
 
     example = ws.example_input(1)
-    tuner = Tuner(profile, "database")
-    builds, labels, errors = {}, {}, {}
-    try:
-        for key, config in tqdm(configs.items(), desc="front builds", unit="build"):
-            try:
-                builds[key] = compile_model(evaluator.compress(config), example, profile, tuner)
-                labels[key] = build_label(builds[key])
-            except Exception as err:  # a configuration that no longer builds keeps its recorded latency
-                errors[key] = short_reason(err)
-    finally:
-        tuner.close()
+    # a configuration that no longer builds keeps its recorded latency
+    builds, errors = build_as_shipped(evaluator, configs, example, profile, progress=True)
+    labels = {k: build_label(b) for k, b in builds.items()}
     t0 = time.perf_counter()
     base = measure_baseline(ws.model, example, profile, rounds=rounds, others=builds)
     errors.update({k.removeprefix(OTHER): v for k, v in base.errors.items()})

@@ -42,6 +42,38 @@ def remeasure_front(study, evaluator, source, log=print) -> int:
     return len(todo)
 
 
+def build_as_shipped(evaluator, configs: dict, example, profile, progress: bool = False) -> tuple[dict, dict]:
+    """Each configuration of ``configs`` (name → configuration) built as ``vitune apply`` ships
+    it: tuned kernels from the target's database; the build this process made and kept
+    (``Evaluator.builds``, and the drift reference's for the uncompressed model) where there is
+    one, else built again. Returns ``(builds, errors)`` by name; never raises: a configuration
+    that no longer builds is named with its reason."""
+    from vitune.errors import short_reason
+    from vitune.targets.compile import compile_model
+    from vitune.targets.tuning import Tuner
+
+    items = configs.items()
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="builds as shipped", unit="build")
+    tuner = Tuner(profile, "database")
+    builds, errors = {}, {}
+    reference = getattr(evaluator.latency_source, "reference", None)  # the drift reference: the uncompressed build
+    try:
+        for name, config in items:
+            try:
+                kept = evaluator.builds.get(config.key)
+                if kept is None and config.is_identity and reference is not None:
+                    kept = reference.compiled
+                builds[name] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
+            except Exception as err:
+                errors[name] = short_reason(err)
+    finally:
+        tuner.close()
+    return builds, errors
+
+
 def time_front_with_baseline(study, evaluator, workspace, profile, log=print) -> int:
     """The front's members and the uncompressed model built as ``vitune apply`` ships them
     (tuned kernels from the target's database: the trial's own build where this process made it
@@ -51,12 +83,9 @@ def time_front_with_baseline(study, evaluator, workspace, profile, log=print) ->
     machine whose speed drifts the two moments differ, these rounds do not. Stored in the
     study's ``front_timing`` attribute; returns how many builds were timed. Never raises: a build
     that fails is listed with its reason."""
-    from vitune.errors import short_reason
     from vitune.search.front import FRONT_TIMING, front, uncompressed_trial
     from vitune.search.study import trial_config
-    from vitune.targets.compile import compile_model
     from vitune.targets.peers import measure_baseline
-    from vitune.targets.tuning import Tuner
 
     members = front(study)
     ref = uncompressed_trial(study)
@@ -65,21 +94,8 @@ def time_front_with_baseline(study, evaluator, workspace, profile, log=print) ->
     if not members:
         return 0
     example = workspace.example_input(1)
-    tuner = Tuner(profile, "database")
-    builds, errors = {}, {}
-    reference = getattr(evaluator.latency_source, "reference", None)  # the drift reference: the uncompressed build
-    try:
-        for t in members:
-            config = trial_config(t)
-            try:
-                kept = evaluator.builds.get(config.key)
-                if kept is None and config.is_identity and reference is not None:
-                    kept = reference.compiled
-                builds[str(t.number)] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
-            except Exception as err:  # a member that no longer builds is named, the others are timed
-                errors[str(t.number)] = short_reason(err)
-    finally:
-        tuner.close()
+    # a member that no longer builds is named, the others are timed
+    builds, errors = build_as_shipped(evaluator, {str(t.number): trial_config(t) for t in members}, example, profile)
     base = measure_baseline(workspace.model, example, profile, others=builds)
     study.set_user_attr(FRONT_TIMING, {"baseline": base.to_dict(), "errors": errors})
     if base.latency_ms:
