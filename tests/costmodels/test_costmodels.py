@@ -160,3 +160,28 @@ def test_cli_eval_without_a_fitted_model_says_what_to_run(fast_target_file, defa
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitune: error: no lut cost model for target test-cpu") and "vitune costmodel fit" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "xs, ys, line",
+    [
+        ([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.5], True),  # parts timed alone pay a call each: negative overhead, kept
+        ([1.0, 1.1, 1.2], [0.9, 0.5, 0.1], False),  # noise tilts the line down: proportional
+        ([1.0, 1.05, 3.0], [0.01, 0.02, 3.0], False),  # the line reads < 0 at the smallest sample: proportional
+        ([2.0], [1.0], False),  # one sample: proportional
+    ],
+)
+def test_fitted_lines_never_predict_zero_or_less(xs, ys, line):
+    """The table's and the roofline's calibration (scale · estimate + overhead) is a least-squares
+    line only where it is positive over every sample; a candidate smaller than every sample, where
+    the line would read zero or less, is predicted by the proportional fit."""
+    from vitune.costmodels.model import fit_positive_line, positive
+
+    scale, overhead, ratio = fit_positive_line(xs, ys)
+    assert ratio > 0 and scale > 0
+    assert (overhead != 0.0) == line
+    for x in (min(xs) / 100, min(xs), max(xs), 10 * max(xs)):
+        assert positive(scale, overhead, ratio, x) > 0
+    if line:
+        assert positive(scale, overhead, ratio, 2.5) == pytest.approx(2.0)
+        assert positive(scale, overhead, ratio, 0.1) == pytest.approx(0.1 * ratio)  # below the line's zero

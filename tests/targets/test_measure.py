@@ -88,7 +88,7 @@ def test_measure_many_times_models_in_interleaved_rounds(tiny_vit, fast_target):
 
 def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_reference(tiny_vit, fast_target, monkeypatch):
     """The measured latency source times the uncompressed build again after each candidate: a
-    candidate timed while every run takes twice as long (a slow window of a shared machine)
+    candidate timed while every run takes three times as long (a slow window of a shared machine)
     records about the latency it has when the machine is not slow, with the slowdown."""
     from types import SimpleNamespace
 
@@ -111,11 +111,13 @@ def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_refer
     real_time = LocalRunner.time
 
     def slow(self, compiled, inputs, protocol):
-        return [2.0 * s for s in real_time(self, compiled, inputs, protocol)]
+        return [3.0 * s for s in real_time(self, compiled, inputs, protocol)]
 
     monkeypatch.setattr(LocalRunner, "time", slow)
     slowed = source.latency(candidate, config, x)  # slow through its retries too: scaled by the slowdown
-    assert slowed.drift > 1.6 and slowed.raw_latency_ms > 1.6 * quiet.latency_ms
+    # (3x, not 2x: the quietest of three attempts is kept, and on a loud CI machine the quietest
+    # reference read 1.598x against its median under a 2x slowdown)
+    assert slowed.drift > 2.0 and slowed.raw_latency_ms > 2.0 * quiet.latency_ms
     assert 0.6 < slowed.latency_ms / quiet.latency_ms < 1.5
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitune.costmodels.model import CostModel, register_cost_model
+from vitune.costmodels.model import CostModel, fit_positive_line, positive, register_cost_model
 from vitune.costmodels.workloads import Kernel
 from vitune.errors import ConfigError
 
@@ -85,6 +85,7 @@ class AnalyticalModel(CostModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale, self.overhead_ms, self.calibrated_on = 1.0, 0.0, 0
+        self.ratio = 1.0  # the proportional fit, where the line reads zero or less
 
     def label(self) -> str:
         return f"analytical (calibrated on {self.calibrated_on})" if self.calibrated_on else "analytical (uncalibrated)"
@@ -99,14 +100,7 @@ class AnalyticalModel(CostModel):
         cache = context.kernels if context is not None else KernelCache()
         x = np.array([self.estimate([k for w in s.workloads for k in cache.by_key(w)], context) for s in samples])
         y = np.array([s.latency_ms for s in samples])
-        if len(x) >= 3 and np.ptp(x) > 0:
-            scale, overhead = np.polyfit(x, y, 1)
-            if scale <= 0:
-                scale, overhead = float(np.median(y / x)), 0.0
-        elif len(x):
-            scale, overhead = float(np.median(y / x)), 0.0
-        else:
-            scale, overhead = 1.0, 0.0
+        scale, overhead, self.ratio = fit_positive_line(x, y) if len(x) else (1.0, 0.0, 1.0)
         self.scale, self.overhead_ms, self.calibrated_on = float(scale), float(overhead), len(x)
         self.fitted_samples = len(x)
         return self
@@ -115,10 +109,11 @@ class AnalyticalModel(CostModel):
         from vitune.costmodels.workloads import model_kernels
 
         estimate = self.estimate(model_kernels(candidate, context.example, context.kernels), context)
-        return self.scale * estimate + self.overhead_ms, None, self.label()
+        return positive(self.scale, self.overhead_ms, self.ratio, estimate), None, self.label()
 
     def state(self) -> dict:
-        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "calibrated_on": self.calibrated_on}
+        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "calibrated_on": self.calibrated_on, "ratio": self.ratio}
 
     def set_state(self, state: dict) -> None:
         self.scale, self.overhead_ms, self.calibrated_on = state["scale"], state["overhead_ms"], state["calibrated_on"]
+        self.ratio = float(state.get("ratio", self.scale))

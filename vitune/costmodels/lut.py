@@ -9,7 +9,10 @@ shared by every model and study on that target.
 
 Prediction: ``latency = scale · Σ parts + overhead``, with ``scale`` and ``overhead`` fitted by
 least squares on whole-model measurements (a part timed alone pays one call's overhead that it
-does not pay inside a model). A part never seen is measured on demand and added to the table;
+does not pay inside a model, so ``overhead`` is usually negative). A line that is not positive
+over the samples (noisy timings of models of about one size can tilt it) gives way to the
+proportional fit ``ratio · Σ parts``; a candidate so much smaller than every sample that the line
+reads zero or less is predicted by the proportional fit too. A part never seen is measured on demand and added to the table;
 where the target cannot be measured, that is a failed prediction naming the part.
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitune.costmodels.model import CostModel, register_cost_model
+from vitune.costmodels.model import CostModel, fit_positive_line, positive, register_cost_model
 from vitune.costmodels.workloads import _tensor_sig, forward_with_hooks, structure_hash
 from vitune.jsontable import JsonTable
 
@@ -92,6 +95,7 @@ class LutModel(CostModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale, self.overhead_ms, self.sigma_ms = 1.0, 0.0, None
+        self.ratio = 1.0  # the proportional fit: whole model / sum of its parts
         self._tables: dict = {}
 
     def table(self, context) -> BlockTable:
@@ -115,10 +119,8 @@ class LutModel(CostModel):
             sums.append(sum(table.data[k]["latency_ms"] for k in s.blocks))
             ys.append(s.latency_ms)
         x, y = np.asarray(sums), np.asarray(ys)
-        if len(x) >= 3 and np.ptp(x) > 0:
-            self.scale, self.overhead_ms = (float(v) for v in np.polyfit(x, y, 1))
-        elif len(x):
-            self.scale, self.overhead_ms = 1.0, float(np.mean(y - x))
+        if len(x):
+            self.scale, self.overhead_ms, self.ratio = fit_positive_line(x, y)
         if len(x) >= 3:
             self.sigma_ms = float(np.std(y - (self.scale * x + self.overhead_ms)))
         self.fitted_samples = len(x)
@@ -135,10 +137,11 @@ class LutModel(CostModel):
         table, pieces = self.table(context), parts(candidate, context.example)
         table.fill(pieces, context)  # a part never seen is measured now
         total = sum(float(table.data[p.key]["latency_ms"]) for p in pieces)
-        return self.scale * total + self.overhead_ms, self.sigma_ms, "lut"
+        return positive(self.scale, self.overhead_ms, self.ratio, total), self.sigma_ms, "lut"
 
     def state(self) -> dict:
-        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "sigma_ms": self.sigma_ms}
+        return {"scale": self.scale, "overhead_ms": self.overhead_ms, "sigma_ms": self.sigma_ms, "ratio": self.ratio}
 
     def set_state(self, state: dict) -> None:
         self.scale, self.overhead_ms, self.sigma_ms = state["scale"], state["overhead_ms"], state.get("sigma_ms")
+        self.ratio = float(state.get("ratio", self.scale))

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vitune.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -62,6 +64,27 @@ def cost_model_class(kind: str) -> Any:
 
 def cost_model_kinds() -> list[str]:
     return sorted(_builtin())
+
+
+def fit_positive_line(xs, latencies) -> tuple[float, float, float]:
+    """(scale, overhead, ratio) of measured latencies against a model's raw estimates ``xs`` (> 0):
+    the least-squares line where it is positive over every sample, else the proportional fit
+    (``ratio``, overhead 0). Noisy timings of models of about one size can tilt a free line to a
+    negative slope or a negative value at the small end; a latency is never zero or less, so a
+    prediction whose line reads zero or less falls back to ``ratio`` (:func:`positive`)."""
+    x, y = np.asarray(xs, dtype=float), np.asarray(latencies, dtype=float)
+    ratio = float(np.dot(x, y) / np.dot(x, x))
+    if len(x) >= 3 and np.ptp(x) > 0:
+        scale, overhead = (float(v) for v in np.polyfit(x, y, 1))
+        if scale > 0 and scale * float(x.min()) + overhead > 0:
+            return scale, overhead, ratio
+    return ratio, 0.0, ratio
+
+
+def positive(scale: float, overhead: float, ratio: float, x: float) -> float:
+    """The fitted line at ``x``, or the proportional fit where the line reads zero or less."""
+    line = scale * x + overhead
+    return line if line > 0 else ratio * x
 
 
 @dataclass(frozen=True)
