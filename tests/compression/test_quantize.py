@@ -56,6 +56,30 @@ def test_w8a8_is_integer_arithmetic_with_calibrated_scale():
         assert float((q(x) - layer(x)).abs().max()) < 0.05
 
 
+@pytest.mark.parametrize("in_features, spread", [(192, 40), (3072, 40), (3072, 127)])
+def test_w8a8_eager_matmul_is_the_int32_matmul_bit_for_bit(in_features, spread):
+    """The eager forward (accuracy, distillation's teacher checks) multiplies through BLAS, the
+    export through the int32 matmul the TVM build runs: the two agree exactly, also where the
+    sums pass 2**24 (3072 inputs at full scale: the float64 path)."""
+    from vitune.compression.modules import exact_integer_matmul
+
+    g = torch.Generator().manual_seed(in_features + spread)
+    xq = torch.randint(-spread, spread + 1, (2, 5, in_features), generator=g).float()
+    w = torch.randint(-spread, spread + 1, (24, in_features), generator=g).to(torch.int8)
+    if spread == 127:
+        xq[0, 0], w[0] = 127.0, 127  # one sum of 3072 · 127² = 49.5 M > 2**24
+    fast = exact_integer_matmul(xq, w)
+    slow = torch.matmul(xq.to(torch.int32), w.to(torch.int32).t()).to(torch.float32)
+    assert fast.dtype == torch.float32 and torch.equal(fast, slow)
+    assert (float(slow.abs().max()) > 2**24) == (spread == 127)
+
+    layer = W8A8Linear(w, torch.rand(24) / 100, 0.05, torch.randn(24))
+    x = torch.randn(3, in_features) * 4
+    program = torch.export.export(layer, (x,))  # the exported graph keeps the int32 matmul
+    assert "torch.int32" in str(program.graph_module.code) or "int32" in str(program.graph)
+    torch.testing.assert_close(layer(x), program.module()(x), rtol=0, atol=0)
+
+
 def test_percentile_calibration_clips_outliers():
     x = torch.cat([torch.randn(10000), torch.tensor([500.0])])
     mm = act_scale(x, CompressionMethods(act_calibration="minmax"))
