@@ -118,7 +118,9 @@ def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_refer
     # (3x, not 2x: the quietest of three attempts is kept, and on a loud CI machine the quietest
     # reference read 1.598x against its median under a 2x slowdown)
     assert slowed.drift > 2.0 and slowed.raw_latency_ms > 2.0 * quiet.latency_ms
-    assert 0.6 < slowed.latency_ms / quiet.latency_ms < 1.5
+    # corrected: near the quiet latency (uncorrected it would read about 3x). ``quiet`` is the
+    # fastest of five readings and ``slowed`` one, so on a loud machine the ratio reaches 1.7 (CI)
+    assert 0.5 < slowed.latency_ms / quiet.latency_ms < 2.2
 
 
 def test_a_candidate_timed_in_a_short_slow_window_is_timed_again_when_it_has_passed(tiny_vit, fast_target, monkeypatch):
