@@ -192,15 +192,14 @@ class W8A8Linear(nn.Module):
         return cls(q.weight_int8.data, q.scale.data, act_scale, layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = torch.clamp(torch.round(x * self.inv_act_scale.to(x.dtype)), -127.0, 127.0)
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             # what the exported graph holds: int8 activations, an int32 matmul (made int8 × int8 →
             # int32 in TVM), then the dequantize
-            xq = torch.clamp(torch.round(x * self.inv_act_scale.to(x.dtype)), -127.0, 127.0).to(torch.int8)
-            acc = torch.matmul(xq.to(torch.int32), self.weight_int8.to(torch.int32).t())
-            y = acc.to(x.dtype) * self.out_scale.to(x.dtype)
+            acc = torch.matmul(xq.to(torch.int8).to(torch.int32), self.weight_int8.to(torch.int32).t())
         else:
-            xq = (x * self.inv_act_scale.to(x.dtype)).round_().clamp_(-127.0, 127.0)
-            y = exact_integer_matmul(xq, self.weight_int8).to(x.dtype).mul_(self.out_scale.to(x.dtype))
+            acc = exact_integer_matmul(xq, self.weight_int8)
+        y = acc.to(x.dtype) * self.out_scale.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
