@@ -98,6 +98,8 @@ def test_storage_holds_accuracy_and_latency_for_each_trial(ran):
         assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0 and m["params"] > 0 and m["size_bytes"] > 0
         assert t.values == [m["accuracy"], m["latency_ms"]]
         assert json.loads(t.user_attrs["config"]) is not None and t.user_attrs["config_key"]
+        if "latency_drift" in m:  # timed around the drift reference: how many attempts it took
+            assert 1 <= m["latency_attempts"] <= 3
     # the first trial is the uncompressed reference
     assert complete[0].user_attrs["summary"] == "uncompressed"
     assert study.user_attrs["vitune"]["model"]["checkpoint_sha256"]

@@ -86,10 +86,34 @@ def test_measure_many_times_models_in_interleaved_rounds(tiny_vit, fast_target):
     assert not bad.ok and bad.error.startswith("compile failed on test-cpu:")  # the others still measured
 
 
+def _weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.state_dict().values())
+
+
+class _ScriptedMachine:
+    """``LocalRunner.time`` on a machine whose speed the test sets: a build of the uncompressed
+    model (weights of ``reference_bytes``) takes ``reference_ms`` per run, any other build
+    ``candidate_ms``, both times ``slowdown`` while that is set (a list: one factor per timing,
+    then 1). The builds are real; only the clock is scripted, so the drift arithmetic is checked
+    exactly, whatever the CI machine's own noise (real timings times a factor failed twice on
+    loud machines)."""
+
+    def __init__(self, reference_bytes: int, reference_ms: float = 1.0, candidate_ms: float = 0.4):
+        self.reference_bytes, self.reference_ms, self.candidate_ms = reference_bytes, reference_ms, candidate_ms
+        self.slowdown: list[float] = []
+        self.calls: list[str] = []
+
+    def time(self, runner, compiled, inputs, protocol):
+        is_reference = sum(p.nbytes for p in compiled.params) == self.reference_bytes
+        self.calls.append("reference" if is_reference else "candidate")
+        factor = self.slowdown.pop(0) if self.slowdown else 1.0
+        return [factor * (self.reference_ms if is_reference else self.candidate_ms)] * protocol.repeat
+
+
 def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_reference(tiny_vit, fast_target, monkeypatch):
-    """The measured latency source times the uncompressed build again after each candidate: a
+    """The measured latency source times the uncompressed build again around each candidate: a
     candidate timed while every run takes three times as long (a slow window of a shared machine)
-    records about the latency it has when the machine is not slow, with the slowdown."""
+    records the latency it has when the machine is not slow, with the slowdown and the attempts."""
     from types import SimpleNamespace
 
     from vitune.costmodels.base import MeasuredLatency
@@ -97,6 +121,8 @@ def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_refer
 
     source = MeasuredLatency(fast_target)
     source.bind(SimpleNamespace(model=tiny_vit), None, "off")
+    machine = _ScriptedMachine(_weight_bytes(tiny_vit))
+    monkeypatch.setattr(LocalRunner, "time", lambda self, c, i, p: machine.time(self, c, i, p))
     x = torch.randn(1, 1, 8, 8)
     layout = discover(tiny_vit)
     from vitune.compression.methods import CompressionMethods
@@ -105,22 +131,18 @@ def test_a_candidate_timed_while_the_machine_runs_slow_is_corrected_by_the_refer
     candidate = compress(tiny_vit, config)
     first = source.latency(tiny_vit, CompressionConfig.make(), x)  # the study's trial 0: the reference
     assert first.ok and first.drift is None and source.reference is not None
-    quiet = min((source.latency(candidate, config, x) for _ in range(5)), key=lambda m: m.latency_ms)  # the usual speed: 11+ timings
-    assert quiet.ok and 0.5 < quiet.drift < 2.0 and quiet.raw_latency_ms == pytest.approx(quiet.latency_ms * quiet.drift)
-
-    real_time = LocalRunner.time
-
-    def slow(self, compiled, inputs, protocol):
-        return [3.0 * s for s in real_time(self, compiled, inputs, protocol)]
-
-    monkeypatch.setattr(LocalRunner, "time", slow)
-    slowed = source.latency(candidate, config, x)  # slow through its retries too: scaled by the slowdown
-    # (3x, not 2x: the quietest of three attempts is kept, and on a loud CI machine the quietest
-    # reference read 1.598x against its median under a 2x slowdown)
-    assert slowed.drift > 2.0 and slowed.raw_latency_ms > 2.0 * quiet.latency_ms
-    # corrected: near the quiet latency (uncorrected it would read about 3x). ``quiet`` is the
-    # fastest of five readings and ``slowed`` one, so on a loud machine the ratio reaches 1.7 (CI)
-    assert 0.5 < slowed.latency_ms / quiet.latency_ms < 2.2
+    assert first.latency_ms == pytest.approx(1.0)
+    quiet = source.latency(candidate, config, x)
+    assert quiet.ok and quiet.drift == pytest.approx(1.0) and quiet.latency_ms == pytest.approx(0.4) and quiet.attempts == 1
+    for _ in range(8):  # a study's worth of reference timings at the usual speed
+        source.reference.now()
+    machine.calls.clear()
+    machine.slowdown = [3.0] * 9  # every timing of all three attempts runs 3x slow
+    slowed = source.latency(candidate, config, x)
+    assert machine.calls == ["reference", "candidate", "reference"] * 3  # timed again while the window lasted
+    assert slowed.attempts == 3 and slowed.raw_latency_ms == pytest.approx(1.2)
+    # the reference read 3x its usual (median) latency around it: corrected to the quiet 0.4
+    assert slowed.drift == pytest.approx(3.0) and slowed.latency_ms == pytest.approx(0.4)
 
 
 def test_a_candidate_timed_in_a_short_slow_window_is_timed_again_when_it_has_passed(tiny_vit, fast_target, monkeypatch):
@@ -129,25 +151,27 @@ def test_a_candidate_timed_in_a_short_slow_window_is_timed_again_when_it_has_pas
     reference reads more than ``tolerance`` slow around the candidate, the three are timed again
     and the quietest attempt is kept."""
     from vitune.targets.compile import compile_model
-    from vitune.targets.measure import DriftReference, time_compiled
+    from vitune.targets.measure import DriftReference
     from vitune.targets.runner import LocalRunner
 
     x = torch.randn(1, 1, 8, 8)
     built = compile_model(tiny_vit, x, fast_target)
+    from vitune.compression.methods import CompressionMethods
+
+    svd = CompressionConfig.make({discover(tiny_vit).linears[0].name: LinearConfig(rank=2)}, methods=CompressionMethods(lowrank="svd"))
+    candidate = compile_model(compress(tiny_vit, svd), x, fast_target)
     reference = DriftReference(built, x, fast_target)
+    machine = _ScriptedMachine(_weight_bytes(tiny_vit))
+    monkeypatch.setattr(LocalRunner, "time", lambda self, c, i, p: machine.time(self, c, i, p))
     for _ in range(5):  # the machine's usual speed
         reference.now()
-    quiet = min(time_compiled(built, x, fast_target).latency_ms for _ in range(3))
-    real_time, calls = LocalRunner.time, []
-
-    def window(self, compiled, inputs, protocol):  # the next three timings (one attempt) run 3x slow
-        calls.append(1)
-        return [(3.0 if len(calls) <= 3 else 1.0) * s for s in real_time(self, compiled, inputs, protocol)]
-
-    monkeypatch.setattr(LocalRunner, "time", window)
-    m = reference.time(built, x, fast_target)
-    assert len(calls) >= 6  # timed again after the slow attempt
-    assert m.ok and m.drift < 2.0 and m.raw_latency_ms < 2.0 * quiet  # the quiet attempt, not the slow one scaled
+    machine.slowdown = [3.0, 3.0, 3.0]  # the next three timings (one attempt) run 3x slow
+    m = reference.time(candidate, x, fast_target)
+    assert machine.calls[5:] == ["reference", "candidate", "reference"] * 2  # timed again after the slow attempt
+    assert m.ok and m.attempts == 2 and m.drift == pytest.approx(1.0) and m.raw_latency_ms == pytest.approx(0.4)
+    machine.slowdown = [1.5, 1.5, 1.5] * 3  # a window longer than the retries: the quietest attempt, scaled
+    m = reference.time(candidate, x, fast_target)
+    assert m.attempts == 3 and m.raw_latency_ms == pytest.approx(0.6) and m.latency_ms == pytest.approx(0.6 / m.drift)
     with pytest.raises(ValueError, match="baseline"):
         DriftReference(built, x, fast_target, baseline="mean")
 

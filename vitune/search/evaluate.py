@@ -183,7 +183,8 @@ class Evaluator:
             self.cache.put_latency(config.key, m)
         result.metrics = result.metrics.with_(latency_ms=m.latency_ms, latency_spread_ms=m.spread_ms,
                                               latency_samples_ms=tuple(m.samples_ms), latency_source=m.source,
-                                              peak_memory_bytes=m.peak_memory_bytes, latency_drift=m.drift)
+                                              peak_memory_bytes=m.peak_memory_bytes, latency_drift=m.drift,
+                                              latency_attempts=m.attempts)
         return self._fits(m.peak_memory_bytes, self.profile, result)
 
     @staticmethod

@@ -29,6 +29,7 @@ class Metrics:
     latency_spread_ms: float | None = None
     latency_samples_ms: tuple[float, ...] = ()
     latency_drift: float | None = None  # how slow the machine ran when timed (latency_ms is corrected for it)
+    latency_attempts: int | None = None  # times it was timed around the drift reference (1 + retries for slow windows)
     params: int | None = None
     size_bytes: int | None = None  # what the model ships: every stored tensor at its stored dtype
     peak_memory_bytes: int | None = None  # the primary target's build: weights + planned storages + input, one batch-1 run
@@ -101,7 +102,7 @@ class Metrics:
                 value = tuple((str(k), int(v)) for k, v in dict(value).items())
             elif f.name == "latency_samples_ms":
                 value = tuple(float(v) for v in value)
-            elif f.name in ("params", "size_bytes", "peak_memory_bytes", "accuracy_seen"):
+            elif f.name in ("params", "size_bytes", "peak_memory_bytes", "accuracy_seen", "latency_attempts"):
                 value = int(value)
             elif f.name in ("latency_source",):
                 value = str(value)

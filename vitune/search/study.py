@@ -358,6 +358,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                           tuple(names), log=log, objectives=objectives)
     mine: dict[str, int] = {}  # this process's trials by state (other workers' are not counted)
     timed: list[dict] = []  # this process's trials' time splits
+    attempts: list[int] = []  # ... and how many times each was timed around the drift reference
     bar = tqdm(total=remaining, desc=f"{spec.name}", unit="trial", disable=None if progress else True)
     say = bar.write if not bar.disable else log
 
@@ -373,6 +374,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         def on_trial(study_, trial):
             bar.update(1)
             timed.append(trial.user_attrs.get("timings", {}))
+            if metrics_of(trial).latency_attempts:
+                attempts.append(metrics_of(trial).latency_attempts)  # type: ignore[arg-type]
             mine[trial.state.name.lower()] = mine.get(trial.state.name.lower(), 0) + 1
             now = count_states(study_)
             every = spec.target.remeasure_every
@@ -409,6 +412,10 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
             if timed:
                 log(time_split(timed, time.perf_counter() - t0))
+            if attempts:
+                again = sum(a > 1 for a in attempts)
+                log(f"drift reference: {again} of {len(attempts)} candidates timed again in a slow window "
+                    f"({sum(attempts) - len(attempts)} extra rounds of reference, candidate, reference)")
             if predicted and not stop.requested:
                 recheck(final=True)
             if measured_here and not stop.requested and not worker and mine.get("complete", 0):

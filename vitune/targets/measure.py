@@ -36,6 +36,7 @@ class Measurement:
     # latency_ms = raw / drift
     drift: float | None = None
     raw_latency_ms: float | None = None
+    attempts: int | None = None  # with a DriftReference: how many times it was timed (1 + retries taken)
 
     @property
     def ok(self) -> bool:
@@ -251,9 +252,9 @@ class DriftReference:
         """``compiled`` timed between two timings of the reference, again while they read a slow
         window (:attr:`retries`), corrected for the drift of the quietest attempt."""
         best: Measurement | None = None
-        for _ in range(1 + self.retries):
+        for attempt in range(1, 2 + self.retries):
             before = self.now()
-            m = self.correct(time_compiled(compiled, example, profile), before)
+            m = replace(self.correct(time_compiled(compiled, example, profile), before), attempts=attempt)
             if not m.ok or m.drift is None:
                 return m
             if best is None or m.drift < best.drift:  # type: ignore[operator]
@@ -261,7 +262,7 @@ class DriftReference:
             if m.drift <= self.tolerance:
                 break
         assert best is not None
-        return best
+        return replace(best, attempts=attempt)
 
     def correct(self, m: Measurement, before: float | None = None) -> Measurement:
         """``m`` scaled by the machine's slowdown: the reference timed now, and ``before``
