@@ -86,7 +86,7 @@ accuracy_shards = 1
 """
 
 
-def study_text(name: str, data_root: Path | None, tuning: str) -> str:
+def study_text(name: str, data_root: Path | None, tuning: str, kd_precision: str = "float32") -> str:
     if name == "digits_vit_base":
         model = '[model]\nsource = "default"\nname = "digits_vit_base"\n\n[data]\nsource = "digits"\n'
     else:
@@ -94,7 +94,8 @@ def study_text(name: str, data_root: Path | None, tuning: str) -> str:
         model = (f'[model]\nsource = "timm"\nname = "{TIMM[name]}"\npretrained = false\nnum_classes = {CLASSES}\n\n'
                  f'[data]\nsource = "imagefolder"\nroot = "{data_root}"\nfractions = {{ {fractions} }}\n')
     return (f'[study]\nname = "scale-{name}"\nn_trials = 100\nsampler = "random"\nseed = 0\n\n{model}\n'
-            f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = 16\n{SPACE}')
+            f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = 16\n'
+            + SPACE.replace("[compression]\n", f'[compression]\nkd_precision = "{kd_precision}"\n'))
 
 
 def make_images(root: Path, val_images: int, size: int = 224) -> Path:
@@ -164,6 +165,7 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
         m = result.metrics
         return {
             "config": config.summary(), "wall_s": wall, "split": split_of(result.timings, wall),
+            "distill_s": result.timings.get("distill_s", 0.0),  # inside split["compress"]
             "latency_ms": m.latency_ms, "accuracy": m.accuracy, "error": result.error or result.pruned,
             "tuned_workloads": result.timings.get("tuned_workloads"), "untuned_workloads": result.timings.get("untuned_workloads"),
         }
@@ -214,6 +216,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--tuning", default="database", choices=("database", "tune", "off"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kd-precision", default="float32", choices=("float32", "bfloat16"),
+                    help="[compression] kd_precision of the studies (bench/distill_precision.py compares the two)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vitune-scale"), help="study files, generated images, results caches")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in this process
@@ -233,7 +237,7 @@ def main() -> None:
     images = make_images(work / "images", args.val_images) if any(n in TIMM for n in names) else None
     results: dict[str, dict] = {}
     for name in names:
-        (work / f"{name}.toml").write_text(study_text(name, images, args.tuning))
+        (work / f"{name}.toml").write_text(study_text(name, images, args.tuning, args.kd_precision))
         out = work / f"{name}.json"
         out.unlink(missing_ok=True)
         trials = counts.get(name, args.trials)
@@ -263,7 +267,7 @@ def main() -> None:
 
 
 def write(args, names, counts, results) -> None:
-    doc = {"tuning": args.tuning, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
+    doc = {"tuning": args.tuning, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

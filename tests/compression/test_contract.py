@@ -117,12 +117,17 @@ def test_compress_rejects_an_invalid_config(tiny_vit):
         compress(tiny_vit, CompressionConfig.make({"blocks.0.mlp.fc1": LinearConfig("fp32", 99)}))
 
 
-def test_distillation_moves_student_towards_teacher(tiny_vit, tiny_calib, train_data):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_distillation_moves_student_towards_teacher(precision, tiny_vit, tiny_calib, train_data):
     from vitune.compression.distill import DistillSettings, distill
 
-    student = compress(tiny_vit, CompressionConfig.make(_linears(tiny_vit, rank_fraction=0.1), methods=CompressionMethods(lowrank="svd")))
-    for p in student.parameters():
-        p.requires_grad_(True)
+    def student_of():
+        student = compress(tiny_vit, CompressionConfig.make(_linears(tiny_vit, rank_fraction=0.1), methods=CompressionMethods(lowrank="svd")))
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return student
+
+    student = student_of()
     x = train_data.tensors[0]
 
     def gap():
@@ -130,8 +135,14 @@ def test_distillation_moves_student_towards_teacher(tiny_vit, tiny_calib, train_
             return float((student(x).softmax(-1) - tiny_vit(x).softmax(-1)).abs().mean())
 
     before = gap()
-    losses = distill(student, tiny_vit, train_data, steps=60, settings=DistillSettings(hidden_weight=0.5), seed=0)
+    losses = distill(student, tiny_vit, train_data, steps=60, settings=DistillSettings(hidden_weight=0.5, precision=precision), seed=0)
     assert len(losses) == 60 and gap() < before
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # autocast: the weights stay float32
+    if precision == "bfloat16":  # it did run in bfloat16: not the float32 student, but near it
+        exact = student_of()
+        distill(exact, tiny_vit, train_data, steps=60, settings=DistillSettings(hidden_weight=0.5), seed=0)
+        diffs = [float((a - b).abs().max()) for a, b in zip(student.parameters(), exact.parameters())]
+        assert 0 < max(diffs) < 0.05
 
 
 @pytest.mark.parametrize("hidden_weight", [0.0, 0.5])

@@ -60,7 +60,7 @@ class CompressionConfig:
     prune_mlp_items: tuple[tuple[str, float], ...] = ()
     distill_steps: int = 0
     methods: CompressionMethods = CompressionMethods()
-    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)  # a copy (dataclasses.replace) starts empty
 
     # -- construction -------------------------------------------------------------------
     @classmethod

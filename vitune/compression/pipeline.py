@@ -19,6 +19,8 @@ Calibration images come from the ``calib`` split only; nothing here reads val or
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -142,9 +144,12 @@ def compress(
         settings = DistillSettings.from_methods(methods)
         targets = None
         if calibration is not None:  # the teacher's side once per study (it never depends on the student)
-            targets = calibration.cached(("teacher_targets", id(model), id(train_data), settings, seed),
-                                         lambda: TeacherTargets(model, train_data, settings, seed))
+            teacher = replace(settings, precision="float32")  # nor on the student's precision
+            targets = calibration.cached(("teacher_targets", id(model), id(train_data), teacher, seed),
+                                         lambda: TeacherTargets(model, train_data, teacher, seed))
+        t0 = time.perf_counter()
         report["distill_loss"] = distill(student, model, train_data, config.distill_steps, settings, seed, targets)
+        report["distill_s"] = time.perf_counter() - t0
 
     precisions = {name: spec.precision for name, spec in config.linear_items if spec.precision != "fp32"}
     if precisions:

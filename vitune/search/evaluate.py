@@ -35,7 +35,7 @@ from vitune.targets.memory import over_limit
 @dataclass
 class CandidateResult:
     metrics: Metrics = field(default_factory=Metrics)  # filled stage by stage
-    timings: dict = field(default_factory=dict)  # compress_s, fidelity_s, accuracy_s, export_s, build_s, run_s, lock_wait_s
+    timings: dict = field(default_factory=dict)  # compress_s (distill_s inside it), fidelity_s, accuracy_s, export_s, build_s, run_s, lock_wait_s
     error: str | None = None
     pruned: str | None = None  # why the candidate was stopped early (not a failure)
 
@@ -96,11 +96,11 @@ class Evaluator:
             self._calibrations[images] = Calibration.from_dataset(self.workspace.data.calib, images)
         return self._calibrations[images]
 
-    def compress(self, config: CompressionConfig):
+    def compress(self, config: CompressionConfig, report: dict | None = None):
         from vitune.compression.pipeline import compress
 
         calib = self.calibration(config.methods.calib_images)
-        return compress(self.workspace.model, config, train_data=self.workspace.data.train, calibration=calib)
+        return compress(self.workspace.model, config, train_data=self.workspace.data.train, calibration=calib, report=report)
 
     def fidelity(self, model) -> float:
         """Top-1 agreement with the uncompressed model on the first calibration images."""
@@ -137,8 +137,11 @@ class Evaluator:
         try:
             with self._lock(False, result):
                 t0 = time.perf_counter()
-                model = self.compress(config)
+                report: dict = {}
+                model = self.compress(config, report)
                 result.timings["compress_s"] = time.perf_counter() - t0
+                if "distill_s" in report:  # inside compress_s
+                    result.timings["distill_s"] = report["distill_s"]
                 if self.early.min_fidelity > 0 and not cached_acc:
                     stage = "fidelity"
                     t0 = time.perf_counter()
