@@ -1,14 +1,27 @@
 """``vitune tune``: warm a target's tuning database ahead of a study.
 
-Tunes the workloads of the study's uncompressed model, then of ``configs`` random
-configurations drawn from the study's search space (compressed candidates bring new shapes),
-and reports, per model, how many workloads were already in the database, how many were tuned
-and how long it took; finally the uncompressed model's latency untuned and tuned.
+Tunes the workloads of the study's uncompressed model; with ``uniform``, of every uniform
+configuration of the study's search space (:meth:`SearchSpace.uniform_configs`: one value per
+knob on every layer, every combination), which together hold every kernel shape a candidate of
+the space can build, so a study that follows times tuned kernels in every trial and tunes
+nothing; then of ``configs`` random configurations of the space (after ``uniform``: a check
+that they find everything in the database). Reports, per model, how many workloads were already
+in the database, how many were tuned and how long it took; finally the uncompressed model's
+latency untuned and tuned.
+
+Candidates are built structurally (plain SVD, magnitude pruning, min-max activation scales, no
+refinement or distillation): the same shapes and dtypes as the study's, at a fraction of the
+compression time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vitune.compression.config import CompressionConfig
 
 
 @dataclass
@@ -19,7 +32,8 @@ class TuneRun:
     database: str = ""
 
 
-def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0) -> TuneRun:
+def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0,
+                      uniform: bool = False) -> TuneRun:
     from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress
     from vitune.models.layers import discover
@@ -33,21 +47,31 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     # shipped schedules tuned on another CPU model do not stand in for this one's
     tuner = Tuner(profile, "tune", trials_per_task, budget_s, other_cpu_seeds=False)
     run = TuneRun(database=str(tuner.database_path))
-    models = [("uncompressed", ws.model)]
+    models: list[tuple[str, CompressionConfig | None]] = [("uncompressed", None)]
+    space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
+    fast = dataclasses.replace(spec.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
+    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images) if configs or uniform else None
+    chosen = space.uniform_configs() if uniform else []
+    models += [(f"uniform {i + 1}/{len(chosen)}: {c.summary()}", c) for i, c in enumerate(chosen)]
     if configs:
-        space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
-        calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
         identity = space.to_config(space.identity_params())
-        for i, config in enumerate(space.random_configs(configs, seed, exclude={identity.key}, fixed={"distill_steps": 0})):
-            models.append((f"random config {i + 1}: {config.summary()}", compress(ws.model, config, ws.data.train, calib)))
+        drawn = space.random_configs(configs, seed, exclude={identity.key}, fixed={"distill_steps": 0})
+        models += [(f"random config {i + 1}: {c.summary()}", c) for i, c in enumerate(drawn)]
+    if uniform:
+        log(f"tuning the uncompressed model and the {len(chosen)} uniform configurations of the space"
+            + (f", then {configs} random configurations" if configs else "") + f" ({trials_per_task} trials per new workload"
+            + (f", budget {budget_s:.0f} s" if budget_s else "") + ")")
     untuned = measure(ws.model, example, profile)
     run.untuned_ms = untuned.latency_ms
     try:
-        for label, model in models:
+        for label, config in models:
+            model = ws.model if config is None else compress(ws.model, config.replace(methods=fast), calibration=calib)
+            before = tuner.report.tuned
             m = measure(model, example, profile, tuner=tuner)
             rep = tuner.report
             row = {"model": label, "latency_ms": m.latency_ms, "error": m.error, "tune_s": m.timings.get("tune_s", 0.0),
-                   "tuned_workloads": m.timings.get("tuned_workloads"), "untuned_workloads": m.timings.get("untuned_workloads")}
+                   "tuned_workloads": m.timings.get("tuned_workloads"), "untuned_workloads": m.timings.get("untuned_workloads"),
+                   "new_workloads": rep.tuned - before, "random": label.startswith("random")}
             run.rows.append(row)
             if label == "uncompressed":
                 run.tuned_ms = m.latency_ms
@@ -55,4 +79,9 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
             log(f"{label}: {lat}; tuning {row['tune_s']:.1f} s; so far {rep.line()}")
     finally:
         tuner.close()
+    drawn_rows = [r for r in run.rows if r["random"]]
+    if uniform and drawn_rows:
+        new = sum(r["new_workloads"] for r in drawn_rows)
+        log(f"the {len(drawn_rows)} random configurations after the uniform ones tuned {new} new workload(s)"
+            + (": every kernel they build was in the database" if not new else ""))
     return run

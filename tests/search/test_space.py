@@ -57,3 +57,26 @@ def test_an_override_or_tie_that_matches_no_layer_is_refused_naming_the_file():
     with pytest.raises(ConfigError, match=r"^s\.toml \[\[space\.tie\]\] layers = 'head\*' matches no layer"):
         SearchSpace.build(SpaceSpec(ties=(Tie("head*", ("precision",)),)), layout, where="s.toml")
     assert SearchSpace.build(SpaceSpec(overrides=(Override("blocks.3.mlp", (("prune_mlp", (0.0,)),)),)), layout).choices  # an MLP unit matches
+
+
+def test_uniform_configurations_are_every_combination_of_one_value_per_knob():
+    """What `vitune tune --uniform` tunes: each combination of precision × rank × head and MLP
+    pruning set on every layer whose menu has it (the first block's override keeps it fp32), so
+    every (layer kind, its own knobs) pair a random configuration can hold appears in one."""
+    s = space(precision=("fp32", "int8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0, 0.5), prune_mlp=(0.0, 0.5),
+              overrides=(Override("blocks.0.*", (("precision", ("fp32",)),)),))
+    uniform = s.uniform_configs()
+    assert len(uniform) == 2 * 2 * 2 * 2 - 1 and len({c.key for c in uniform}) == len(uniform)  # the uncompressed one left out
+    assert not any(c.is_identity or c.distill_steps for c in uniform)
+    seen = set()
+    for c in uniform:
+        for name, spec in c.linear.items():
+            block = name.split(".")[1]
+            pruned = c.prune_heads.get(f"blocks.{block}.attn", 0.0) if ".attn." in name else c.prune_mlp.get(f"blocks.{block}.mlp", 0.0)
+            seen.add((name.split(".", 2)[2], spec.precision, spec.rank is not None, pruned))
+        assert all(c.linear[n].precision == "fp32" for n in c.linear if n.startswith("blocks.0."))
+    for config in s.random_configs(20, seed=1):  # each layer's own choices appear in some uniform configuration
+        for name, spec in config.linear.items():
+            block = name.split(".")[1]
+            pruned = config.prune_heads.get(f"blocks.{block}.attn", 0.0) if ".attn." in name else config.prune_mlp.get(f"blocks.{block}.mlp", 0.0)
+            assert (name.split(".", 2)[2], spec.precision, spec.rank is not None, pruned) in seen

@@ -108,6 +108,37 @@ class SearchSpace:
                 out.append(config)
         return out
 
+    def uniform_configs(self) -> list[CompressionConfig]:
+        """Every combination of one value per knob (precision × rank_fraction × prune_heads ×
+        prune_mlp), each value set on every layer whose menu has it (the others uncompressed), no
+        distillation; distinct, the uncompressed model left out. A layer's kernels depend only
+        on its own knobs (its precision and rank, the pruning of its block's heads or MLP) and all
+        blocks have one shape, so together these build every kernel shape a configuration of the
+        space can build: what ``vitune tune --uniform`` tunes. As many as the product of the
+        knobs' value counts (72 for the quickstart's space)."""
+        import itertools
+
+        levels: dict[str, list] = {}
+        for name, menu in self.choices:
+            if len(menu) > 1 and name != "distill_steps":
+                values = levels.setdefault(name.rsplit(":", 1)[-1], [])
+                values.extend(v for v in menu if v not in values)
+        identity = self.identity_params()
+        seen = {self.to_config({**identity, "distill_steps": 0}).key}
+        out: list[CompressionConfig] = []
+        for combo in itertools.product(*levels.values()):
+            chosen = dict(zip(levels, combo))
+            params = dict(identity, distill_steps=0)
+            for name, menu in self.choices:
+                knob = name.rsplit(":", 1)[-1]
+                if knob in chosen and chosen[knob] in menu and len(menu) > 1:
+                    params[name] = chosen[knob]
+            config = self.to_config(params)
+            if config.key not in seen:
+                seen.add(config.key)
+                out.append(config)
+        return out
+
     def identity_params(self) -> dict:
         """Parameters of the uncompressed model, where the menu allows it (for enqueueing)."""
         ident = {"precision": "fp32", "rank_fraction": 1.0, "prune_heads": 0.0, "prune_mlp": 0.0}
