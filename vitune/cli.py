@@ -178,7 +178,7 @@ def _tune(args) -> int:
         from vitune.search.studyfile import parse_study
 
         spec = parse_study({"study": {"name": "default-model"}}, Path.cwd() / "default-model.toml")
-    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s, uniform=args.uniform)
+    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s, cover=args.cover)
     if run.untuned_ms and run.tuned_ms:
         print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
               f"({run.untuned_ms / run.tuned_ms:.2f}x); database {run.database}")
@@ -321,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("target", help="target name or path to a .toml profile")
     tu.add_argument("--study", default=None, help="study file whose model (and search space) to tune (default: the embedded default model and space)")
     tu.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload")
-    tu.add_argument("--uniform", action="store_true",
-                    help="also tune every uniform configuration of the study's space (every combination of one value per knob on "
-                         "every layer): together they hold every kernel a candidate can build, so the study's trials tune nothing")
+    tu.add_argument("--cover", action="store_true",
+                    help="also tune configurations of the study's space that together build every kernel a candidate can build "
+                         "(each attention and MLP unit in every combination of its menus), so the study's trials tune nothing")
     tu.add_argument("--configs", type=int, default=0, help="also tune this many random configurations of the study's space "
-                                                             "(after --uniform: a check that they find every kernel in the database)")
+                                                             "(after --cover: a check that they find every kernel in the database)")
     tu.add_argument("--budget-s", type=float, default=0.0, help="stop tuning new workloads after SECONDS (0 = no limit)")
     tu.add_argument("--export-seed", default=None, metavar="FILE",
                     help="tune nothing: write the best schedule of each workload of the target's database to FILE (.json.gz), "

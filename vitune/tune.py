@@ -1,11 +1,11 @@
 """``vitune tune``: warm a target's tuning database ahead of a study.
 
-Tunes the workloads of the study's uncompressed model; with ``uniform``, of every uniform
-configuration of the study's search space (:meth:`SearchSpace.uniform_configs`: one value per
-knob on every layer, every combination), which together hold every kernel shape a candidate of
+Tunes the workloads of the study's uncompressed model; with ``cover``, of the configurations of
+:meth:`SearchSpace.covering_configs` (each attention and MLP unit takes every combination of its
+menus in some block of some configuration), which together build every kernel a candidate of
 the space can build, so a study that follows times tuned kernels in every trial and tunes
-nothing; then of ``configs`` random configurations of the space (after ``uniform``: a check
-that they find everything in the database). Reports, per model, how many workloads were already
+nothing; then of ``configs`` random configurations of the space (after ``cover``: a check that
+they find everything in the database). Reports, per model, how many workloads were already
 in the database, how many were tuned and how long it took; finally the uncompressed model's
 latency untuned and tuned.
 
@@ -33,7 +33,7 @@ class TuneRun:
 
 
 def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0,
-                      uniform: bool = False) -> TuneRun:
+                      cover: bool = False) -> TuneRun:
     from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress
     from vitune.models.layers import discover
@@ -50,15 +50,15 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     models: list[tuple[str, CompressionConfig | None]] = [("uncompressed", None)]
     space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
     fast = dataclasses.replace(spec.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
-    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images) if configs or uniform else None
-    chosen = space.uniform_configs() if uniform else []
-    models += [(f"uniform {i + 1}/{len(chosen)}: {c.summary()}", c) for i, c in enumerate(chosen)]
+    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images) if configs or cover else None
+    chosen = space.covering_configs() if cover else []
+    models += [(f"cover {i + 1}/{len(chosen)}: {c.summary()}", c) for i, c in enumerate(chosen)]
     if configs:
         identity = space.to_config(space.identity_params())
         drawn = space.random_configs(configs, seed, exclude={identity.key}, fixed={"distill_steps": 0})
         models += [(f"random config {i + 1}: {c.summary()}", c) for i, c in enumerate(drawn)]
-    if uniform:
-        log(f"tuning the uncompressed model and the {len(chosen)} uniform configurations of the space"
+    if cover:
+        log(f"tuning the uncompressed model and {len(chosen)} configurations that build every kernel of the space"
             + (f", then {configs} random configurations" if configs else "") + f" ({trials_per_task} trials per new workload"
             + (f", budget {budget_s:.0f} s" if budget_s else "") + ")")
     untuned = measure(ws.model, example, profile)
@@ -80,8 +80,8 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     finally:
         tuner.close()
     drawn_rows = [r for r in run.rows if r["random"]]
-    if uniform and drawn_rows:
+    if cover and drawn_rows:
         new = sum(r["new_workloads"] for r in drawn_rows)
-        log(f"the {len(drawn_rows)} random configurations after the uniform ones tuned {new} new workload(s)"
+        log(f"the {len(drawn_rows)} random configurations after the covering ones tuned {new} new workload(s)"
             + (": every kernel they build was in the database" if not new else ""))
     return run

@@ -59,24 +59,38 @@ def test_an_override_or_tie_that_matches_no_layer_is_refused_naming_the_file():
     assert SearchSpace.build(SpaceSpec(overrides=(Override("blocks.3.mlp", (("prune_mlp", (0.0,)),)),)), layout).choices  # an MLP unit matches
 
 
-def test_uniform_configurations_are_every_combination_of_one_value_per_knob():
-    """What `vitune tune --uniform` tunes: each combination of precision × rank × head and MLP
-    pruning set on every layer whose menu has it (the first block's override keeps it fp32), so
-    every (layer kind, its own knobs) pair a random configuration can hold appears in one."""
+def _unit_choices(config, block: str, unit: str) -> tuple:
+    """One attention or MLP unit's choices in ``config``: each linear's (precision, has a rank) and the pruning."""
+    linears = sorted((n, spec.precision, spec.rank is not None) for n, spec in config.linear.items() if n.startswith(f"blocks.{block}.{unit}."))
+    pruned = config.prune_heads if unit == "attn" else config.prune_mlp
+    return tuple((n.split(".", 2)[2], p, r) for n, p, r in linears), pruned.get(f"blocks.{block}.{unit}", 0.0)
+
+
+def test_covering_configurations_put_every_unit_in_every_combination_of_its_menus():
+    """What `vitune tune --cover` tunes: every attention and MLP unit takes each combination of its
+    linears' precision and rank and its pruning in some block of some configuration (the first
+    block's override keeps it fp32), so every unit a random configuration holds was built."""
     s = space(precision=("fp32", "int8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0, 0.5), prune_mlp=(0.0, 0.5),
               overrides=(Override("blocks.0.*", (("precision", ("fp32",)),)),))
-    uniform = s.uniform_configs()
-    assert len(uniform) == 2 * 2 * 2 * 2 - 1 and len({c.key for c in uniform}) == len(uniform)  # the uncompressed one left out
-    assert not any(c.is_identity or c.distill_steps for c in uniform)
-    seen = set()
-    for c in uniform:
-        for name, spec in c.linear.items():
-            block = name.split(".")[1]
-            pruned = c.prune_heads.get(f"blocks.{block}.attn", 0.0) if ".attn." in name else c.prune_mlp.get(f"blocks.{block}.mlp", 0.0)
-            seen.add((name.split(".", 2)[2], spec.precision, spec.rank is not None, pruned))
-        assert all(c.linear[n].precision == "fp32" for n in c.linear if n.startswith("blocks.0."))
-    for config in s.random_configs(20, seed=1):  # each layer's own choices appear in some uniform configuration
-        for name, spec in config.linear.items():
-            block = name.split(".")[1]
-            pruned = config.prune_heads.get(f"blocks.{block}.attn", 0.0) if ".attn." in name else config.prune_mlp.get(f"blocks.{block}.mlp", 0.0)
-            assert (name.split(".", 2)[2], spec.precision, spec.rank is not None, pruned) in seen
+    cover = s.covering_configs()
+    # an attention unit: (2 precisions x 2 ranks)^2 x 2 prunings = 32 combinations over 4 blocks
+    assert len(cover) == 8 and len({c.key for c in cover}) == len(cover)
+    assert not any(c.is_identity or c.distill_steps for c in cover)
+    assert all(c.linear_for(n).precision == "fp32" for c in cover for n in c.linear if n.startswith("blocks.0."))
+    blocks = [str(i) for i in range(4)]
+    built = {(unit, _unit_choices(c, b, unit)) for c in cover for b in blocks for unit in ("attn", "mlp")}
+    assert len({u for u in built if u[0] == "attn"}) == 32 and len({u for u in built if u[0] == "mlp"}) == 32
+    for config in s.random_configs(30, seed=1):
+        for b in blocks:
+            for unit in ("attn", "mlp"):
+                assert (unit, _unit_choices(config, b, unit)) in built
+
+
+def test_covering_configurations_of_a_space_with_tied_knobs_take_each_tied_value():
+    from vitune.search.studyfile import Tie
+
+    s = space(precision=("fp32", "int8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0,), prune_mlp=(0.0,),
+              ties=(Tie("blocks.*.mlp.fc2", ("precision",)),))
+    cover = s.covering_configs()
+    fc2 = {c.linear_for("blocks.1.mlp.fc2").precision for c in cover}
+    assert fc2 == {"fp32", "int8"} and all(len({c.linear_for(f"blocks.{b}.mlp.fc2").precision for b in range(4)}) == 1 for c in cover)

@@ -108,35 +108,73 @@ class SearchSpace:
                 out.append(config)
         return out
 
-    def uniform_configs(self) -> list[CompressionConfig]:
-        """Every combination of one value per knob (precision × rank_fraction × prune_heads ×
-        prune_mlp), each value set on every layer whose menu has it (the others uncompressed), no
-        distillation; distinct, the uncompressed model left out. A layer's kernels depend only
-        on its own knobs (its precision and rank, the pruning of its block's heads or MLP) and all
-        blocks have one shape, so together these build every kernel shape a configuration of the
-        space can build: what ``vitune tune --uniform`` tunes. As many as the product of the
-        knobs' value counts (72 for the quickstart's space)."""
-        import itertools
+    def covering_configs(self) -> list[CompressionConfig]:
+        """Configurations that together build every kernel a configuration of the space can build:
+        what ``vitune tune --cover`` tunes, so that a study's candidates find every kernel tuned.
 
-        levels: dict[str, list] = {}
-        for name, menu in self.choices:
-            if len(menu) > 1 and name != "distill_steps":
-                values = levels.setdefault(name.rsplit(":", 1)[-1], [])
-                values.extend(v for v in menu if v not in values)
+        A layer's kernels depend on its own knobs (precision, rank) and its block's pruning, and
+        on its neighbour's inside one attention or MLP unit (GELU fuses with fc1's dequantizing
+        epilogue and fc2's quantizing prologue into one kernel), never across units (layer norms
+        and the attention kernel start kernels of their own). So each unit (``blocks.3.mlp``: its
+        linears' precision and rank and its pruning) must take every combination of its menus
+        once, and units of the same role in different blocks have the same shapes, so one
+        configuration carries a different combination in each block: about (combinations of a
+        unit) / (blocks) configurations, each with no distillation; the uncompressed one left
+        out. Tied knobs take each of their values in turn around that."""
+        import itertools
+        import math
+        import re
+
+        def role(name: str) -> str:  # the same knob of any block: blocks.3.mlp.fc1:precision -> blocks.#.mlp.fc1:precision
+            return re.sub(r"(?<=\.)\d+(?=[.:]|$)", "#", name)
+
+        tied = {name for name, _ in self.ties}
+        # fixed knobs too (menus of one value): a unit whose menu an override narrows has the role
+        # of the others and takes the combinations it can of theirs
+        free = [(n, m) for n, m in self.choices if n != "distill_steps"]
+        units = sorted({h.name for h in self.layout.heads} | {m.name for m in self.layout.mlps}, key=len, reverse=True)
+        instances: dict[str, list[tuple[str, tuple]]] = {}
+        for name, menu in free:
+            if name in tied:
+                continue
+            unit = name.rsplit(":", 1)[0]
+            group = next((u for u in units if unit == u or unit.startswith(u + ".")), unit)
+            instances.setdefault(group, []).append((name, menu))
+        by_role: dict[tuple[str, ...], list[list[tuple[str, tuple]]]] = {}
+        for params in instances.values():
+            params = sorted(params, key=lambda p: role(p[0]))
+            by_role.setdefault(tuple(role(n) for n, _ in params), []).append(params)
+        def fits(combo, inst) -> bool:
+            return all(v in m for v, (_, m) in zip(combo, inst))
+
+        needed, takers = {}, {}
+        for key, insts in by_role.items():
+            combos: list[tuple] = []
+            for params in insts:
+                combos += [c for c in itertools.product(*(m for _, m in params)) if c not in combos]
+            needed[key] = combos
+            # a combination few units can take (a restricted block's) goes to those first
+            takers.update({(key, c): sum(fits(c, inst) for inst in insts) for c in combos})
         identity = self.identity_params()
         seen = {self.to_config({**identity, "distill_steps": 0}).key}
         out: list[CompressionConfig] = []
-        for combo in itertools.product(*levels.values()):
-            chosen = dict(zip(levels, combo))
-            params = dict(identity, distill_steps=0)
-            for name, menu in self.choices:
-                knob = name.rsplit(":", 1)[-1]
-                if knob in chosen and chosen[knob] in menu and len(menu) > 1:
-                    params[name] = chosen[knob]
-            config = self.to_config(params)
-            if config.key not in seen:
-                seen.add(config.key)
-                out.append(config)
+        tied_free = [(n, m) for n, m in free if n in tied and len(m) > 1]
+        for tied_values in itertools.product(*(m for _, m in tied_free)):
+            left = {key: list(combos) for key, combos in needed.items()}
+            first = True
+            while first or any(left.values()):
+                first = False
+                params = {**identity, "distill_steps": 0, **dict(zip((n for n, _ in tied_free), tied_values))}
+                for key, insts in by_role.items():
+                    for inst in sorted(insts, key=lambda i: math.prod(len(m) for _, m in i)):  # restricted units first
+                        pick = min((c for c in left[key] if fits(c, inst)), key=lambda c: takers[key, c], default=None)
+                        if pick is not None:
+                            left[key].remove(pick)
+                            params.update(zip((n for n, _ in inst), pick))
+                config = self.to_config(params)
+                if config.key not in seen:
+                    seen.add(config.key)
+                    out.append(config)
         return out
 
     def identity_params(self) -> dict:
