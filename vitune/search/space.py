@@ -141,17 +141,17 @@ class SearchSpace:
             group = next((u for u in units if unit == u or unit.startswith(u + ".")), unit)
             instances.setdefault(group, []).append((name, menu))
         by_role: dict[tuple[str, ...], list[list[tuple[str, tuple]]]] = {}
-        for params in instances.values():
-            params = sorted(params, key=lambda p: role(p[0]))
-            by_role.setdefault(tuple(role(n) for n, _ in params), []).append(params)
+        for members in instances.values():
+            ordered = sorted(members, key=lambda p: role(p[0]))
+            by_role.setdefault(tuple(role(n) for n, _ in ordered), []).append(ordered)
         def fits(combo, inst) -> bool:
             return all(v in m for v, (_, m) in zip(combo, inst))
 
         needed, takers = {}, {}
         for key, insts in by_role.items():
             combos: list[tuple] = []
-            for params in insts:
-                combos += [c for c in itertools.product(*(m for _, m in params)) if c not in combos]
+            for inst in insts:
+                combos += [c for c in itertools.product(*(m for _, m in inst)) if c not in combos]
             needed[key] = combos
             # a combination few units can take (a restricted block's) goes to those first
             takers.update({(key, c): sum(fits(c, inst) for inst in insts) for c in combos})
