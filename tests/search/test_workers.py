@@ -143,3 +143,26 @@ def test_ctrl_c_stops_after_the_current_trial_and_the_front_can_be_exported(tmp_
     assert len(study.trials) < 40
     doc = export(spec, "pareto", tmp_path / "front.json")  # an interrupted study still exports its front
     assert doc["members"]
+
+
+def test_a_trial_another_worker_finished_first_does_not_stop_this_one(tmp_path, fast_target_file, default_workspace, monkeypatch):
+    """Two workers may pop one queued trial from SQLite; the one that tells it second was stopped
+    by Optuna's "Cannot tell a COMPLETE trial" (CI, stop 40). Simulated: before this process
+    tells its second trial, "another worker" completes it; the run logs it and goes on to its goal."""
+    import optuna.study._optimize as optimize_module
+
+    spec = _spec(tmp_path, fast_target_file, STORAGES["sqlite"], n=4)
+    real, raced = optimize_module._tell_with_warning, []
+
+    def tell(study, trial, *args, **kw):
+        if trial.number == 1 and not raced:  # the other worker finished it first
+            raced.append(trial.number)
+            real(study, trial, *args, **kw)
+        return real(study, trial, *args, **kw)
+
+    monkeypatch.setattr(optimize_module, "_tell_with_warning", tell)
+    lines: list[str] = []
+    run_study(spec, progress=False, log=lines.append)
+    assert raced == [1] and any("finished by another worker meanwhile" in line for line in lines), lines
+    study = open_study(spec, create=False)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) >= 4

@@ -409,7 +409,20 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         t0 = time.perf_counter()
         logging.getLogger("optuna").setLevel(logging.ERROR)
         try:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
+            left, until = remaining, (time.monotonic() + timeout) if timeout else None
+            while True:
+                ran = sum(mine.values())
+                try:
+                    study.optimize(objective, n_trials=left, timeout=None if until is None else max(0.0, until - time.monotonic()),
+                                   catch=(CandidateFailed,), callbacks=[on_trial], gc_after_trial=False)
+                    break
+                except ValueError as err:  # two workers popped one queued trial (SQLite): the other finished it first
+                    if not str(err).startswith("Cannot tell a "):
+                        raise
+                    say(f"a trial this process ran had been finished by another worker meanwhile ({err}): its result stands; going on")
+                    left -= sum(mine.values()) - ran + 1
+                    if stop.requested or left <= 0 or (until is not None and time.monotonic() >= until):
+                        break
             if timed:
                 log(time_split(timed, time.perf_counter() - t0))
             if attempts:
