@@ -41,25 +41,14 @@ def main() -> None:
 
     import optuna
     import torch
-    from scale import TIMM, make_images, study_text
+    from scale import bench_study
 
     from vitune.data.splits import EVAL_BATCH, accuracy
-    from vitune.models.layers import discover
-    from vitune.models.zoo import load_workspace
     from vitune.search.evaluate import EarlyStop, Evaluator
-    from vitune.search.space import SearchSpace
     from vitune.search.study import latency_source_for
-    from vitune.search.studyfile import load_study_file
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    data_root = make_images(work / "images", args.val_images) if args.model in TIMM else None
-    study_path = work / f"accuracy-speed-{args.model}.toml"
-    study_path.write_text(study_text(args.model, data_root, "off"))
-    spec = load_study_file(study_path)
+    spec, workspace, space = bench_study(args.model, args.val_images, Path(args.work), "accuracy-speed")
     profile, source, _ = latency_source_for(spec, spec.target, "[target]")
-    workspace = load_workspace(spec.model, spec.data, progress=False)
-    space = SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
     evaluator = Evaluator(workspace, profile, source, early=EarlyStop(0.0, spec.search.fidelity_images, 1))
     evaluator.calibration(spec.methods.calib_images)
     val = workspace.data.val

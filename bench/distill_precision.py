@@ -47,25 +47,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from scale import TIMM, make_images, study_text
+    from scale import bench_study
 
+    from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress
     from vitune.data.splits import accuracy, predictions
-    from vitune.models.layers import discover
-    from vitune.models.zoo import load_workspace
-    from vitune.search.space import SearchSpace
-    from vitune.search.studyfile import load_study_file
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    data_root = make_images(work / "images", args.val_images) if args.model in TIMM else None
-    study_path = work / f"distill-precision-{args.model}.toml"
-    study_path.write_text(study_text(args.model, data_root, "off"))
-    spec = load_study_file(study_path)
-    ws = load_workspace(spec.model, spec.data, progress=False)
-    space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
-    from vitune.compression.calibrate import Calibration
-
+    spec, ws, space = bench_study(args.model, args.val_images, Path(args.work), "distill-precision")
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
     val = ws.data.val
     configs = space.random_configs(args.configs, args.seed, fixed={"distill_steps": args.steps})

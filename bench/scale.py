@@ -119,6 +119,24 @@ def make_images(root: Path, val_images: int, size: int = 224) -> Path:
     return root
 
 
+def bench_study(name: str, val_images: int, work: Path, stem: str, tuning: str = "off"):
+    """``(spec, workspace, space)`` of this bench's study of model ``name`` (its images made once
+    under ``work``, the study file written as ``work/<stem>-<name>.toml``), for the benches that
+    reuse it (accuracy_speed, distill_precision)."""
+    from vitune.models.layers import discover
+    from vitune.models.zoo import load_workspace
+    from vitune.search.space import SearchSpace
+    from vitune.search.studyfile import load_study_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    data_root = make_images(work / "images", val_images) if name in TIMM else None
+    study_path = work / f"{stem}-{name}.toml"
+    study_path.write_text(study_text(name, data_root, tuning))
+    spec = load_study_file(study_path)
+    workspace = load_workspace(spec.model, spec.data, progress=False)
+    return spec, workspace, SearchSpace.build(spec.space, discover(workspace.model), spec.methods, where=str(spec.path))
+
+
 def split_of(timings: dict, wall: float) -> dict[str, float]:
     out = {k: sum(float(timings.get(t, 0.0)) for t in keys) for k, keys in STAGES.items()}
     out["overhead"] = max(0.0, wall - sum(out.values()))
