@@ -35,11 +35,9 @@ def test_after_the_covering_configurations_a_random_candidate_tunes_nothing(fast
 def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration(tiny_vit, tiny_calib, fast_target, monkeypatch):
     """The claim behind --cover, checked on the tuning tasks themselves (no tuning): MetaSchedule's
     own workload matching finds each task of random candidates among the covering ones' tasks."""
-    import dataclasses
-
     from tvm.s_tir import meta_schedule as ms
 
-    from vitune.compression.pipeline import compress
+    from vitune.compression.pipeline import compress_structural
     from vitune.models.layers import discover
     from vitune.search.space import SearchSpace
     from vitune.search.studyfile import SpaceSpec
@@ -48,7 +46,6 @@ def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration
 
     space = SearchSpace.build(SpaceSpec(precision=("fp32", "w8a8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0, 0.5), prune_mlp=(0.0, 0.5)),
                               discover(tiny_vit))
-    fast = dataclasses.replace(space.methods, lowrank="svd", act_calibration="minmax", refine_steps=0)
     found: list = []
     monkeypatch.setattr(Tuner, "_has_record", staticmethod(lambda db, task, target: found.append(task.dispatched[0]) and False))
     monkeypatch.setattr(Tuner, "seeds", property(lambda self: []))
@@ -57,7 +54,7 @@ def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration
 
     def tasks(config):
         found.clear()
-        model = tiny_vit if config is None else compress(tiny_vit, config.replace(methods=fast), calibration=tiny_calib)
+        model = tiny_vit if config is None else compress_structural(tiny_vit, config, tiny_calib)
         tuner.prepare(export_relax(model, x)[0])
         return list(found)
 

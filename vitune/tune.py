@@ -16,7 +16,6 @@ compression time.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,7 @@ class TuneRun:
 def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0,
                       cover: bool = False) -> TuneRun:
     from vitune.compression.calibrate import Calibration
-    from vitune.compression.pipeline import compress
+    from vitune.compression.pipeline import compress_structural
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
     from vitune.search.space import SearchSpace
@@ -49,7 +48,6 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     run = TuneRun(database=str(tuner.database_path))
     models: list[tuple[str, CompressionConfig | None]] = [("uncompressed", None)]
     space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
-    fast = dataclasses.replace(spec.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images) if configs or cover else None
     chosen = space.covering_configs() if cover else []
     models += [(f"cover {i + 1}/{len(chosen)}: {c.summary()}", c) for i, c in enumerate(chosen)]
@@ -65,7 +63,7 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     run.untuned_ms = untuned.latency_ms
     try:
         for label, config in models:
-            model = ws.model if config is None else compress(ws.model, config.replace(methods=fast), calibration=calib)
+            model = ws.model if config is None else compress_structural(ws.model, config, calib)
             before = tuner.report.tuned
             m = measure(model, example, profile, tuner=tuner)
             rep = tuner.report

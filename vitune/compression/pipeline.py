@@ -88,6 +88,14 @@ def needs_calibration(config: CompressionConfig) -> bool:
     return (prunes and m.prune_criterion != "magnitude") or (ranks and m.lowrank != "svd") or w8a8
 
 
+def compress_structural(model: nn.Module, config: CompressionConfig, calibration: Calibration | None = None) -> nn.Module:
+    """``config``'s candidate with its shapes and dtypes only: plain SVD, magnitude pruning, min-max
+    activation scales, no refinement and no distillation, at a fraction of the compression time.
+    What builds, tuning and latency need (the same kernels), not what accuracy needs."""
+    fast = replace(config.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
+    return compress(model, config.replace(methods=fast, distill_steps=0), calibration=calibration)
+
+
 def compress(
     model: nn.Module,
     config: CompressionConfig,

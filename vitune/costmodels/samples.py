@@ -134,12 +134,9 @@ class CostContext:
 
     def build(self, config) -> nn.Module:
         """The structural candidate of ``config`` (same shapes and dtypes as the real one)."""
-        from vitune.compression.pipeline import compress
+        from vitune.compression.pipeline import compress_structural
 
-        fast = dataclasses.replace(
-            config.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0
-        )
-        return compress(self.model, config.replace(methods=fast, distill_steps=0), calibration=self.calibration)
+        return compress_structural(self.model, config, self.calibration)
 
     def workload_keys(self, candidate: nn.Module) -> tuple[str, ...]:
         return tuple(self.kernels.key_of(w) for w in model_workloads(candidate, self.example))

@@ -374,8 +374,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         def on_trial(study_, trial):
             bar.update(1)
             timed.append(trial.user_attrs.get("timings", {}))
-            if metrics_of(trial).latency_attempts:
-                attempts.append(metrics_of(trial).latency_attempts)  # type: ignore[arg-type]
+            tries = metrics_of(trial).latency_attempts
+            if tries:
+                attempts.append(tries)
             mine[trial.state.name.lower()] = mine.get(trial.state.name.lower(), 0) + 1
             now = count_states(study_)
             every = spec.target.remeasure_every
