@@ -26,9 +26,13 @@ generated ImageFolder tree (``--val-images`` in the validation split, at 224 px)
 model reads digits (its validation split has 269 images). Latency comes from the target's
 tuning database (``--tuning database``: workloads it lacks are built with default schedules and
 counted as ``untuned_workloads``), ``--tuning tune`` tunes them, ``off`` builds untuned.
+``--latency learned`` (or ``lut``, ``analytical``) predicts each trial's latency with the cost
+model ``vitune costmodel fit local-cpu --model WORK/<model>.toml`` fitted on measurements in the
+same tuning mode (no build, no timed run: the prediction's time is the ``timing`` stage), as a
+study with ``[target] latency = "learned"`` does; ``vitune costmodel eval`` shows how well it ranks.
 
     python bench/scale.py [--models digits_vit_base,deit_tiny,deit_small,deit_base] [--trials 10]
-        [--val-images 500] [--tuning database] [--json F]
+        [--val-images 500] [--tuning database] [--latency measured] [--json F]
 
 JSON keys per model (``models`` → name): ``trial_s_median``, ``trial_s_mean``, ``split`` (name →
 mean seconds, adding up to ``trial_s_mean``), ``peak_rss_mb``, ``prepare_s`` (and
@@ -60,7 +64,7 @@ STAGES = {  # split bucket → the Evaluator's timing keys it sums
     "accuracy": ("accuracy_s",),
     "build": ("export_s", "build_s", "prepack_s", "codegen_s"),
     "tuning": ("tune_s",),
-    "timing": ("run_s",),
+    "timing": ("run_s", "predict_s"),  # predicted latency (--latency learned|lut|analytical): the prediction
 }
 
 SPACE = """
@@ -86,7 +90,7 @@ accuracy_shards = 1
 """
 
 
-def study_text(name: str, data_root: Path | None, tuning: str, kd_precision: str = "float32") -> str:
+def study_text(name: str, data_root: Path | None, tuning: str, kd_precision: str = "float32", latency: str = "measured") -> str:
     if name == "digits_vit_base":
         model = '[model]\nsource = "default"\nname = "digits_vit_base"\n\n[data]\nsource = "digits"\n'
     else:
@@ -94,7 +98,7 @@ def study_text(name: str, data_root: Path | None, tuning: str, kd_precision: str
         model = (f'[model]\nsource = "timm"\nname = "{TIMM[name]}"\npretrained = false\nnum_classes = {CLASSES}\n\n'
                  f'[data]\nsource = "imagefolder"\nroot = "{data_root}"\nfractions = {{ {fractions} }}\n')
     return (f'[study]\nname = "scale-{name}"\nn_trials = 100\nsampler = "random"\nseed = 0\n\n{model}\n'
-            f'[target]\nname = "local-cpu"\nlatency = "measured"\ntuning = "{tuning}"\ntuning_trials = 16\n'
+            f'[target]\nname = "local-cpu"\nlatency = "{latency}"\ntuning = "{tuning}"\ntuning_trials = 16\n'
             + SPACE.replace("[compression]\n", f'[compression]\nkd_precision = "{kd_precision}"\n'))
 
 
@@ -184,7 +188,7 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
         return {
             "config": config.summary(), "wall_s": wall, "split": split_of(result.timings, wall),
             "distill_s": result.timings.get("distill_s", 0.0),  # inside split["compress"]
-            "latency_ms": m.latency_ms, "accuracy": m.accuracy, "error": result.error or result.pruned,
+            "latency_ms": m.latency_ms, "latency_source": m.latency_source, "accuracy": m.accuracy, "error": result.error or result.pruned,
             "tuned_workloads": result.timings.get("tuned_workloads"), "untuned_workloads": result.timings.get("untuned_workloads"),
         }
 
@@ -236,6 +240,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kd-precision", default="float32", choices=("float32", "bfloat16"),
                     help="[compression] kd_precision of the studies (bench/distill_precision.py compares the two)")
+    ap.add_argument("--latency", default="measured", choices=("measured", "learned", "lut", "analytical"),
+                    help="[target] latency of the studies: measured through a TVM build, or predicted by the cost model "
+                         "'vitune costmodel fit local-cpu --model WORK/<model>.toml' fitted (on the same tuning mode)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vitune-scale"), help="study files, generated images, results caches")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in this process
@@ -255,7 +262,7 @@ def main() -> None:
     images = make_images(work / "images", args.val_images) if any(n in TIMM for n in names) else None
     results: dict[str, dict] = {}
     for name in names:
-        (work / f"{name}.toml").write_text(study_text(name, images, args.tuning, args.kd_precision))
+        (work / f"{name}.toml").write_text(study_text(name, images, args.tuning, args.kd_precision, args.latency))
         out = work / f"{name}.json"
         out.unlink(missing_ok=True)
         trials = counts.get(name, args.trials)
@@ -285,7 +292,7 @@ def main() -> None:
 
 
 def write(args, names, counts, results) -> None:
-    doc = {"tuning": args.tuning, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
+    doc = {"tuning": args.tuning, "latency": args.latency, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

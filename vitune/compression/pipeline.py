@@ -67,11 +67,13 @@ def _lowrank_by_block(student: nn.Module, ranked: list[tuple[str, int]], x: torc
     hidden_ref = hidden
     for i in range(first, last + 1):
         block = student.blocks[i]
-        for name, rank in by_block.get(i, []):
-            rel = name.split(".", 2)[2]
+        rels = [name.split(".", 2)[2] for name, _ in by_block.get(i, [])]
+        # the reference does not change while its block is compressed: all its layers' inputs in one pass
+        ref_inputs = capture_inputs(reference.blocks[i], rels, hidden_ref) if reference is not None and rels else {}
+        for (name, rank), rel in zip(by_block.get(i, []), rels):
 
             def inputs(model, _name, rel=rel, i=i):
-                return capture_inputs(model.blocks[i], [rel], hidden if model is student else hidden_ref)[rel]
+                return ref_inputs[rel] if model is reference else capture_inputs(model.blocks[i], [rel], hidden)[rel]
 
             _set(student, name, _factorized(student, reference, name, rank, methods, refine, inputs))
         if i < last:
