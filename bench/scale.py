@@ -188,7 +188,7 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
         return {
             "config": config.summary(), "wall_s": wall, "split": split_of(result.timings, wall),
             "distill_s": result.timings.get("distill_s", 0.0),  # inside split["compress"]
-            "latency_ms": m.latency_ms, "latency_source": m.latency_source, "accuracy": m.accuracy, "error": result.error or result.pruned,
+            "latency_ms": m.latency_ms, "latency_source": m.latency_source, "latency_attempts": m.latency_attempts, "accuracy": m.accuracy, "error": result.error or result.pruned,
             "tuned_workloads": result.timings.get("tuned_workloads"), "untuned_workloads": result.timings.get("untuned_workloads"),
         }
 
@@ -205,6 +205,7 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
         r = rows[-1]
         log(f"trial {i + 1}/{trials}: {wall:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in r["split"].items()) + f"), {r['config']}"
             + (f", {r['latency_ms']:.3f} ms" if r["latency_ms"] else "") + (f", untuned workloads {r['untuned_workloads']}" if r["untuned_workloads"] else "")
+            + (f", timed {r['latency_attempts']} times (drift)" if (r["latency_attempts"] or 1) > 1 else "")
             + (f" FAILED: {r['error']}" if r["error"] else ""))
     hit_s = None
     if configs:

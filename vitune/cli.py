@@ -178,7 +178,8 @@ def _tune(args) -> int:
         from vitune.search.studyfile import parse_study
 
         spec = parse_study({"study": {"name": "default-model"}}, Path.cwd() / "default-model.toml")
-    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s, cover=args.cover)
+    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s, cover=args.cover,
+                            log=lambda line: print(line, flush=True))  # one line per model, also when piped to a file
     if run.untuned_ms and run.tuned_ms:
         print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
               f"({run.untuned_ms / run.tuned_ms:.2f}x); database {run.database}")

@@ -42,3 +42,37 @@ def test_a_change_to_vitunes_code_is_a_cache_miss(keys, monkeypatch, tmp_path, s
         versions_module.code_hash.cache_clear()
     assert (after[0] != before[0], after[1] != before[1]) == changes
     assert after[2] == before[2]  # tuning records are keyed by workload, not by vitune's code
+
+
+def test_a_cache_hit_with_predicted_latency_does_not_compress_the_candidate_again(default_workspace, fast_target, tmp_path, monkeypatch):
+    """A cached accuracy and a predicted latency: the prediction reads the candidate's structural
+    build (shapes and dtypes), so neither refinement nor distillation runs again, and it predicts
+    what the fresh evaluation predicted."""
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.methods import CompressionMethods
+    from vitune.costmodels import get_latency_source
+    from vitune.jsontable import JsonTable
+    from vitune.models.layers import discover
+    from vitune.search.cache import ResultCache
+    from vitune.search.evaluate import Evaluator
+    from vitune.search.space import SearchSpace
+    from vitune.search.studyfile import SpaceSpec
+
+    ws = default_workspace
+    space = SearchSpace.build(SpaceSpec(), discover(ws.model), CompressionMethods())
+    source = get_latency_source("analytical", fast_target)
+    source.bind(ws, space, "off")
+    cache = ResultCache(ws.ref.checkpoint_sha256, data_key(DataSpec(), "val"), target_key(fast_target, "off"))
+    cache.table = JsonTable(tmp_path / "results.json")
+    evaluator = Evaluator(ws, fast_target, source, cache=cache)
+    linear = {f"blocks.{i}.mlp.fc1": LinearConfig(precision="w8a8", rank=8) for i in (1, 2)}
+    config = CompressionConfig.make(linear, {}, {}, 2, CompressionMethods(lowrank="aa-residual", refine_steps=5))
+    compressions = []
+    real = Evaluator.compress
+    monkeypatch.setattr(Evaluator, "compress", lambda self, *a, **k: compressions.append(1) or real(self, *a, **k))
+    first = evaluator.evaluate(config)
+    assert first.ok and not first.metrics.cached and len(compressions) == 1
+    again = evaluator.evaluate(config)
+    assert again.ok and again.metrics.cached and len(compressions) == 1
+    assert again.metrics.latency_ms == first.metrics.latency_ms and again.metrics.accuracy == first.metrics.accuracy
+    assert again.metrics.latency_source == first.metrics.latency_source
