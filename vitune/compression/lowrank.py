@@ -87,6 +87,19 @@ def factorize(layer: nn.Linear, rank: int, where: str = "linear") -> LowRankLine
     return _module(root[:, None] * vh[:rank], u[:, :rank] * root[None, :], bias, layer.weight.dtype)
 
 
+def damped_cholesky(g: torch.Tensor, share: float, what: str) -> torch.Tensor:
+    """The Cholesky factor of g + λI, λ = ``share`` · mean(diag g), λ raised tenfold (up to 8
+    times) until the factorisation succeeds; ``what`` names the caller in the error."""
+    eye = torch.eye(g.shape[0], dtype=g.dtype)
+    lam = share * float(g.diagonal().mean().clamp(min=1e-30))
+    for _ in range(8):
+        chol, info = torch.linalg.cholesky_ex(g + lam * eye)
+        if int(info) == 0:
+            return chol
+        lam *= 10.0
+    raise ConfigError(f"{what}: the calibration Gram matrix is not positive definite")
+
+
 class WhitenedSVD:
     """The SVD of W L (L Lᵀ = damped XᵀX): ``u``, ``s`` and ``right = Vᵀ L⁻¹`` (float64).
 
@@ -96,17 +109,7 @@ class WhitenedSVD:
 
     def __init__(self, weight: torch.Tensor, gram: torch.Tensor, damping: float):
         w = weight.detach().to(torch.float64)
-        g = gram.to(torch.float64)
-        eye = torch.eye(g.shape[0], dtype=torch.float64)
-        lam = damping * float(g.diagonal().mean().clamp(min=1e-30))
-        for _ in range(8):  # raise damping until the Cholesky factorisation succeeds
-            chol, info = torch.linalg.cholesky_ex(g + lam * eye)
-            if int(info) == 0:
-                break
-            lam *= 10.0
-        else:
-            raise ConfigError("activation-aware SVD: the calibration Gram matrix is not positive definite")
-        self.chol = chol
+        chol = self.chol = damped_cholesky(gram.to(torch.float64), damping, "activation-aware SVD")
         u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
         # Vᵀ L⁻¹ = (L⁻ᵀ V)ᵀ: one triangular solve
         right = torch.linalg.solve_triangular(chol.T, vh.T, upper=True).T
@@ -250,15 +253,8 @@ def _als(g, h, tt: float, yy: float, d, c, b, sweeps: int, tol: float = 1e-6):
     n_in = g.shape[0] - 1
     r = d.shape[0]
 
-    def ridge(m, share=1e-9):
-        return m + share * float(m.diagonal().mean().clamp(min=1e-30)) * torch.eye(m.shape[0], dtype=m.dtype)
-
-    def cholesky(m):
-        for k in range(8):
-            chol, info = torch.linalg.cholesky_ex(ridge(m, 1e-9 * 10**k))
-            if int(info) == 0:
-                return chol
-        raise ConfigError("error compensation (als): the calibration Gram matrix is not positive definite")
+    def ridge(m):
+        return m + 1e-9 * float(m.diagonal().mean().clamp(min=1e-30)) * torch.eye(m.shape[0], dtype=m.dtype)
 
     def products(d):
         e = torch.zeros(r + 1, n_in + 1, dtype=g.dtype)
@@ -268,7 +264,7 @@ def _als(g, h, tt: float, yy: float, d, c, b, sweeps: int, tol: float = 1e-6):
     def loss(z, ege, eh):
         return (float((z * (ege @ z)).sum()) - 2 * float((z * eh).sum()) + tt) / yy
 
-    chol = cholesky(g[:n_in, :n_in]) if r else None
+    chol = damped_cholesky(g[:n_in, :n_in], 1e-9, "error compensation (als)") if r else None
     ege, eh = products(d)
     start = loss(torch.cat([c.T, b[None, :]]), ege, eh)
     best = (start, d, c, b)

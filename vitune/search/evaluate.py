@@ -133,28 +133,21 @@ class Evaluator:
             if self._more_latencies(None, config, result):
                 result.metrics = result.metrics.merged(cached_acc).with_(cached=True)
             return result
-        if cached_acc and not self.latency_source.measures:
-            # A prediction reads the candidate's shapes and dtypes only: its structural build
-            # (no refinement, no distillation, activation scales from one image) predicts the
-            # same latency as the compressed model at a fraction of the cost.
-            from vitune.compression.pipeline import compress_structural
-
-            t0 = time.perf_counter()
-            try:
-                model = compress_structural(self.workspace.model, config, self.calibration(1))
-            except Exception as err:  # as a fresh evaluation would have failed
-                result.error = f"compress failed: {short_reason(err)}"
-                return result
-            result.timings["compress_s"] = time.perf_counter() - t0
-            if self._latency(model, config, None, result) and self._more_latencies(model, config, result):
-                result.metrics = result.metrics.merged(cached_acc).with_(cached=True)
-            return result
+        # With the accuracy known, a prediction reads only the candidate's shapes and dtypes: its
+        # structural build (no refinement, no distillation, activation scales from one image)
+        # predicts the same latency at a fraction of the compression's cost.
+        structural = bool(cached_acc) and not self.latency_source.measures
         stage = "compress"
         try:
             with self._lock(False, result):
                 t0 = time.perf_counter()
                 report: dict = {}
-                model = self.compress(config, report)
+                if structural:
+                    from vitune.compression.pipeline import compress_structural
+
+                    model = compress_structural(self.workspace.model, config, self.calibration(1))
+                else:
+                    model = self.compress(config, report)
                 result.timings["compress_s"] = time.perf_counter() - t0
                 if "distill_s" in report:  # inside compress_s
                     result.timings["distill_s"] = report["distill_s"]
@@ -177,6 +170,8 @@ class Evaluator:
             return result
         if cached_acc:
             result.metrics = result.metrics.merged(cached_acc)
+            if structural:  # the accuracy from the cache, the latency predicted again as ever
+                result.metrics = result.metrics.with_(cached=True)
             return result
         try:
             self._accuracy(model, config, front, result)
