@@ -64,3 +64,18 @@ def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration
             db.commit_workload(mod)
     for config in space.random_configs(4, seed=3, fixed={"distill_steps": 0}):
         assert all(db.has_workload(mod) for mod in tasks(config)), config.summary()
+
+
+@pytest.mark.parametrize("argv, expected", [([], 7), (["--trials-per-task", "3"], 3)])
+def test_tune_with_a_study_uses_its_tuning_trials_unless_told(tmp_path, monkeypatch, argv, expected):
+    """`vitune tune --study F` tunes at F's `[target] tuning_trials` (what the study's own trials
+    would tune at), not at a fixed 64; `--trials-per-task` overrides it."""
+    import vitune.tune
+    from vitune.cli import main
+
+    study = tmp_path / "s.toml"
+    study.write_text('[study]\nname = "t"\n\n[target]\nname = "local-cpu"\ntuning_trials = 7\n')
+    seen = []
+    monkeypatch.setattr(vitune.tune, "tune_study_models", lambda spec, profile, trials, *a, **k: seen.append(trials) or vitune.tune.TuneRun(database="db"))
+    assert main(["tune", "local-cpu", "--study", str(study), *argv]) == 0
+    assert seen == [expected]

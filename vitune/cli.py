@@ -178,7 +178,11 @@ def _tune(args) -> int:
         from vitune.search.studyfile import parse_study
 
         spec = parse_study({"study": {"name": "default-model"}}, Path.cwd() / "default-model.toml")
-    run = tune_study_models(spec, profile, args.trials_per_task, args.configs, args.budget_s, cover=args.cover,
+    trials = args.trials_per_task
+    if trials is None:  # the study's [target] (or [[target.also]]) entry for this target, else its default
+        same = [t for t in spec.targets if t.name == profile.name or t.name == args.target]
+        trials = (same or [spec.target])[0].tuning_trials
+    run = tune_study_models(spec, profile, trials, args.configs, args.budget_s, cover=args.cover,
                             log=lambda line: print(line, flush=True))  # one line per model, also when piped to a file
     if run.untuned_ms and run.tuned_ms:
         print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
@@ -193,17 +197,19 @@ def _costmodel_context(args):
 
 
 def _costmodel_fit(args) -> int:
-    from vitune.costmodel_workflow import run_fit
+    from vitune.costmodel_workflow import parse_kinds, run_fit
 
-    run_fit(_costmodel_context(args), args.samples, progress=not args.quiet)
+    kinds = parse_kinds(args.kinds)  # (before the context: a typo fails in a second, not after loading the model)
+    run_fit(_costmodel_context(args), args.samples, progress=not args.quiet, kinds=kinds)
     return 0
 
 
 def _costmodel_eval(args) -> int:
-    from vitune.costmodel_workflow import format_rows, run_eval
+    from vitune.costmodel_workflow import format_rows, parse_kinds, run_eval
 
+    kinds = parse_kinds(args.kinds)
     context = _costmodel_context(args)
-    rows, held_out = run_eval(context, args.samples, progress=not args.quiet, recheck=args.recheck)
+    rows, held_out = run_eval(context, args.samples, progress=not args.quiet, recheck=args.recheck, kinds=kinds)
     print(f"cost models on {context.profile.name} (tuning {context.tuning}), {len(held_out)} held-out random configurations of model {context.key}:")
     print(format_rows(rows))
     import statistics
@@ -321,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="warm a target's tuning database (MetaSchedule) ahead of a study")
     tu.add_argument("target", help="target name or path to a .toml profile")
     tu.add_argument("--study", default=None, help="study file whose model (and search space) to tune (default: the embedded default model and space)")
-    tu.add_argument("--trials-per-task", type=int, default=64, help="MetaSchedule trials per unseen workload")
+    tu.add_argument("--trials-per-task", type=int, default=None,
+                    help="MetaSchedule trials per unseen workload (default: the study's [target] tuning_trials, 64 unless it says)")
     tu.add_argument("--cover", action="store_true",
                     help="also tune configurations of the study's space that together build every kernel a candidate can build "
                          "(each attention and MLP unit in every combination of its menus), so the study's trials tune nothing")
@@ -345,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--samples", type=int, default=default_n, help=f"configurations to measure in all (default {default_n})")
         c.add_argument("--tuning", choices=TUNING_MODES, default=None, help="kernels to measure with (default: the study's, else " + DEFAULT_TUNING + " where vitune tunes, database elsewhere)")
         c.add_argument("--img-size", type=int, default=0, help="timm models: input resolution (0 = the model's default)")
+        c.add_argument("--kinds", default=None, help="comma-separated cost model kinds to " + name + " (default: lut,learned,analytical; the block table's first fit measures every distinct block of the samples)")
         c.add_argument("--quiet", action="store_true")
         if name == "eval":
             c.add_argument("--json", default=None, help="write every figure printed (and each prediction) to PATH")

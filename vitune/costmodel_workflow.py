@@ -20,6 +20,20 @@ from vitune.errors import ConfigError
 from vitune.targets.tuning import default_tuning
 
 FIT_KINDS = ("lut", "learned", "analytical")
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...]:
+    """``--kinds lut,learned`` → the kinds in that order; None or empty → every kind."""
+    from vitune.costmodels.model import cost_model_kinds
+
+    if not text:
+        return FIT_KINDS
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    known = cost_model_kinds()
+    unknown = [k for k in kinds if k not in known]
+    if unknown or not kinds:
+        raise ConfigError(f"--kinds: unknown cost model kind(s) {', '.join(map(repr, unknown)) or repr(text)} (expected some of {', '.join(known)})")
+    return kinds
 HELD_OUT_SEED = 1_000_003
 
 
@@ -184,11 +198,11 @@ def format_rows(rows: list[EvalRow]) -> str:
     return "\n".join(lines)
 
 
-def run_fit(context: CostContext, samples: int, progress: bool = True, log=print) -> dict:
+def run_fit(context: CostContext, samples: int, progress: bool = True, log=print, kinds=FIT_KINDS) -> dict:
     store = context.store()
     have = collect(context, store, samples, seed=0, progress=progress, log=log)
     log(f"{len(have)} measured samples of model {context.key} on {context.profile.name} (tuning {context.tuning}) in {store.path}")
-    return fit_models(context, have, log=log)
+    return fit_models(context, have, kinds=kinds, log=log)
 
 
 def noise_floor(context: CostContext, held_out: list, k: int) -> EvalRow:
@@ -210,11 +224,12 @@ def noise_floor(context: CostContext, held_out: list, k: int) -> EvalRow:
     )
 
 
-def run_eval(context: CostContext, samples: int, progress: bool = True, log=print, recheck: int = 0) -> tuple[list[EvalRow], list]:
+def run_eval(context: CostContext, samples: int, progress: bool = True, log=print, recheck: int = 0, kinds=FIT_KINDS) -> tuple[list[EvalRow], list]:
     from vitune.costmodels.analytical import AnalyticalModel
 
-    models = load_models(context)
-    models["analytical-uncalibrated"] = AnalyticalModel.for_context(context)
+    models = load_models(context, kinds)
+    if "analytical" in kinds:
+        models["analytical-uncalibrated"] = AnalyticalModel.for_context(context)
     fitted_on = {s.config_key for s in context.store().load()}
     store = SampleStore(context.directory / "heldout" / f"{context.key}-{context.tuning}.jsonl")
     held_out = [s for s in collect(context, store, samples, HELD_OUT_SEED, exclude=fitted_on, progress=progress, log=log) if s.config_key not in fitted_on]

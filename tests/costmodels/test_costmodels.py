@@ -162,6 +162,25 @@ def test_cli_eval_without_a_fitted_model_says_what_to_run(fast_target_file, defa
     assert len(err.splitlines()) == 1
 
 
+def test_cli_fits_and_scores_only_the_kinds_asked(fast_target_file, default_workspace, capsys):
+    """``--kinds`` picks which cost models ``fit`` fits and ``eval`` scores (the block table's first
+    fit measures every distinct block of the samples: a user fitting the learned model alone
+    should not wait for it); an unknown kind is a one-line error before any work."""
+    from vitune.cli import main
+
+    target = str(fast_target_file)
+    assert main(["costmodel", "fit", target, "--model", "default", "--samples", "2", "--tuning", "off", "--kinds", "analytical", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "analytical: fitted on 2 samples" in out and "lut:" not in out and "learned:" not in out
+    assert main(["costmodel", "eval", target, "--model", "default", "--samples", "2", "--tuning", "off", "--kinds", "analytical", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("analytical")]
+    assert len(rows) == 2 and "lut" not in table and "learned" not in table  # calibrated, then uncalibrated
+    assert main(["costmodel", "fit", target, "--model", "default", "--kinds", "lut,roofline", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitune: error: --kinds: unknown cost model kind(s) 'roofline'") and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "xs, ys, line",
     [
