@@ -162,11 +162,15 @@ def test_cli_eval_without_a_fitted_model_says_what_to_run(fast_target_file, defa
     assert len(err.splitlines()) == 1
 
 
-def test_cli_fits_and_scores_only_the_kinds_asked(fast_target_file, default_workspace, capsys):
+def test_cli_fits_and_scores_only_the_kinds_asked(fast_target_file, default_workspace, capsys, tmp_path, monkeypatch):
     """``--kinds`` picks which cost models ``fit`` fits and ``eval`` scores (the block table's first
     fit measures every distinct block of the samples: a user fitting the learned model alone
     should not wait for it); an unknown kind is a one-line error before any work."""
+    import vitune.costmodels.samples
     from vitune.cli import main
+
+    # samples and fitted models of its own: other tests expect no fitted model for this target
+    monkeypatch.setattr(vitune.costmodels.samples, "target_dir", lambda profile: tmp_path / "costmodels")
 
     target = str(fast_target_file)
     assert main(["costmodel", "fit", target, "--model", "default", "--samples", "2", "--tuning", "off", "--kinds", "analytical", "--quiet"]) == 0
