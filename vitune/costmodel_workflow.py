@@ -20,6 +20,7 @@ from vitune.errors import ConfigError
 from vitune.targets.tuning import default_tuning
 
 FIT_KINDS = ("lut", "learned", "analytical")
+HELD_OUT_SEED = 1_000_003
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:
@@ -34,7 +35,6 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
     if unknown or not kinds:
         raise ConfigError(f"--kinds: unknown cost model kind(s) {', '.join(map(repr, unknown)) or repr(text)} (expected some of {', '.join(known)})")
     return kinds
-HELD_OUT_SEED = 1_000_003
 
 
 def make_context(model: str, target: str, tuning: str | None = None, img_size: int = 0, progress: bool = True) -> CostContext:
