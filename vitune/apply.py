@@ -134,6 +134,10 @@ def apply_record(record: dict, out_dir: Path, distill_steps: int | None = None, 
         "params": params,
         "size_bytes": size,
         "model_bytes": size,
+        # the weights in the artifact (params.npz), as the build holds them: a tuned CPU build lays
+        # them out once at build time, and a weight-only int8 layer's dequantization is part of
+        # that (params-only work is lifted), so its weights ship and run as fp32
+        "artifact_weights_bytes": int(sum(p.nbytes for p in compiled.params)),
         "memory": None if compiled.memory is None else compiled.memory.to_dict(),
         "peak_memory_bytes": compiled.peak_memory_bytes,
         "tvm_vs_torch": {"max_abs_logit_diff": worst, "top1_agreement": top1, "images": n, "split": "val"},

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -257,6 +258,8 @@ def test_apply_rebuilds_and_matches_exported_metrics(ran, capsys):
     torch.testing.assert_close(program.module()(x), module(x))
     assert module(x).shape == (3, 10)
     assert (out / "tvm-test-cpu" / "model.so").read_bytes()[:4] == b"\x7fELF"
+    with np.load(out / "tvm-test-cpu" / "params.npz") as npz:  # the weights as the artifact ships them
+        assert metrics["artifact_weights_bytes"] == sum(npz[k].nbytes for k in npz.files) > 0
 
 
 def test_status_prints_counts_and_front(ran, capsys):
