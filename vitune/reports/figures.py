@@ -146,7 +146,8 @@ def memory(view: StudyView, out: Path) -> Figure | None:
         ax.set_ylabel("validated top-1 accuracy")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    caption = ("Accuracy against memory: the model's stored size (what the artifact ships) and, where the build's memory plan was "
+    caption = ("Accuracy against memory: the model's stored size (every tensor at its stored dtype; a tuned CPU build holds weight-only int8 "
+               "layers at fp32) and, where the build's memory plan was "
                "read, its peak memory at batch 1 on the primary target. The line is the best accuracy reached at each amount of "
                "memory or less; hollow circles are the study's front (in its own objectives).")
     return _save(fig, out, "memory.png", "Accuracy vs memory", caption)

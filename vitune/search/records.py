@@ -31,7 +31,7 @@ class Metrics:
     latency_drift: float | None = None  # how slow the machine ran when timed (latency_ms is corrected for it)
     latency_attempts: int | None = None  # times it was timed around the drift reference (1 + retries for slow windows)
     params: int | None = None
-    size_bytes: int | None = None  # what the model ships: every stored tensor at its stored dtype
+    size_bytes: int | None = None  # the stored model: every tensor at its stored dtype (a tuned CPU build holds weight-only int8 at fp32)
     peak_memory_bytes: int | None = None  # the primary target's build: weights + planned storages + input, one batch-1 run
     peaks_bytes: tuple[tuple[str, int], ...] = ()  # (target, bytes), the primary first; () in a one-target study
     fidelity: float | None = None  # top-1 agreement with the uncompressed model on calibration images
