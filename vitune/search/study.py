@@ -272,6 +272,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
+    from vitune.search.budgets import int8_size_note
     from vitune.search.cache import ResultCache, data_key, target_key
     from vitune.search.coordination import HostLock, reap_stale
     from vitune.search.evaluate import EarlyStop, Evaluator, MoreTarget
@@ -303,6 +304,10 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
     for _, src, t in every:
         src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
+    for p, _, t in every:
+        note = int8_size_note(spec, space.layout, p, t)
+        if note:
+            log(note)
 
     def cache(p, t):
         return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning) if t.latency == "measured" else None)

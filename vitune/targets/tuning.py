@@ -304,6 +304,14 @@ def _tunable(task) -> bool:
     return any(op in name for op in ("matmul", "conv2d", "softmax", "layer_norm", "gelu", "dense"))
 
 
+def prepacks(profile, mode: str) -> bool:
+    """Whether ``profile``'s builds in tuning ``mode`` lay their weights out once, at build time
+    (:func:`lift_weight_layouts`; native local CPUs). Such a build also computes there every
+    value that depends on weights alone, a weight-only int8 layer's dequantization included: it
+    holds (and its artifact ships) that layer's weight at fp32."""
+    return mode != "off" and profile.device_kind == "cpu" and profile.is_native and profile.runner == "local"
+
+
 def lift_weight_layouts(mod):
     """Move the weight-layout transforms the tuned schedules chose out of the kernels.
 
@@ -405,7 +413,7 @@ class Tuner:
         # weights laid out once for the tuned kernels (see lift_weight_layouts): the layout
         # transform runs on this machine when the build is made, so only for CPU targets this
         # machine runs itself (an RPC board may lack instructions its code uses, even on x86)
-        self.prepack = mode != "off" and profile.device_kind == "cpu" and profile.is_native and profile.runner == "local"
+        self.prepack = prepacks(profile, mode)
         self._db = None
         self._seeds: list | None = None  # [(Seed, its database)], read on first need
         # False: only seeds tuned on this CPU model count (vitune tune: schedules of this CPU's own)
