@@ -35,7 +35,7 @@ residual's Adam steps cost minutes and did not change the result, see the README
 section), so the comparison is between allocations, not solvers.
 
     python bench/memory.py [--model deit_base_patch16_224] [--budget 0.4] [--trials 24]
-        [--val-images 200] [--tuning-trials 8] [--tuning-budget-s 1500] [--tvm-uncompressed] [--json F]
+        [--val-images 200] [--no-warm-start] [--tuning-trials 8] [--tuning-budget-s 1500] [--tvm-uncompressed] [--json F]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ knobs = ["prune_mlp"]
 
 
 def study_text(name: str, model: str, images: Path, lowrank: str, calib_images: int, trials: int, tuning_trials: int, budget_s: float,
-               checkpoint: Path | None = None, latency: str = "analytical") -> str:
+               checkpoint: Path | None = None, latency: str = "analytical", warm_start: bool = True) -> str:
     fractions = ", ".join(f"{k} = {v}" for k, v in FRACTIONS.items())
     return (f'[study]\nname = "{name}"\nn_trials = {trials}\nseed = 0\n\n'
             f'[model]\nsource = "timm"\nname = "{model}"\npretrained = false\nnum_classes = {CLASSES}\n'
@@ -80,7 +80,8 @@ def study_text(name: str, model: str, images: Path, lowrank: str, calib_images: 
             + f'[data]\nsource = "imagefolder"\nroot = "{images}"\nfractions = {{ {fractions} }}\n\n'
             f'[target]\nname = "local-cpu"\nlatency = "{latency}"\ntuning = "database"\ntuning_trials = {tuning_trials}\n'
             f'tuning_budget_s = {budget_s}\n\n'
-            f'[compression]\nlowrank = "{lowrank}"\ncalib_images = {calib_images}\n' + SPACE)
+            f'[compression]\nlowrank = "{lowrank}"\ncalib_images = {calib_images}\n\n'
+            f'[search]\nwarm_start = {str(warm_start).lower()}\n' + SPACE)
 
 
 def relabel(raw: Path, out: Path, study: Path, checkpoint: Path) -> dict[str, int]:
@@ -166,6 +167,8 @@ def main() -> None:
     ap.add_argument("--lowrank", default="aa", help="low-rank method of both (the study file's [compression] lowrank)")
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--trials", type=int, default=24, help="trials of the search (its warm start's included)")
+    ap.add_argument("--no-warm-start", action="store_true",
+                    help="no sensitivity sweep (on DeiT-B it is 26 compressions and accuracy passes: the bulk of the search's time)")
     ap.add_argument("--max-drop", type=float, default=0.01, help="the export's accuracy (agreement) drop allowed")
     ap.add_argument("--val-images", type=int, default=200, help="images of the generated tree's validation split (before relabelling)")
     ap.add_argument("--tuning-trials", type=int, default=8)
@@ -210,7 +213,7 @@ def main() -> None:
 
     def text(images: Path, checkpoint: Path | None = None) -> str:
         return study_text("memory-search", args.model, images, args.lowrank, args.calib_images, args.trials, args.tuning_trials,
-                          args.tuning_budget_s, checkpoint)
+                          args.tuning_budget_s, checkpoint, warm_start=not args.no_warm_start)
 
     study.write_text(text(raw))
     print(f"setting {args.model}'s head to its features' principal directions and relabelling {raw} by its predictions ...", flush=True)
