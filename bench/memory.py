@@ -54,13 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CLASSES = 4
 FRACTIONS = {"train": 0.05, "calib": 0.15, "val": 0.4, "test": 0.4}
 
-SPACE = """
-[space]
-precision = ["fp32", "int8", "w8a8"]
-rank_fraction = [1.0, 0.5, 0.25]
-prune_heads = [0.0, 0.34]
-prune_mlp = [0.0, 0.25, 0.5]
-""" + "".join(f'\n[[space.tie]]\nlayers = "blocks.*.{unit}"\nknobs = ["precision", "rank_fraction"]\n' for unit in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")) + """
+from scale import MENUS  # noqa: E402  (bench/ is on the path from here)
+
+SPACE = MENUS + "".join(f'\n[[space.tie]]\nlayers = "blocks.*.{unit}"\nknobs = ["precision", "rank_fraction"]\n'
+                        for unit in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")) + """
 [[space.tie]]
 layers = "blocks.*.attn"
 knobs = ["prune_heads"]
@@ -98,9 +95,9 @@ def relabel(raw: Path, out: Path, study: Path, checkpoint: Path) -> dict[str, in
     of ``raw`` (hard links), each under the class it predicts, through the transforms a study
     applies. Returns the count per class; every class must be predicted at least once."""
     import torch
-    from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
+    from vitune.data.imagefolder import eval_transform
     from vitune.data.splits import iterate
     from vitune.models.zoo import load_workspace
     from vitune.search.studyfile import load_study_file
@@ -111,8 +108,7 @@ def relabel(raw: Path, out: Path, study: Path, checkpoint: Path) -> dict[str, in
     spec = load_study_file(study)
     ws = load_workspace(spec.model, spec.data, progress=False)
     model = ws.model
-    config = resolve_data_config({}, model=model)
-    folder = ImageFolder(str(raw), transform=create_transform(**config, is_training=False))
+    folder = ImageFolder(str(raw), transform=eval_transform(model)[0])  # the transforms a study applies
 
     def outputs(pre_logits: bool) -> torch.Tensor:
         with torch.inference_mode():
@@ -198,8 +194,7 @@ def main() -> None:
     t_start = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="vitune-memory-"))
     work.mkdir(parents=True, exist_ok=True)
-    scale.FRACTIONS = FRACTIONS  # (make_images sizes the tree by its validation share)
-    raw = scale.make_images(work / "images", args.val_images)
+    raw = scale.make_images(work / "images", args.val_images, val_share=FRACTIONS["val"])
     study = work / "memory-search.toml"
     labelled = work / "labelled"
     doc: dict = {"model": args.model, "budget": args.budget, "lowrank": args.lowrank, "calib_images": args.calib_images,

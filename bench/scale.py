@@ -67,13 +67,15 @@ STAGES = {  # split bucket → the Evaluator's timing keys it sums
     "timing": ("run_s", "predict_s"),  # predicted latency (--latency learned|lut|analytical): the prediction
 }
 
-SPACE = """
+MENUS = """
 [space]
 precision = ["fp32", "int8", "w8a8"]
 rank_fraction = [1.0, 0.5, 0.25]
 prune_heads = [0.0, 0.34]
 prune_mlp = [0.0, 0.25, 0.5]
-distill_steps = [0, 10]
+"""  # the mixed space's menus (bench/memory.py ties them across blocks)
+
+SPACE = MENUS + """distill_steps = [0, 10]
 
 [[space.override]]
 layers = "blocks.0.*"
@@ -102,12 +104,13 @@ def study_text(name: str, data_root: Path | None, tuning: str, kd_precision: str
             + SPACE.replace("[compression]\n", f'[compression]\nkd_precision = "{kd_precision}"\n'))
 
 
-def make_images(root: Path, val_images: int, size: int = 224) -> Path:
-    """A generated ImageFolder tree whose validation split holds ``val_images`` images (made once)."""
+def make_images(root: Path, val_images: int, size: int = 224, val_share: float = FRACTIONS["val"]) -> Path:
+    """A generated ImageFolder tree whose validation split (``val_share`` of the images) holds
+    ``val_images`` images (made once)."""
     import numpy as np
     from PIL import Image
 
-    per_class = math.ceil(val_images / FRACTIONS["val"] / CLASSES)
+    per_class = math.ceil(val_images / val_share / CLASSES)
     done = root / f".complete-{per_class}-{size}"
     if done.exists():
         return root

@@ -19,15 +19,22 @@ from vitune.data.splits import DataSplits, split_indices
 from vitune.errors import ConfigError, message_line
 
 
-def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed: int = 0) -> DataSplits:
+def eval_transform(model) -> tuple:
+    """``(transform, input_size)``: timm's eval transforms for ``model``, at the resolution it was
+    built for."""
     from timm.data import create_transform, resolve_data_config
-    from torchvision.datasets import ImageFolder
 
     config = resolve_data_config({}, model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size:  # the model may be built at another resolution than its pretrained config says
         config["input_size"] = (config["input_size"][0], *tuple(img_size))
-    transform = create_transform(**config, is_training=False)
+    return create_transform(**config, is_training=False), tuple(config["input_size"])
+
+
+def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed: int = 0) -> DataSplits:
+    from torchvision.datasets import ImageFolder
+
+    transform, input_size = eval_transform(model)
     try:
         folder = ImageFolder(root, transform=transform)
     except (FileNotFoundError, OSError) as err:
@@ -40,7 +47,7 @@ def load_imagefolder_splits(root: str, model, fractions: dict[str, float], seed:
             raise ConfigError(f"data root {root!r}: too few images for a non-empty {name} split ({len(labels)} images)")
     budget = _Budget(decoded_budget_mb())
     sets = {name: DecodedOnce(Subset(folder, idx.tolist()), budget) for name, idx in parts.items()}
-    return DataSplits(**sets, num_classes=len(folder.classes), input_shape=tuple(config["input_size"]), name=f"imagefolder:{root}")
+    return DataSplits(**sets, num_classes=len(folder.classes), input_shape=input_size, name=f"imagefolder:{root}")
 
 
 DECODED_ENV = "VITUNE_DECODED_MB"  # how much decoded image data a process keeps (MiB)

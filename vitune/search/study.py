@@ -302,9 +302,8 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     # a board over RPC is lent one session at a time, and its rounds would cost minutes)
     measured_here = spec.target.latency == "measured" and profile.runner == "local"
     every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
-    for _, src, t in every:
+    for p, src, t in every:
         src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
-    for p, _, t in every:
         note = int8_size_note(spec, space.layout, p, t)
         if note:
             log(note)
