@@ -240,7 +240,7 @@ def main() -> None:
     print(f"search: {args.trials} trials, latency predicted (analytical), then export --pick fastest --max-drop {args.max_drop} "
           f"--max-model-mb {limit_mb:.1f} ...", flush=True)
     t0 = time.perf_counter()
-    summary = api.run(spec, progress=False, log=lambda line: print(f"  {line}", flush=True))
+    summary = api.run(spec, progress=True, log=lambda line: print(f"  {line}", flush=True))  # no terminal: a line per step
     doc["search_s"] = time.perf_counter() - t0
     doc["search_summary"] = str(summary)
     try:

@@ -54,3 +54,28 @@ def test_first_trials_interleave_guided_walked_and_uniform(space):
     assert [origin.split(" ")[0] for _, origin in first] == ["uncompressed", "guided", "uniform", "latency"]
     assert first[3][0] == warmstart.latency_walk(space, sweep)[-1][1]  # the walk's fast end comes first
     assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))
+
+
+def test_an_interrupted_sweep_resumes_from_the_options_it_had_measured(tmp_path):
+    from vitune.jsontable import JsonTable
+
+    items = [("blocks.0.attn.qkv:precision", "int8"), ("blocks.0.attn.qkv:rank_fraction", 0.5),
+             ("blocks.0.mlp:prune_mlp", 0.25), ("blocks.1.mlp.fc1:rank_fraction", 0.25)]
+    calls: list = []
+
+    def measure(name, value):
+        calls.append((name, value))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops the study during the third option
+        return 0.9 if value != 0.5 else None  # None: the option failed, and that is saved too
+
+    path = tmp_path / "sweep.json"
+    with pytest.raises(KeyboardInterrupt):
+        warmstart.sweep_options(items, measure, JsonTable(path))
+    assert len(calls) == 3
+    seen: list = []
+    rows = warmstart.sweep_options(items, measure, JsonTable(path), lambda i, row, reused: seen.append((i, reused)))
+    assert calls[3:] == items[2:]  # only the options without a saved row are measured again
+    assert seen == [(0, True), (1, True), (2, False), (3, False)]
+    assert [(r["param"], r["value"]) for r in rows] == items
+    assert [r["accuracy"] for r in rows] == [0.9, None, 0.9, 0.9]

@@ -13,7 +13,9 @@ lost, taken while the summed loss stays within a budget; one configuration per b
 :data:`DROP_BUDGETS`.
 
 The sweep is saved under ``<cache>/sweeps/`` keyed by model weights, space, methods, data split,
-target and latency source, and reused by every later study with the same key.
+target and latency source, and reused by every later study with the same key. Its single-option
+rows are saved as they are measured, so an interrupted sweep resumes where it stopped (its
+uniform configurations and the uncompressed model come back from the result cache).
 """
 
 from __future__ import annotations
@@ -96,8 +98,37 @@ def cached_sweep(workspace, space, evaluator, spec) -> dict | None:
     return table.data if table.get("complete") else None
 
 
+def option_key(name: str, value) -> str:
+    """The key of one option's row in a sweep's saved progress."""
+    return json.dumps([name, value], default=str)
+
+
+def sweep_options(items, measure, table: JsonTable, on_row=lambda i, row, reused: None) -> list[dict]:
+    """One row per (parameter, value) of ``items``: ``measure(name, value)`` → validated accuracy
+    (None where it failed). Each row is saved to ``table`` (key ``progress``) as soon as it is
+    measured, and rows saved there by an earlier, interrupted sweep are reused: on DeiT-B a row
+    is a minute's compression and accuracy pass, and a sweep is tens of them. ``on_row(i, row,
+    reused)`` is called after each (for progress)."""
+    done = dict(table.get("progress") or {})
+    rows = []
+    for i, (name, value) in enumerate(items):
+        key = option_key(name, value)
+        reused = key in done
+        if not reused:
+            done[key] = {"param": name, "value": value, "accuracy": measure(name, value)}
+            table.put("progress", done)
+            table.save()
+        rows.append(done[key])
+        on_row(i, done[key], reused)
+    return rows
+
+
 def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=print) -> dict:
-    """The sensitivity sweep of this model and space (computed once, then read from the cache)."""
+    """The sensitivity sweep of this model and space (computed once, then read from the cache;
+    an interrupted sweep resumes from the options it had measured). With ``progress`` and no
+    terminal, one line per step instead of a bar."""
+    import time
+
     from tqdm.auto import tqdm
 
     from vitune.data.splits import accuracy
@@ -109,29 +140,42 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
     items = [(name, v) for name, menu in space.choices if len(menu) > 1 and name != "distill_steps"
              for v in menu if v != identity.get(name)]
     uniform = uniform_params(space)
-    bar = tqdm(total=len(items) + len(uniform) + 1, desc="sensitivity sweep", unit="eval", disable=None if progress else True)
+    total = len(items) + len(uniform) + 1
+    bar = tqdm(total=total, desc="sensitivity sweep", unit="eval", disable=None if progress else True)
+    lines = bar.disable and progress  # not a terminal: a line per step
+    t0 = time.perf_counter()
+
+    def step(what: str) -> None:
+        bar.update(1)
+        if lines:
+            log(f"sensitivity sweep {bar.n}/{total}: {what} ({time.perf_counter() - t0:.0f} s)")
+
     base = evaluator.evaluate(space.to_config(identity))
-    bar.update(1)
     if not base.ok:
         bar.close()
         raise RuntimeError(f"the uncompressed model could not be evaluated: {base.error or base.pruned}")
-    options = []
+    step(f"uncompressed, accuracy {base.metrics.accuracy:.4f}")
     split = workspace.data.get(evaluator.split)
-    for name, value in items:
-        params = {**identity, name: value}
+
+    def measure(name: str, value) -> float | None:
         try:
-            acc = accuracy(evaluator.compress(space.to_config(params)), split)
+            return accuracy(evaluator.compress(space.to_config({**identity, name: value})), split)
         except Exception as err:  # an option that cannot be applied is left out of the guidance
             log(f"sensitivity sweep: {name} = {value!r} failed ({type(err).__name__}: {err}); left out")
-            acc = None
-        options.append({"param": name, "value": value, "accuracy": acc})
-        bar.update(1)
+            return None
+
+    def shown(i: int, row: dict, reused: bool) -> None:
+        acc = "failed" if row["accuracy"] is None else f"accuracy {row['accuracy']:.4f}"
+        step(f"{row['param']} = {row['value']!r} alone, {acc}" + (" (saved by an earlier run)" if reused else ""))
+
+    options = sweep_options(items, measure, table, shown)
     uniform_rows = []
     for knob, value, params in uniform:
         r = evaluator.evaluate(space.to_config(params))
         uniform_rows.append({"knob": knob, "value": value, "params": params, "accuracy": r.metrics.accuracy,
                              "latency_ms": r.metrics.latency_ms, "error": r.error or r.pruned})
-        bar.update(1)
+        step(f"{knob} = {value!r} on every layer, " + (f"failed: {r.error or r.pruned}" if not r.ok else
+                                                        f"accuracy {r.metrics.accuracy:.4f}, {r.metrics.latency_ms:.4f} ms"))
     bar.close()
     for k, v in {"identity": {"accuracy": base.metrics.accuracy, "latency_ms": base.metrics.latency_ms},
                  "options": options, "uniform": uniform_rows, "complete": True}.items():
