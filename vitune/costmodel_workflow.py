@@ -83,6 +83,9 @@ def collect(context: CostContext, store: SampleStore, n: int, seed: int, exclude
     from tqdm.auto import tqdm
 
     have = store.load()
+    if store.stale:
+        log(f"{store.stale} sample(s) in {store.path} were measured with kernels the tuning database has changed since "
+            "(untuned then, or a shipped schedule): left out, and configurations measured again in their place")
     if len(have) >= n:
         return have[:n]
     known = set(exclude) | {s.config_key for s in have}
@@ -231,7 +234,7 @@ def run_eval(context: CostContext, samples: int, progress: bool = True, log=prin
     if "analytical" in kinds:
         models["analytical-uncalibrated"] = AnalyticalModel.for_context(context)
     fitted_on = {s.config_key for s in context.store().load()}
-    store = SampleStore(context.directory / "heldout" / f"{context.key}-{context.tuning}.jsonl")
+    store = context.store("heldout")
     held_out = [s for s in collect(context, store, samples, HELD_OUT_SEED, exclude=fitted_on, progress=progress, log=log) if s.config_key not in fitted_on]
     log(f"{len(held_out)} held-out configurations measured ({store.path}); none was used for fitting")
     rows = evaluate(context, models, held_out, log=log)

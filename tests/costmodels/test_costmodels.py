@@ -208,3 +208,31 @@ def test_fitted_lines_never_predict_zero_or_less(xs, ys, line):
     if line:
         assert positive(scale, overhead, ratio, 2.5) == pytest.approx(2.0)
         assert positive(scale, overhead, ratio, 0.1) == pytest.approx(0.1 * ratio)  # below the line's zero
+
+
+def test_samples_measured_with_untuned_kernels_go_stale_when_the_tuning_database_changes(fast_target, tmp_path, monkeypatch):
+    """A sample measured in the database's mode with kernels it lacked (built untuned) holds only
+    while the database is as it was: once ``vitune tune`` adds to it, that configuration would
+    measure otherwise, so the store leaves it out (and ``collect`` measures another). A sample
+    whose every kernel had a record, and every untuned build's, stays; an older sample that did
+    not record it is treated as unsettled."""
+    import vitune.costmodels.samples
+    import vitune.targets.tuning
+
+    monkeypatch.setattr(vitune.costmodels.samples, "target_dir", lambda profile: tmp_path / "costmodels")
+    monkeypatch.setattr(vitune.targets.tuning, "database_dir", lambda profile: tmp_path / "database")  # empty: every kernel untuned
+    context = dataclasses.replace(_context(fast_target, tmp_path / "kernels.json"), tuning="database")
+    sample, error = context.measure(context.random_configs(1, seed=0)[0])
+    assert sample is not None, error
+    assert sample.unsettled > 0 and sample.database == context.database_version()
+    store = context.store()
+    for s in (sample, dataclasses.replace(sample, config_key="settled", unsettled=0),
+              dataclasses.replace(sample, config_key="older", unsettled=-1, database="")):
+        store.append(s)
+    assert [s.config_key for s in store.load()] == [sample.config_key, "settled"] and store.stale == 1
+    (tmp_path / "database").mkdir(exist_ok=True)
+    with open(tmp_path / "database" / "records.json", "a") as fh:  # a record added, as vitune tune would
+        fh.write("\n")
+    assert [s.config_key for s in store.load()] == ["settled"] and store.stale == 2
+    untuned = dataclasses.replace(context, tuning="off")
+    assert untuned.current(dataclasses.replace(sample, unsettled=-1, database=""))  # untuned builds read no records

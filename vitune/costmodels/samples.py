@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,10 @@ class Sample:
     spread_ms: float
     measure_s: float  # what measuring it cost (compile + run)
     seed: int = -1  # the draw it came from (-1: a study's re-measurement)
+    # workloads whose schedule a later tuning can still change (built untuned, or from a shipped
+    # seed that the machine's own record would override); -1: not recorded (an older sample)
+    unsettled: int = -1
+    database: str = ""  # the tuning database's version when it was measured (targets.tuning.database_version)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -66,20 +70,29 @@ class Sample:
 
 
 class SampleStore:
-    """Append-only JSON lines; a torn last line (a killed writer) is skipped on read."""
+    """Append-only JSON lines; a torn last line (a killed writer) is skipped on read. ``current``
+    (optional) says whether a sample still holds: :meth:`load` leaves the others out and counts
+    them in :attr:`stale`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, current: Callable[[Sample], bool] | None = None):
         self.path = Path(path)
+        self.current = current
+        self.stale = 0
 
     def load(self) -> list[Sample]:
+        self.stale = 0
         if not self.path.is_file():
             return []
         out = []
         for line in self.path.read_text().splitlines():
             try:
-                out.append(Sample.from_json(line))
+                sample = Sample.from_json(line)
             except (json.JSONDecodeError, TypeError, KeyError):
                 continue
+            if self.current is not None and not self.current(sample):
+                self.stale += 1
+                continue
+            out.append(sample)
         return out
 
     def append(self, sample: Sample) -> None:
@@ -116,8 +129,23 @@ class CostContext:
     def directory(self) -> Path:
         return target_dir(self.profile)
 
-    def store(self) -> SampleStore:
-        return SampleStore(self.directory / "samples" / f"{self.key}-{self.tuning}.jsonl")
+    def store(self, folder: str = "samples") -> SampleStore:
+        """The samples of this model and tuning mode (``folder``: ``samples``, or ``heldout`` for
+        the configurations a fit never sees), those measured on another state of the tuning
+        database left out (:meth:`current`)."""
+        return SampleStore(self.directory / folder / f"{self.key}-{self.tuning}.jsonl", current=self.current)
+
+    def database_version(self) -> str:
+        from vitune.targets.tuning import database_version
+
+        return "" if self.tuning == "off" else database_version(self.profile)
+
+    def current(self, sample: Sample) -> bool:
+        """Whether ``sample``'s latency is what its configuration would measure now: always for
+        untuned builds (they read no records) and for builds whose every kernel had this
+        machine's own tuned record; otherwise only while the database is as it was (a workload
+        that ran untuned may have been tuned since, e.g. by ``vitune tune --cover``)."""
+        return self.tuning == "off" or sample.unsettled == 0 or sample.database == self.database_version()
 
     @property
     def tuner(self):
@@ -156,6 +184,8 @@ class CostContext:
         from vitune.targets.measure import measure_many
 
         workloads = [self.workload_keys(c) for c in candidates]
+        version = self.database_version()  # before this batch's builds (which may tune): a sample that
+        # ran untuned kernels and was measured across a change reads as stale, never as current
         measured = measure_many(candidates, [self.example] * len(candidates), self.profile, tuner=self.tuner, rounds=self.rounds)
         out = []
         for candidate, config, keys, m in zip(candidates, configs, workloads, measured):
@@ -164,7 +194,10 @@ class CostContext:
                 continue
             blocks = tuple(p.key for p in parts(candidate, self.example))
             spent = sum(v for k, v in m.timings.items() if k.endswith("_s"))  # export, build, tune, codegen, run
-            out.append((Sample(config.to_json(), config.key, keys, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed), m))
+            unsettled = 0 if self.tuning == "off" else (
+                int(m.timings["untuned_workloads"] + m.timings.get("seeded_workloads", 0)) if "untuned_workloads" in m.timings else -1)
+            out.append((Sample(config.to_json(), config.key, keys, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed,
+                               unsettled, version), m))
         return out
 
 

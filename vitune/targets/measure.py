@@ -161,7 +161,8 @@ def time_compiled(compiled, example: torch.Tensor, profile) -> Measurement:
             samples = runner.time(compiled, example.numpy(), profile.protocol)
             timings["run_s"] = time.perf_counter() - t0
         if compiled.tuning is not None:
-            timings.update(tuned_workloads=compiled.tuning.from_database + compiled.tuning.tuned, untuned_workloads=compiled.tuning.untuned)
+            timings.update(tuned_workloads=compiled.tuning.from_database + compiled.tuning.tuned, untuned_workloads=compiled.tuning.untuned,
+                           seeded_workloads=compiled.tuning.from_seed)
         return Measurement(
             target=profile.name,
             latency_ms=profile.protocol.latency_ms(samples),

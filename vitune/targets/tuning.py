@@ -106,6 +106,16 @@ def database_dir(profile) -> Path:
     return cache_dir() / "tuning" / f"{profile.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def database_version(profile) -> str:
+    """What the target's tuning database holds now, as a short string that changes whenever a
+    workload or a record is added (both files are append-only; a repair rewrites them, which
+    changes it too). A latency measured with some workloads untuned is only current while this
+    string is what it was then."""
+    folder = database_dir(profile)
+    sizes = [(folder / name).stat().st_size if (folder / name).is_file() else 0 for name in ("workloads.json", "records.json")]
+    return "-".join(map(str, sizes))
+
+
 @contextmanager
 def database_lock(folder: Path, exclusive: bool):
     """The database's lock across processes: shared to read its files, exclusive to write them.
