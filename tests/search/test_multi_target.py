@@ -116,6 +116,29 @@ def test_constrained_on_another_target_keeps_its_budget(tmp_path, fast_target_fi
     assert f"{budget} ms on arm-a72" in format_front(study).splitlines()[-1]
 
 
+def test_memory_and_latency_budgets_per_target(tmp_path, fast_target_file, default_workspace, pareto):
+    """Each target keeps its own budgets: peak memory on the CPU (read from its builds), latency on
+    the board; a front member meets both, and the front's footer names both."""
+    from vitune.targets.memory import MIB
+
+    spec, _ = pareto
+    done = open_study(spec, create=False).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    peaks = sorted(t.user_attrs["metrics"]["peak_memory_bytes"] / MIB for t in done)
+    arm = sorted(latencies_of(t)[1] for t in done)
+    peak_mb, arm_ms = round(peaks[len(peaks) // 2], 6), round(arm[-1], 6)  # about half fit in memory; the board's budget is loose
+    cspec = write(tmp_path, fast_target_file, "multi-m", n=6, mode="constrained", budget=f"budget_peak_mb = {peak_mb}",
+                  also_budget=f"budget_ms = {arm_ms}")
+    run_study(cspec, progress=False, log=lambda *_: None)
+    study = open_study(cspec, create=False)
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert all({"constraints:peak_mb", "constraints:latency_ms@arm-a72"} <= set(t.system_attrs) for t in finished)
+    assert all("constraints:latency_ms" not in t.system_attrs for t in finished)  # no latency budget on the CPU
+    members = front(study)
+    assert members and all(t.user_attrs["metrics"]["peak_memory_bytes"] / MIB <= peak_mb and latencies_of(t)[1] <= arm_ms for t in members)
+    footer = format_front(study).splitlines()[-1]
+    assert "on arm-a72" in footer and "peak" in footer
+
+
 def test_changing_the_targets_of_a_study_is_refused(pareto, tmp_path, fast_target_file):
     spec, tmp = pareto
     other = tmp / "multi.toml"
