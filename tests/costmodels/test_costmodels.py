@@ -215,7 +215,7 @@ def test_samples_measured_with_untuned_kernels_go_stale_when_the_tuning_database
     while the database is as it was: once ``vitune tune`` adds to it, that configuration would
     measure otherwise, so the store leaves it out (and ``collect`` measures another). A sample
     whose every kernel had a record, and every untuned build's, stays; an older sample that did
-    not record it is treated as unsettled."""
+    not record it is treated as unsettled. The block table's entries follow the same rule."""
     import vitune.costmodels.samples
     import vitune.targets.tuning
 
@@ -230,9 +230,16 @@ def test_samples_measured_with_untuned_kernels_go_stale_when_the_tuning_database
               dataclasses.replace(sample, config_key="older", unsettled=-1, database="")):
         store.append(s)
     assert [s.config_key for s in store.load()] == [sample.config_key, "settled"] and store.stale == 1
+    from vitune.costmodels.lut import BlockTable
+
+    blocks = BlockTable(context)  # the block table's entries follow the same rule
+    for key, unsettled in (("untuned-block", 3), ("tuned-block", 0)):
+        blocks.put(key, {"latency_ms": 1.0, "unsettled": unsettled, "database": context.database_version()})
+    assert blocks.holds("untuned-block", context) and blocks.holds("tuned-block", context)
     (tmp_path / "database").mkdir(exist_ok=True)
     with open(tmp_path / "database" / "records.json", "a") as fh:  # a record added, as vitune tune would
         fh.write("\n")
     assert [s.config_key for s in store.load()] == ["settled"] and store.stale == 2
+    assert not blocks.holds("untuned-block", context) and blocks.holds("tuned-block", context)  # measured again on sight
     untuned = dataclasses.replace(context, tuning="off")
     assert untuned.current(dataclasses.replace(sample, unsettled=-1, database=""))  # untuned builds read no records

@@ -63,24 +63,32 @@ def parts(model: nn.Module, example: torch.Tensor) -> list[Part]:
 
 
 class BlockTable(JsonTable):
-    """Part key → {latency_ms, spread_ms, name, measured_at}, for one target and tuning mode."""
+    """Part key → {latency_ms, spread_ms, name, measured_at, unsettled, database}, for one target
+    and tuning mode. An entry measured with kernels the tuning database has changed since (see
+    :meth:`~vitune.costmodels.samples.CostContext.current`) is not held: it is measured again."""
 
     def __init__(self, context):
         super().__init__(context.directory / f"blocks-{context.tuning}.json")  # (see LutModel.table)
         self.measured = 0  # entries this process measured
+
+    def holds(self, key: str, context) -> bool:
+        entry = self.data.get(key)
+        return entry is not None and context.is_current(entry.get("unsettled", -1), entry.get("database", ""))
 
     def fill(self, wanted: list[Part], context) -> None:
         """Measure the parts of ``wanted`` the table lacks, together (interleaved timing rounds,
         so one burst of load cannot skew one block against the others); raises on a failure."""
         from vitune.targets.measure import measure_many
 
-        missing = list({p.key: p for p in wanted if p.key not in self.data}.values())
+        missing = list({p.key: p for p in wanted if not self.holds(p.key, context)}.values())
         if not missing:
             return
+        version = context.database_version()  # before the builds, which may tune (as CostContext.measure_candidates)
         measured = measure_many([p.module for p in missing], [p.example for p in missing], context.profile, context.tuner, context.rounds)
         for part, m in zip(missing, measured):
             if m.ok:
-                self.put(part.key, {"latency_ms": m.latency_ms, "spread_ms": m.spread_ms, "name": part.name, "measured_at": time.time()})
+                self.put(part.key, {"latency_ms": m.latency_ms, "spread_ms": m.spread_ms, "name": part.name, "measured_at": time.time(),
+                                    "unsettled": context.unsettled(m), "database": version})
                 self.measured += 1
         self.save()
         for part, m in zip(missing, measured):
@@ -112,7 +120,7 @@ class LutModel(CostModel):
 
         table = self.table(context)
         used = samples[-self.fit_samples:]
-        lacking = [s for s in used if not all(k in table.data for k in s.blocks)]  # entries are added on first sight
+        lacking = [s for s in used if not all(table.holds(k, context) for k in s.blocks)]  # entries are added on first sight
         self.warm([context.build(CompressionConfig.from_json(s.config)) for s in lacking], context)
         sums, ys = [], []
         for s in used:
@@ -129,7 +137,7 @@ class LutModel(CostModel):
     def warm(self, candidates, context, chunk: int = 24) -> None:
         """Measure the table's missing parts of ``candidates``, ``chunk`` parts timed together."""
         table = self.table(context)
-        missing = list({p.key: p for c in candidates for p in parts(c, context.example) if p.key not in table.data}.values())
+        missing = list({p.key: p for c in candidates for p in parts(c, context.example) if not table.holds(p.key, context)}.values())
         for start in range(0, len(missing), chunk):
             table.fill(missing[start:start + chunk], context)
 

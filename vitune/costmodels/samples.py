@@ -145,7 +145,19 @@ class CostContext:
         untuned builds (they read no records) and for builds whose every kernel had this
         machine's own tuned record; otherwise only while the database is as it was (a workload
         that ran untuned may have been tuned since, e.g. by ``vitune tune --cover``)."""
-        return self.tuning == "off" or sample.unsettled == 0 or sample.database == self.database_version()
+        return self.is_current(sample.unsettled, sample.database)
+
+    def is_current(self, unsettled: int, database: str) -> bool:
+        """The rule of :meth:`current` for any measurement that recorded its ``unsettled``
+        workloads and the ``database`` version it was measured on (a sample, a block's entry)."""
+        return self.tuning == "off" or unsettled == 0 or database == self.database_version()
+
+    def unsettled(self, m) -> int:
+        """How many of a measurement's kernels a later tuning can still change (-1: unknown)."""
+        if self.tuning == "off":
+            return 0
+        t = m.timings
+        return int(t["untuned_workloads"] + t.get("seeded_workloads", 0)) if "untuned_workloads" in t else -1
 
     @property
     def tuner(self):
@@ -194,10 +206,8 @@ class CostContext:
                 continue
             blocks = tuple(p.key for p in parts(candidate, self.example))
             spent = sum(v for k, v in m.timings.items() if k.endswith("_s"))  # export, build, tune, codegen, run
-            unsettled = 0 if self.tuning == "off" else (
-                int(m.timings["untuned_workloads"] + m.timings.get("seeded_workloads", 0)) if "untuned_workloads" in m.timings else -1)
             out.append((Sample(config.to_json(), config.key, keys, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed,
-                               unsettled, version), m))
+                               self.unsettled(m), version), m))
         return out
 
 
