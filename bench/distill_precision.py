@@ -57,7 +57,10 @@ def main() -> None:
     calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images)
     val = ws.data.val
     configs = space.random_configs(args.configs, args.seed, fixed={"distill_steps": args.steps})
-    native = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+    from vitune.targets.host import describe
+
+    host = describe()
+    native = host["bf16"]
     print(f"{args.model}: {len(configs)} configurations, {args.steps} distillation steps of {spec.methods.kd_batch_size} images, "
           f"{len(val)} validation images; CPU with avx512_bf16: {native}", flush=True)
 
@@ -105,7 +108,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "val_images": len(val), "steps": args.steps, "batch_size": spec.methods.kd_batch_size,
-            "rounds": args.rounds, "avx512_bf16": native, "torch": torch.__version__, "uncompressed_accuracy": base_acc,
+            "rounds": args.rounds, "avx512_bf16": native, "host": host, "torch": torch.__version__, "uncompressed_accuracy": base_acc,
             "command": " ".join(["python", "bench/distill_precision.py", *sys.argv[1:]]), "summary": summary, "candidates": rows,
         }, indent=1))
         print(f"wrote {args.json}")

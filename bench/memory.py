@@ -197,7 +197,9 @@ def main() -> None:
     raw = scale.make_images(work / "images", args.val_images, val_share=FRACTIONS["val"])
     study = work / "memory-search.toml"
     labelled = work / "labelled"
-    doc: dict = {"model": args.model, "budget": args.budget, "lowrank": args.lowrank, "calib_images": args.calib_images,
+    from vitune.targets.host import describe
+
+    doc: dict = {"host": describe(), "model": args.model, "budget": args.budget, "lowrank": args.lowrank, "calib_images": args.calib_images,
                  "trials": args.trials, "max_drop": args.max_drop,
                  "tuning": {"mode": "tune", "trials_per_workload": args.tuning_trials, "budget_s": args.tuning_budget_s}}
 

@@ -296,7 +296,9 @@ def main() -> None:
 
 
 def write(args, names, counts, results) -> None:
-    doc = {"tuning": args.tuning, "latency": args.latency, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
+    from vitune.targets.host import describe
+
+    doc = {"host": describe(), "tuning": args.tuning, "latency": args.latency, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

@@ -354,6 +354,7 @@ def main() -> None:
     from vitune.search.study import latency_source_for
     from vitune.search.studyfile import load_study_file
     from vitune.search.warmstart import run_sweep
+    from vitune.targets.host import describe
 
     t_start = time.perf_counter()
     base = load_study_file(args.study)
@@ -396,7 +397,7 @@ def main() -> None:
             box = {**box, "latency_ms": timing["latency_ms"]}
             extra = {"reference_at_start": ref, "front_timing": timing, "points_recorded": points}
             points = retimed(points, keys, timing["retimed_ms"])
-        doc = {"study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
+        doc = {"host": describe(), "study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
                "sampler": base.sampler, "val_images": len(ws.data.val), "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
                "reference": reference, "reference_point": box,
                **summarise(points, ref_acc, box["latency_ms"]), "seconds": seconds,

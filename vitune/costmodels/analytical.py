@@ -13,37 +13,15 @@ Everywhere its numbers appear they carry the label ``analytical (uncalibrated)``
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
 from vitune.costmodels.model import CostModel, fit_positive_line, positive, register_cost_model
 from vitune.costmodels.workloads import Kernel
 from vitune.errors import ConfigError
+from vitune.targets.host import cpu_clock_ghz, cpu_flags
 
 _PEAK_NAMES = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_clock_ghz() -> float:
-    try:
-        import psutil
-
-        freq = psutil.cpu_freq()
-        if freq and (freq.max or freq.current):
-            return (freq.max or freq.current) / 1000.0
-    except Exception:
-        pass
-    return 2.5
 
 
 def roofline_facts(profile) -> tuple[dict[str, float], float, bool]:
@@ -58,9 +36,9 @@ def roofline_facts(profile) -> tuple[dict[str, float], float, bool]:
                 f"target {profile.name} ({profile.source}): the analytical cost model needs [hardware] "
                 "peak_gflops.fp32 and memory_bandwidth_gbs"
             )
-        flags = _cpu_flags()
+        flags = cpu_flags()
         per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
-        clock = hw.clock_ghz or _cpu_clock_ghz()
+        clock = hw.clock_ghz or cpu_clock_ghz()
         cores = hw.cores or os.cpu_count() or 1
         peaks.setdefault("fp32", cores * clock * per_cycle)
         vnni = bool({"avx512_vnni", "avx_vnni"} & flags)

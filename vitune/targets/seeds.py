@@ -36,6 +36,7 @@ from typing import Any
 
 from vitune.errors import ConfigError
 from vitune.paths import cache_dir
+from vitune.targets.host import cpu_model
 
 FORMAT = 1
 SHIPPED_DIR = Path(__file__).parent / "seeds"
@@ -202,18 +203,8 @@ def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
     keep = sorted(best)
     index = {old: new for new, old in enumerate(keep)}
     meta = {"tvm": versions()["tvm"], "runtime": TIMING_RUNTIME, "target": dict(profile.tvm_target), "threads": profile.threads,
-            "machine": platform.machine(), "cpu": _cpu_model(), "made": datetime.date.today().isoformat(), "note": note}
+            "machine": platform.machine(), "cpu": cpu_model(), "made": datetime.date.today().isoformat(), "note": note}
     data = {"vitune_seed": FORMAT, "meta": meta, "workloads": [workloads[i] for i in keep], "records": [[index[i], best[i][1]] for i in keep]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), compresslevel=9, mtime=0))
     return len(keep)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
