@@ -27,6 +27,30 @@ def test_artifact_is_built_for_the_target_architecture(tmp_path, target, arch, d
         assert "cuda" not in device_code_kinds(compiled)
 
 
+@pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90"])
+def test_w8a8_layers_build_for_a_gpu(target):
+    """TVM 0.27's default CUDA pipeline sends int8 × int8 matmuls larger than 64 in every
+    dimension to its int8 tensor-core rule, whose software pipelining fails the build; vitune
+    schedules them itself (``schedule.UntensorizedInt8Matmul``), so a W8A8 candidate builds for
+    a GPU. The model is the smallest that reaches that rule: 65 tokens, 128 wide."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.pipeline import compress_structural
+    from vitune.costmodels.samples import random_calibration
+    from vitune.models.layers import discover
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=4, in_chans=1, num_classes=5, embed_dim=128, depth=1, num_heads=2, mlp_ratio=2.0).eval()
+    example = torch.randn(1, 1, 32, 32)
+    config = CompressionConfig.make({u.name: LinearConfig(precision="w8a8") for u in discover(model).linears})
+    candidate = compress_structural(model, config, random_calibration(example))
+    assert any(type(m).__name__ == "W8A8Linear" for m in candidate.modules())
+    compiled = compile_model(candidate, example, load_target(target))
+    assert "cuda" in device_code_kinds(compiled)
+
+
 def test_local_artifact_loads_and_runs(tmp_path):
     import numpy as np
 

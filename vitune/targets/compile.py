@@ -136,7 +136,7 @@ def build(mod, profile, tuner=None):
 
     from vitune.targets.graph import optimize
     from vitune.targets.memory import planned_storage
-    from vitune.targets.schedule import schedule_data_movement
+    from vitune.targets.schedule import schedule_data_movement, schedule_gpu_int8_matmuls
 
     target = profile.tvm()
     report = None
@@ -149,6 +149,7 @@ def build(mod, profile, tuner=None):
         if any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.functions):
             mod, layout = only(mod, "main"), only(mod, TRANSFORM_PARAMS)
         mod = schedule_data_movement(mod, target)  # CPU: parallel, vectorised data movement
+        mod = schedule_gpu_int8_matmuls(mod, target)  # CUDA: W8A8 matmuls without TVM 0.27's failing int8 tensor-core rule
         storage = planned_storage(mod, target)
         # "compiled": the VM's own functions (allocations, argument passing, one call per kernel)
         # are generated code instead of bytecode the VM interprets: 4-6 % of a tuned

@@ -87,3 +87,52 @@ def schedule_data_movement(mod, target):
     with target:
         fused = views_for_reshapes(relax.get_pipeline("zero")(mod)).clone()  # (the schedule pass writes into the module it is given)
         return ApplyDefaultSchedule(DataMovement())(fused)
+
+
+class UntensorizedInt8Matmul(ScheduleRule):
+    """int8 × int8 → int32 matmuls on a CUDA GPU, scheduled by dlight's GPU matmul rule without
+    tensor cores. TVM 0.27's default CUDA pipeline hands them to its int8 tensor-core rule
+    (``MatmulInt8Tensorization``), whose software pipelining fails the build (``Check failed:
+    (it != fragment_info_.end())`` in ``inject_software_pipeline.cc``, seen on every W8A8 layer of
+    a ViT for ``sm_90``): no W8A8 candidate could be built for a GPU. This rule takes those
+    kernels first and schedules them as the same rule does for a GPU without tensor cores
+    (tiled, shared-memory staged, int32 accumulation: exact); every other kernel is left to the
+    default rules."""
+
+    def apply(self, func, target, tunable):
+        import tvm
+        from tvm.s_tir.dlight.gpu import Matmul
+        from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes
+
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            blocks = normalize_prim_func(sch)
+        except Exception:  # noqa: BLE001 -- not a kernel this rule understands
+            return None
+        int8 = False
+        for info in blocks or []:
+            try:
+                if get_in_out_dtypes(sch.get(info.block_rv)) == ("int8", "int32"):
+                    int8 = True
+            except Exception:  # noqa: BLE001 -- a block without the matmul's buffers
+                continue
+        if not int8:
+            return None
+        older = tvm.target.Target({**dict(target.export()), "arch": "sm_60"})  # no tensor cores: dlight's plain matmul schedule
+        return Matmul().apply(func, older, tunable)
+
+
+def schedule_gpu_int8_matmuls(mod, target):
+    """``mod`` legalized and fused, with its int8 matmul kernels scheduled by
+    :class:`UntensorizedInt8Matmul` (the default CUDA pipeline schedules the rest, and skips
+    these); the module itself on other targets."""
+    from tvm import relax
+    from tvm.s_tir.dlight.base.transform import ApplyDefaultSchedule
+
+    if target.kind.name != "cuda":
+        return mod
+    with target:
+        fused = relax.get_pipeline("zero")(mod).clone()
+        return ApplyDefaultSchedule(UntensorizedInt8Matmul())(fused)
