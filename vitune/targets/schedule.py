@@ -1,4 +1,5 @@
-"""A default CPU schedule for the data-movement kernels no tuning record covers.
+"""Default schedules vitune gives where TVM has none, or a failing one: the CPU's data-movement
+kernels no tuning record covers, and a GPU's int8 matmuls.
 
 TVM's CPU pipeline has no default schedule: a kernel without a tuning record lowers to plain
 serial loops, on one core and unvectorised. Tuning covers the compute kernels (see
@@ -14,7 +15,9 @@ pipeline, what ``tvm.compile`` would do first anyway; on a module already throug
 tuning, it changes nothing) and guarantees the same results: only the loop structure changes,
 never a value.
 A kernel the rule cannot schedule (a reduction, a block that will not inline) keeps TVM's
-default lowering. CPU (``llvm``) targets only: the GPU pipeline schedules its kernels itself.
+default lowering. CPU (``llvm``) targets only: the GPU pipeline schedules its kernels itself,
+except the int8 matmuls of W8A8 layers, which :func:`schedule_gpu_int8_matmuls` schedules
+(TVM 0.27's own rule for them fails the build).
 """
 
 from __future__ import annotations
