@@ -50,6 +50,13 @@ def test_predicted_study_remeasures_its_front_and_refits(tmp_path, fast_target_f
     saved = json.loads(default_path(source.context, "analytical").read_text())
     assert saved["state"]["calibrated_on"] == len(checks)
     assert load_cost_model(default_path(source.context, "analytical")).label().startswith("analytical (calibrated")
+    # a run that ended before its front was re-measured (stopped, crashed): the next run, with no
+    # trial left to run, re-measures it
+    study.set_user_attr("latency_checks", {})
+    lines = []
+    run_study(spec, progress=False, log=lines.append)
+    assert set(open_study(spec, create=False).user_attrs["latency_checks"]) == set(checks)
+    assert any("left unchecked" in line for line in lines)
 
 
 def test_an_unmeasurable_target_fails_fast_and_points_to_the_analytical_model(tmp_path, default_workspace):

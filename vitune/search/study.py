@@ -355,6 +355,12 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         f"({len(space.choices)} knobs, {space.size:.3g} configurations, {spec.search.mode}), storage {spec.storage}"
     )
     if remaining == 0:
+        if predicted and study.trials:  # a run that ended before its closing re-measurement (stopped, crashed): done now
+            from vitune.search.remeasure import remeasure_front
+
+            n = remeasure_front(study, evaluator, source, log=log)
+            if n:
+                log(f"re-measured {n} front member(s) on {profile.name} that the run which finished the study left unchecked")
         return RunSummary(0, 0, 0.0, done)
     if on_ready is not None:
         on_ready()
