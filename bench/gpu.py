@@ -17,7 +17,7 @@ Two steps, because the machine with the GPU has no package registry and no TVM c
 ``python bench/gpu.py run --bundle DIR --json F`` (on the GPU machine, ``TVM_USE_RUNTIME_LIB=1``)
     Loads each library with the TVM runtime on ``cuda(0)``, feeds it the same seeded parameters,
     checks its output against the CPU reference (max relative difference), and times it with the
-    target profile's protocol (vitune's own timing loop); then times each uncompressed model in
+    target profile's protocol (vitune's own timing loops); then times each uncompressed model in
     PyTorch on the same GPU (eager float32, ``torch.compile`` float32, eager bfloat16 autocast) in
     the same interleaved rounds. The speed-up reference is the fastest float32 PyTorch timing of the
     uncompressed model (the best runtime a user already has there at the same precision); the
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -47,8 +48,7 @@ SEED = 0
 
 def seeded_params(specs: list[dict], seed: int = SEED) -> list:
     """Parameters of the given shapes and dtypes drawn from one seeded generator, the same on
-    every machine: floats ~ N(0, 0.02²) (scales ~ U(0.001, 0.01)), integers uniform in their
-    int8 range."""
+    every machine: floats ~ N(0, 0.02²), integers uniform in their int8 range."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -57,8 +57,6 @@ def seeded_params(specs: list[dict], seed: int = SEED) -> list:
         shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
         if np.issubdtype(dtype, np.integer):
             out.append(rng.integers(-127, 128, size=shape).astype(dtype))
-        elif len(shape) <= 1 and spec.get("scale"):
-            out.append(rng.uniform(0.001, 0.01, size=shape).astype(dtype))
         else:
             out.append((0.02 * rng.standard_normal(shape)).astype(dtype))
     return out
@@ -125,7 +123,7 @@ def build(args) -> None:
                 index["items"].append({"name": item, "model": model_name, "config": config_name, "build_error": reason})
                 print(f"{item}: the {args.target} build failed: {reason}", flush=True)
                 continue
-            specs = [{"shape": list(p.shape), "dtype": str(p.dtype), "scale": False} for p in built.params]
+            specs = [{"shape": list(p.shape), "dtype": str(p.dtype)} for p in built.params]
             ref_build = compile_model(candidate, example, cpu, None)  # the same Relax module for this CPU
             assert [p.shape for p in ref_build.params] == [tuple(s["shape"]) for s in specs], "CPU and GPU builds take other parameters"
             ref_build.params = seeded_params(specs)
@@ -157,37 +155,13 @@ def build(args) -> None:
 
 # --- there: run ------------------------------------------------------------------------------
 
-def _time_torch(fn, x, protocol) -> list[float]:
-    """Repeats' mean milliseconds of ``fn(x)`` on the GPU, by the protocol (CUDA events)."""
-    import torch
-
-    for _ in range(protocol.warmup):
-        fn(x)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn(x)
-    end.record()
-    torch.cuda.synchronize()
-    once = max(start.elapsed_time(end), 1e-3)
-    number = max(1, int(protocol.min_repeat_ms / once)) if protocol.number == 0 else protocol.number
-    samples = []
-    for _ in range(protocol.repeat):
-        start.record()
-        for _ in range(number):
-            fn(x)
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / number)
-    return samples
-
-
 def run(args) -> None:
     import numpy as np
     import torch
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    from vitune.targets.peers import time_callable
     from vitune.targets.profile import Protocol
     from vitune.targets.runner import _timed_loop
 
@@ -260,7 +234,7 @@ def run(args) -> None:
             for m in models:
                 fns, x = torch_fns(m)
                 for label, fn in fns.items():
-                    s = _time_torch(fn, x, protocol)
+                    s = time_callable(functools.partial(fn, x), protocol, sync=torch.cuda.synchronize)
                     timings.setdefault(f"{m}|{label}", []).append(protocol.latency_ms(s))
         print(f"round {r + 1}/{args.rounds} done at {time.perf_counter() - t_start:.0f} s", flush=True)
     for name in loaded:

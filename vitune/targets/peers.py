@@ -301,14 +301,17 @@ def baseline_peers(profile) -> list[PeerRuntime]:
     return out
 
 
-def time_callable(fn: Callable[[], object], protocol) -> list[float]:
+def time_callable(fn: Callable[[], object], protocol, sync: Callable[[], object] = lambda: None) -> list[float]:
     """Samples (ms per run) of ``fn`` taken the way the target's protocol times TVM builds:
     ``warmup`` runs, then ``repeat`` repeats of ``number`` runs (0: enough to last
-    ``min_repeat_ms``), ``cooldown_ms`` apart."""
+    ``min_repeat_ms``), ``cooldown_ms`` apart. ``sync`` waits for work ``fn`` left running (a
+    GPU's queue) before each clock reading, once per repeat, as TVM's time evaluator does."""
     for _ in range(protocol.warmup):
         fn()
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     once = max((time.perf_counter() - t0) * 1e3, 1e-3)
     number = protocol.number or max(1, int(protocol.min_repeat_ms / once) + 1)
     samples = []
@@ -318,6 +321,7 @@ def time_callable(fn: Callable[[], object], protocol) -> list[float]:
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
+        sync()
         samples.append((time.perf_counter() - t0) * 1e3 / number)
     return samples
 

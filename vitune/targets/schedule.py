@@ -114,14 +114,13 @@ class UntensorizedInt8Matmul(ScheduleRule):
             blocks = normalize_prim_func(sch)
         except Exception:  # noqa: BLE001 -- not a kernel this rule understands
             return None
-        int8 = False
-        for info in blocks or []:
+        def int8_matmul(info) -> bool:
             try:
-                if get_in_out_dtypes(sch.get(info.block_rv)) == ("int8", "int32"):
-                    int8 = True
+                return get_in_out_dtypes(sch.get(info.block_rv)) == ("int8", "int32")
             except Exception:  # noqa: BLE001 -- a block without the matmul's buffers
-                continue
-        if not int8:
+                return False
+
+        if not any(int8_matmul(info) for info in blocks or []):
             return None
         older = tvm.target.Target({**dict(target.export()), "arch": "sm_60"})  # no tensor cores: dlight's plain matmul schedule
         return Matmul().apply(func, older, tunable)
