@@ -31,26 +31,3 @@ def test_budgets_round_trip_through_the_study_metadata_and_read_as_text():
     assert Budget.from_meta(b.to_meta()) == b and not Budget().any and b.any
     assert Budget.from_meta({"budget_ms": 2.0}) == Budget(latency_ms=2.0)  # a study written before memory budgets
     assert budgets_text((b, Budget(model_mb=2.0)), ("cpu", "board")) == "1 ms, peak 64 MiB on cpu; model 2 MiB on board"
-
-
-@pytest.mark.parametrize("menu, target, search, noted", [
-    ('["fp32", "int8"]', 'budget_model_mb = 1.0\ntuning = "database"', "", True),
-    ('["fp32", "int8"]', 'tuning = "tune"', 'objectives = ["accuracy", "latency_ms", "model_mb"]', True),
-    ('["fp32", "int8"]', 'budget_model_mb = 1.0\ntuning = "off"', "", False),  # untuned builds keep int8 (dequantized per call)
-    ('["fp32", "w8a8"]', 'budget_model_mb = 1.0\ntuning = "database"', "", False),  # w8a8 weights stay int8
-    ('["fp32", "int8"]', 'budget_ms = 1.0\ntuning = "database"', "", False),  # the stored size is not bounded
-])
-def test_a_size_bound_study_with_int8_on_a_prepacking_target_is_told_what_its_build_holds(tmp_path, tiny_vit, menu, target, search, noted):
-    from vitune.models.layers import discover
-    from vitune.search.budgets import int8_size_note
-    from vitune.search.studyfile import load_study_file
-    from vitune.targets import load_target
-
-    mode = 'mode = "constrained"\n' if "budget" in target else ""
-    path = tmp_path / "s.toml"
-    path.write_text(f'[study]\nname = "s"\n[target]\nname = "local-cpu"\n{target}\n[search]\n{mode}{search}\n[space]\nprecision = {menu}\n')
-    spec = load_study_file(path)
-    note = int8_size_note(spec, discover(tiny_vit), load_target("local-cpu"), spec.target)
-    assert (note is not None) == noted
-    if noted:
-        assert note.startswith("local-cpu: note:") and "fp32" in note and "budget_peak_mb" in note

@@ -94,18 +94,3 @@ def relative_excess(budgets, metrics, targets) -> float:
 
 def budgets_text(budgets, targets) -> str:
     return "; ".join(f"{b.text()} on {t}" for b, t in zip(budgets, targets) if b.any)
-
-
-def int8_size_note(spec, layout, profile, target) -> str | None:
-    """A line for a study that bounds or minimises the stored model's size (``budget_model_mb``,
-    objective ``model_mb``) with weight-only int8 on the menu, on a target whose tuned builds hold
-    those weights at fp32 (:func:`vitune.targets.tuning.prepacks`); None otherwise."""
-    from vitune.targets.tuning import prepacks
-
-    sized = bool(target.budget_model_mb) or "model_mb" in spec.search.objectives
-    int8 = any("int8" in spec.space.menu_for(u.name, "precision") for u in layout.linears)
-    if not (sized and int8 and prepacks(profile, target.tuning)):
-        return None
-    return (f"{profile.name}: note: its tuned builds hold weight-only int8 layers at fp32 (their dequantization is part of the "
-            "build-time weight layout), while model_mb counts them at int8; to bound what the device holds use budget_peak_mb "
-            "(latency = \"measured\"), or offer w8a8, whose weights stay int8")

@@ -272,9 +272,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
 
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
-    from vitune.search.budgets import int8_size_note
     from vitune.search.cache import ResultCache, data_key, target_key
     from vitune.search.coordination import HostLock, reap_stale
+    from vitune.search.notes import study_notes
     from vitune.search.evaluate import EarlyStop, Evaluator, MoreTarget
     from vitune.search.space import SearchSpace
     from vitune.search.refine import Refiner, refine_after
@@ -304,8 +304,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     every = [(profile, source, spec.target), *((p, src, t) for (p, src, _), t in zip(others, spec.also))]
     for p, src, t in every:
         src.bind(workspace, space, t.tuning)  # fails fast when no fitted cost model exists
-        note = int8_size_note(spec, space.layout, p, t)
-        if note:
+        for note in study_notes(spec, space.layout, p, t):
             log(note)
 
     def cache(p, t):

@@ -45,6 +45,23 @@ def has_vnni(target) -> bool:
         return False
 
 
+def untensorized_int8(profile) -> bool:
+    """Whether ``profile`` is an x86 CPU target without VNNI, where a w8a8 layer's int8 × int8 →
+    int32 matmul is left to TVM's generic integer code (no ``vpdpbusd``; :func:`vnni_matmuls`
+    leaves it alone): widened to int32 multiplies, slower than the fp32 kernel it replaces
+    (``bench/results/kernels-digits_base-w8a8-znver3.json``). False elsewhere (VNNI, other ISAs,
+    GPUs: their int8 paths are their own)."""
+    from tvm.target import codegen
+
+    try:
+        target = profile.tvm()
+        if target.kind.name != "llvm":
+            return False
+        return bool(codegen.target_has_features("sse2", target)) and not has_vnni(target)
+    except Exception:  # an LLVM without x86, a target it does not know: not such a target
+        return False
+
+
 def register_vnni() -> None:
     """Re-register ``dot_16x4_vnni`` with ``vpdpbusd``'s operands as the bundled LLVM declares
     them (idempotent; needs ``tvm.s_tir.tensor_intrin`` imported)."""
