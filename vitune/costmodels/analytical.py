@@ -41,8 +41,12 @@ def roofline_facts(profile) -> tuple[dict[str, float], float, bool]:
         clock = hw.clock_ghz or cpu_clock_ghz()
         cores = hw.cores or os.cpu_count() or 1
         peaks.setdefault("fp32", cores * clock * per_cycle)
+        # int8 × int8 → int32 matmuls: vpdpbusd with VNNI (vitune.targets.int8, ~3x the fp32
+        # kernel on Zen 5); without it TVM's generic integer code, at best as fast as fp32 (a
+        # w8a8 model tuned here at 16 trials: 0.99x the uncompressed one, Zen 3 without VNNI;
+        # 1.76x slower with schedules tuned on another CPU: bench/results/seeds-digits_base-znver3.json)
         vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
-        peaks.setdefault("int8", peaks["fp32"] * (4 if vnni else 2))
+        peaks.setdefault("int8", peaks["fp32"] * (4 if vnni else 1))
         bandwidth = bandwidth if bandwidth > 0 else 10.0 * min(cores, 4)
         estimated = True
     peaks.setdefault("fp16", peaks["fp32"])

@@ -26,7 +26,7 @@ def int8_size_note(spec, layout, profile, target) -> str | None:
 
 def w8a8_speed_note(spec, layout, profile) -> str | None:
     """A line for a study with ``w8a8`` on its menu on an x86 CPU without VNNI, whose int8
-    matmuls run TVM's generic integer code, slower than fp32 (:func:`vitune.targets.int8.untensorized_int8`);
+    matmuls run TVM's generic integer code, no faster than fp32 (:func:`vitune.targets.int8.untensorized_int8`);
     None otherwise. The search still measures or predicts them as they are: the line says why
     w8a8 candidates will rarely be fast there."""
     from vitune.targets.int8 import untensorized_int8
@@ -35,5 +35,6 @@ def w8a8_speed_note(spec, layout, profile) -> str | None:
         return None
     if not untensorized_int8(profile):
         return None
-    return (f"{profile.name}: note: its CPU has no VNNI, so w8a8 layers' int8 matmuls are not tensorized and run slower "
-            "than fp32 ones there; w8a8 on the menu saves bytes (weights stay int8), rarely time")
+    return (f"{profile.name}: note: its CPU has no VNNI, so w8a8 layers' int8 matmuls are not tensorized: at best as fast "
+            "as fp32 once tuned on this CPU, slower with schedules tuned on another; w8a8 on the menu saves bytes "
+            "(weights stay int8), rarely time")

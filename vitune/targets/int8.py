@@ -48,8 +48,9 @@ def has_vnni(target) -> bool:
 def untensorized_int8(profile) -> bool:
     """Whether ``profile`` is an x86 CPU target without VNNI, where a w8a8 layer's int8 × int8 →
     int32 matmul is left to TVM's generic integer code (no ``vpdpbusd``; :func:`vnni_matmuls`
-    leaves it alone): widened to int32 multiplies, slower than the fp32 kernel it replaces
-    (``bench/results/kernels-digits_base-w8a8-znver3.json``). False elsewhere (VNNI, other ISAs,
+    leaves it alone): at best as fast as the fp32 kernel it replaces once tuned on the CPU, and
+    slower with schedules tuned on another (``bench/results/seeds-digits_base-znver3.json``). False
+    elsewhere (VNNI, other ISAs,
     GPUs: their int8 paths are their own)."""
     from tvm.target import codegen
 
