@@ -155,3 +155,29 @@ def test_a_study_measures_tuned_kernels_unless_it_says_otherwise(tmp_path, targe
     spec = load_study_file(path)
     assert spec.target.tuning == expected
     assert spec.also[0].tuning == ("database" if other == "arm-a78" else "tune")
+
+
+@pytest.mark.parametrize(("written", "seeds", "message"), [
+    ("", "any", None),  # the default: shipped schedules of any CPU model stand in for tuning
+    ('seeds = "this-cpu"\n', "this-cpu", None),
+    ('seeds = "this-cpu"\ntuning = "database"\n', None, r"\[target\] seeds: seeds = 'this-cpu' tunes .* tuning = 'database' tunes nothing"),
+    ('seeds = "never"\n', None, r"\[target\] seeds: expected one of any, this-cpu, got 'never'"),
+])
+def test_a_study_chooses_whether_another_cpus_schedules_stand_in_for_tuning(tmp_path, written, seeds, message):
+    from vitune.search.cache import target_key
+    from vitune.search.study import latency_source_for
+    from vitune.targets import load_target
+
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nname = "x"\n[target]\nname = "local-cpu"\n{written}')
+    if message is not None:
+        with pytest.raises(ConfigError, match=message):
+            load_study_file(path)
+        return
+    spec = load_study_file(path)
+    assert spec.target.seeds == seeds
+    _, _, tuner = latency_source_for(spec, spec.target, "[target]")
+    assert tuner is not None and tuner.other_cpu_seeds == (seeds == "any")
+    # measured results of one build are not served to the other
+    profile = load_target("local-cpu")
+    assert (target_key(profile, "tune", seeds) == target_key(profile, "tune")) == (seeds == "any")

@@ -35,11 +35,13 @@ def data_key(data_spec, split: str) -> str:
                   "made_by": result_versions("compression", "models", "data", libraries=("torch", "timm"))})
 
 
-def target_key(profile, tuning: str) -> str:
+def target_key(profile, tuning: str, seeds: str = "any") -> str:
     from vitune.versions import result_versions
 
-    return _hash({**profile.timing_key(), "runner": profile.runner, "tuning": tuning,
-                  "made_by": result_versions("compression", "models", "targets")})
+    key = {**profile.timing_key(), "runner": profile.runner, "tuning": tuning, "made_by": result_versions("compression", "models", "targets")}
+    if seeds != "any":  # another build than the default's (whose keys stay as they were)
+        key["seeds"] = seeds
+    return _hash(key)
 
 
 class ResultCache:

@@ -228,7 +228,7 @@ def latency_source_for(spec, target, where: str):
     if target.tuning != "off" and cls.measures:  # a source that builds gets the study's tuner
         from vitune.targets.tuning import Tuner
 
-        tuner = Tuner(profile, target.tuning, target.tuning_trials, target.tuning_budget_s)
+        tuner = Tuner(profile, target.tuning, target.tuning_trials, target.tuning_budget_s, other_cpu_seeds=target.seeds == "any")
     return profile, cls(profile, tuner), tuner
 
 
@@ -308,7 +308,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             log(note)
 
     def cache(p, t):
-        return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning) if t.latency == "measured" else None)
+        return ResultCache(workspace.ref.checkpoint_sha256, data_key(spec.data, "val"), target_key(p, t.tuning, t.seeds) if t.latency == "measured" else None)
 
     def local(p, t) -> bool:
         return t.latency == "measured" and p.runner == "local"

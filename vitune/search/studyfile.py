@@ -36,6 +36,9 @@ Reference (every key optional unless marked)::
                                    # off (untuned kernels: a labelled fallback, not what apply ships)
     tuning_trials = 64             # MetaSchedule trials per unseen workload (tuning = "tune")
     tuning_budget_s = 0            # tuning time of one run; 0 = no limit
+    seeds = "any"                  # shipped schedules: any (also those tuned on another CPU model,
+                                   # used as they are) | this-cpu (workloads with only another
+                                   # CPU's schedule are tuned here; "tune" only)
     budget_ms = 0                  # latency budget on this target (mode = "constrained" needs a budget)
     budget_model_mb = 0            # the model's stored size, MiB (0 = none)
     budget_peak_mb = 0             # this target's build at run time, batch 1, MiB (0 = none)
@@ -93,7 +96,7 @@ from vitune.errors import ConfigError
 from vitune.tables import Table, check_prune_ratio, check_rank_fraction, key_path
 from vitune.search.objectives import COSTS
 from vitune.search.objectives import DEFAULT as DEFAULT_OBJECTIVES
-from vitune.targets.tuning import DEFAULT_TUNING, TUNING_MODES, default_tuning
+from vitune.targets.tuning import DEFAULT_TUNING, SEED_MODES, TUNING_MODES, default_tuning
 
 SAMPLERS = ("tpe", "evolution", "nsga2", "random")
 MODES = ("pareto", "constrained")
@@ -107,9 +110,9 @@ SECTION_KEYS = {
     "model": ("source", "name", "pretrained", "checkpoint", "num_classes", "img_size"),
     "data": ("source", "root", "fractions", "seed", "val_copies"),
     "data.fractions": ("train", "calib", "val", "test"),
-    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "remeasure_every", "budget_ms", "budget_model_mb",
+    "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "seeds", "remeasure_every", "budget_ms", "budget_model_mb",
                "budget_peak_mb", "also"),
-    "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "budget_ms", "budget_model_mb", "budget_peak_mb"),
+    "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "seeds", "budget_ms", "budget_model_mb", "budget_peak_mb"),
     "search": ("mode", "objectives", "warm_start", "refine_front", "min_fidelity", "fidelity_images", "accuracy_shards"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
@@ -143,6 +146,7 @@ class TargetSpec:
     tuning: str = DEFAULT_TUNING
     tuning_trials: int = 64
     tuning_budget_s: float = 0.0
+    seeds: str = "any"  # SEED_MODES: which shipped schedules stand in for tuning here
     remeasure_every: int = 0
     budget_ms: float = 0.0  # 0 = none
     budget_model_mb: float = 0.0  # MiB; 0 = none
@@ -389,6 +393,7 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
         tuning=tg.str("tuning", DEFAULT_TUNING, TUNING_MODES),
         tuning_trials=tg.int("tuning_trials", 64, minimum=1),
         tuning_budget_s=tg.float("tuning_budget_s", 0.0),
+        seeds=tg.str("seeds", "any", SEED_MODES),
         budget_ms=tg.float("budget_ms", 0.0),
         budget_model_mb=tg.float("budget_model_mb", 0.0),
         budget_peak_mb=tg.float("budget_peak_mb", 0.0),
@@ -400,6 +405,9 @@ def _target(tg: Table, path: Path, default_name: str) -> TargetSpec:
         target = dataclasses.replace(target, name=_resolve_path(path.parent, target.name))
     if "tuning" not in tg:  # unset: tuned kernels wherever the target allows
         target = dataclasses.replace(target, tuning=_default_tuning(target.name))
+    if target.seeds != "any" and target.tuning != "tune":
+        raise ConfigError(f"{tg.at('seeds')}: seeds = {target.seeds!r} tunes the workloads another CPU's schedules would serve, "
+                          f"and tuning = {target.tuning!r} tunes nothing: use tuning = \"tune\" or leave seeds out")
     return target
 
 

@@ -79,7 +79,7 @@ def sweep_key(workspace, space, evaluator, spec) -> str:
     doc = {
         "model": workspace.ref.checkpoint_sha256, "choices": [[n, list(m)] for n, m in space.choices],
         "ties": [list(t) for t in space.ties], "methods": space.methods.to_dict(),
-        "data": data_key(spec.data, evaluator.split), "target": target_key(evaluator.profile, spec.target.tuning),
+        "data": data_key(spec.data, evaluator.split), "target": target_key(evaluator.profile, spec.target.tuning, spec.target.seeds),
         "latency": evaluator.latency_source.name,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

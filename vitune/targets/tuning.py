@@ -43,6 +43,8 @@ from vitune.errors import message_line
 from vitune.paths import cache_dir
 
 TUNING_MODES = ("off", "database", "tune")
+# which shipped schedules stand in for tuning: any (another CPU model's too, said so) | this-cpu
+SEED_MODES = ("any", "this-cpu")
 # What a study measures unless it says otherwise: the kernels `vitune apply` ships. Untuned
 # latency ("off") ranks nothing a user runs (15x to 65x slower than tuned) and is a fallback a
 # study file names.
