@@ -54,3 +54,30 @@ def test_a_study_offering_w8a8_on_an_x86_cpu_without_vnni_is_told_its_int8_matmu
     if note is not None:
         assert note.startswith(f"{profile}: note:") and "VNNI" in note
         assert note in study_notes(spec, discover(tiny_vit), target, spec.target)
+
+
+@pytest.mark.parametrize("mcpu, written, noted", [
+    ("znver3", "", True),  # the shipped seed was tuned on znver5: another CPU model
+    ("znver5", "", False),  # this CPU model's own schedules
+    ("znver3", 'seeds = "this-cpu"\n', False),  # the study tunes those workloads here
+    ("znver3", 'tuning = "off"\n', False),  # untuned builds read no schedules
+])
+def test_a_study_built_with_another_cpus_schedules_is_told_what_they_cost(tmp_path, monkeypatch, mcpu, written, noted):
+    from vitune.search.notes import seeds_note
+    from vitune.search.studyfile import load_study_file
+    from vitune.targets import load_target
+
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path / "no-user-seeds"))
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nname = "s"\n[target]\nname = "local-cpu"\n{written}')
+    spec = load_study_file(path)
+    # the shipped seed's target: 2 threads on x86-64 (the profile as the seed's machine had it)
+    profile = dataclasses.replace(load_target("local-cpu"), tvm_target={"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    from vitune.targets.seeds import find_seeds
+
+    if not find_seeds(dataclasses.replace(profile, tvm_target={"kind": "llvm", "mcpu": "znver5", "num-cores": 2})):
+        pytest.skip("the shipped seed does not fit this machine (another architecture or TVM)")
+    note = seeds_note(profile, spec.target)
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith("local-cpu: note:") and "znver5" in note and 'seeds = "this-cpu"' in note

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 def study_notes(spec, layout, profile, target) -> list[str]:
     """Every note for one of the study's targets (``profile``, its ``[target]`` table ``target``)."""
-    return [n for n in (int8_size_note(spec, layout, profile, target), w8a8_speed_note(spec, layout, profile)) if n]
+    notes = (int8_size_note(spec, layout, profile, target), w8a8_speed_note(spec, layout, profile), seeds_note(profile, target))
+    return [n for n in notes if n]
 
 
 def int8_size_note(spec, layout, profile, target) -> str | None:
@@ -38,3 +39,21 @@ def w8a8_speed_note(spec, layout, profile) -> str | None:
     return (f"{profile.name}: note: its CPU has no VNNI, so w8a8 layers' int8 matmuls are not tensorized: at best as fast "
             "as fp32 once tuned on this CPU, slower with schedules tuned on another; w8a8 on the menu saves bytes "
             "(weights stay int8), rarely time")
+
+
+def seeds_note(profile, target) -> str | None:
+    """A line for a study whose tuned builds will take shipped schedules tuned on another CPU
+    model (``seeds = "any"``, none of this CPU's own), which build slower kernels than tuning here
+    (``bench/seeds.py``); None otherwise."""
+    from vitune.targets.seeds import find_seeds
+
+    if target.tuning == "off" or target.seeds != "any":
+        return None
+    fits = [(seed, seed.fit(profile)) for seed in find_seeds(profile)]
+    if not fits or any(fit == "exact" for _, fit in fits):
+        return None
+    mcpus = "/".join(sorted({seed.meta.mcpu for seed, _ in fits}))
+    return (f"{profile.name}: note: its shipped schedules were tuned on {mcpus}, not this CPU; the workloads they cover build "
+            "with them, slower than tuned here (1.3x to 2.3x measured on a Zen 3); [target] seeds = \"this-cpu\" tunes them "
+            "here instead, or run `vitune tune` once")
+
