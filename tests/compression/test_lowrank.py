@@ -158,3 +158,26 @@ def test_a_model_whose_blocks_are_not_a_chain_is_told_apart():
         torch.manual_seed(0)
         vit = cls(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=3, num_heads=4).eval()
         assert blocks_chain(vit, x) is chain
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "w8a8"])
+def test_a_structural_candidate_has_the_fitted_ones_shapes_and_dtypes_without_an_svd(tiny_vit, tiny_calib, monkeypatch, precision):
+    """What a latency prediction or a tuning run builds: the same modules, parameter shapes and
+    dtypes as the candidate compression fits, with no SVD computed (counted)."""
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.pipeline import compress, compress_structural
+    from vitune.models.layers import discover
+
+    config = CompressionConfig.make({u.name: LinearConfig(precision=precision, rank=4) for u in discover(tiny_vit).linears})
+    fitted = compress(tiny_vit, config.replace(methods=CompressionMethods(lowrank="svd", act_calibration="minmax")), calibration=tiny_calib)
+    svds = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: svds.append(1) or real_svd(*a, **k))
+    structural = compress_structural(tiny_vit, config, tiny_calib)
+    assert svds == []
+    assert [type(m).__name__ for m in structural.modules()] == [type(m).__name__ for m in fitted.modules()]
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in structural.state_dict().items()}
+    assert shapes == {k: (tuple(v.shape), v.dtype) for k, v in fitted.state_dict().items()}
+    assert all(torch.isfinite(v.float()).all() for v in structural.state_dict().values())
+    out = structural(tiny_calib.x[:2])
+    assert out.shape == fitted(tiny_calib.x[:2]).shape and torch.isfinite(out).all()

@@ -28,7 +28,7 @@ from torch import nn
 from vitune.compression.calibrate import Calibration, blocks_chain, capture_inputs, run_chunked
 from vitune.compression.config import CompressionConfig
 from vitune.compression.distill import DistillSettings, TeacherTargets, distill
-from vitune.compression.lowrank import factorize, factorize_aa, factorize_aa_residual
+from vitune.compression.lowrank import factorize, factorize_aa, factorize_aa_residual, factorize_shapes
 from vitune.compression.prune import prune_heads, prune_mlp, unit_scores
 from vitune.compression.quantize import quantize_model
 from vitune.errors import ConfigError
@@ -91,11 +91,12 @@ def needs_calibration(config: CompressionConfig) -> bool:
 
 
 def compress_structural(model: nn.Module, config: CompressionConfig, calibration: Calibration | None = None) -> nn.Module:
-    """``config``'s candidate with its shapes and dtypes only: plain SVD, magnitude pruning, min-max
-    activation scales, no refinement and no distillation, at a fraction of the compression time.
-    What builds, tuning and latency need (the same kernels), not what accuracy needs."""
+    """``config``'s candidate with its shapes and dtypes only: low-rank factors sliced from the
+    weights (:func:`~vitune.compression.lowrank.factorize_shapes`, no SVD), magnitude pruning,
+    min-max activation scales, no refinement and no distillation, at a fraction of the compression
+    time. What builds, tuning and latency need (the same kernels), not what accuracy needs."""
     fast = replace(config.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
-    return compress(model, config.replace(methods=fast, distill_steps=0), calibration=calibration)
+    return compress(model, config.replace(methods=fast, distill_steps=0), calibration=calibration, shapes_only=True)
 
 
 def compress(
@@ -105,8 +106,11 @@ def compress(
     calibration: Calibration | None = None,
     seed: int = 0,
     report: dict | None = None,
+    shapes_only: bool = False,
 ) -> nn.Module:
-    """The compressed copy of ``model``; ``report`` (if given) receives per-layer details."""
+    """The compressed copy of ``model``; ``report`` (if given) receives per-layer details.
+    ``shapes_only``: plain-SVD low-rank layers get factors of the right shapes, not fitted
+    (:func:`compress_structural`)."""
     layout = discover(model)
     config.validate(layout)
     student = copy.deepcopy(model).eval()
@@ -137,7 +141,7 @@ def compress(
         refine = report.setdefault("lowrank", {})
         if methods.lowrank == "svd":
             for name, rank in ranked:
-                _set(student, name, factorize(student.get_submodule(name), rank, where=name))
+                _set(student, name, (factorize_shapes if shapes_only else factorize)(student.get_submodule(name), rank, where=name))
         elif calibration.cached(("blocks_chain", id(model)), lambda: blocks_chain(model, calibration.x)):
             _lowrank_by_block(student, ranked, calibration.x, methods, refine)
         else:  # each layer's inputs from a forward pass of the whole model up to it
