@@ -118,12 +118,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from value import read_config
+    from value import study_models
 
-    from vitune.compression.calibrate import Calibration
-    from vitune.compression.pipeline import compress
-    from vitune.models.zoo import load_workspace
-    from vitune.search.studyfile import load_study_file
     from vitune.targets import load_target
     from vitune.targets.tuning import Tuner
     from vitune.versions import versions
@@ -139,14 +135,7 @@ def main() -> None:
         example = torch.randn(1, *model.default_cfg["input_size"], generator=torch.Generator().manual_seed(1))
         profile = load_target(args.target)
     else:
-        spec = load_study_file(Path(args.study))
-        ws = load_workspace(spec.model, spec.data, progress=False)
-        profile = load_target(spec.target.name)
-        models = {"uncompressed": ws.model.eval()}
-        for path in args.config:
-            config = read_config(Path(path))
-            calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
-            models[Path(path).stem] = compress(ws.model, config, train_data=ws.data.train, calibration=calib).eval()
+        ws, profile, models = study_models(Path(args.study), args.config)
         example = ws.example_input(1)
     if profile.runner != "local" or not profile.is_native:
         raise SystemExit(f"bench/kernels.py times kernels in this process: target {profile.name} runs elsewhere")

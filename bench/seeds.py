@@ -56,13 +56,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from value import read_config
+    from value import study_models
 
-    from vitune.compression.calibrate import Calibration
-    from vitune.compression.pipeline import compress
-    from vitune.models.zoo import load_workspace
-    from vitune.search.studyfile import load_study_file
-    from vitune.targets import load_target
     from vitune.targets.compile import compile_model
     from vitune.targets.host import describe
     from vitune.targets.runner import runner_for
@@ -70,16 +65,9 @@ def main() -> None:
     from vitune.versions import versions
 
     t0 = time.perf_counter()
-    spec = load_study_file(Path(args.study))
-    ws = load_workspace(spec.model, spec.data, progress=False)
-    profile = load_target(spec.target.name)
+    ws, profile, models = study_models(Path(args.study), args.config)
     if profile.runner != "local" or not profile.is_native:
         raise SystemExit(f"bench/seeds.py times builds in this process: target {profile.name} runs elsewhere")
-    models = {"uncompressed": ws.model.eval()}
-    for path in args.config:
-        config = read_config(Path(path))
-        calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
-        models[Path(path).stem] = compress(ws.model, config, train_data=ws.data.train, calibration=calib).eval()
     example = ws.example_input(1)
 
     builds: dict[tuple[str, str], object] = {}

@@ -140,6 +140,25 @@ def read_config(path: Path):
     return CompressionConfig.from_dict(doc, where=str(path))
 
 
+def study_models(study_path: Path, config_paths: list[str]):
+    """``(workspace, target profile, models)`` of a study file: its model uncompressed, then
+    compressed with each configuration in ``config_paths`` (:func:`read_config`), by file stem."""
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.pipeline import compress
+    from vitune.models.zoo import load_workspace
+    from vitune.search.studyfile import load_study_file
+    from vitune.targets import load_target
+
+    spec = load_study_file(study_path)
+    ws = load_workspace(spec.model, spec.data, progress=False)
+    models = {"uncompressed": ws.model.eval()}
+    for path in config_paths:
+        config = read_config(Path(path))
+        calib = Calibration.from_dataset(ws.data.calib, config.methods.calib_images)
+        models[Path(path).stem] = compress(ws.model, config, train_data=ws.data.train, calibration=calib).eval()
+    return ws, load_target(spec.target.name), models
+
+
 def default_model_row(study_path: Path, max_drop: float, trials_per_task: int, rounds: int, config_path: Path | None = None) -> dict:
     """The study's model against the peers; what ships is the study's fastest front member within
     ``max_drop`` (the study run or resumed first), or the configuration in ``config_path``."""

@@ -50,8 +50,7 @@ def untensorized_int8(profile) -> bool:
     int32 matmul is left to TVM's generic integer code (no ``vpdpbusd``; :func:`vnni_matmuls`
     leaves it alone): at best as fast as the fp32 kernel it replaces once tuned on the CPU, and
     slower with schedules tuned on another (``bench/results/seeds-digits_base-znver3.json``). False
-    elsewhere (VNNI, other ISAs,
-    GPUs: their int8 paths are their own)."""
+    elsewhere (VNNI, other ISAs, GPUs: their int8 paths are their own)."""
     from tvm.target import codegen
 
     try:
