@@ -91,7 +91,6 @@ def build(args) -> None:
 
     from vitune.compression.pipeline import compress_structural
     from vitune.errors import message_line
-    from vitune.costmodels.samples import random_calibration
     from vitune.models.layers import discover
     from vitune.search.space import SearchSpace
     from vitune.search.studyfile import SpaceSpec
@@ -108,10 +107,9 @@ def build(args) -> None:
     for model_name in args.models.split(","):
         model, example = _model(model_name)
         space = SearchSpace.build(spec, discover(model))
-        calib = random_calibration(example)
         for config_name in args.configs.split(","):
             t0 = time.perf_counter()
-            candidate = compress_structural(model, _config(space, config_name), calib)
+            candidate = compress_structural(model, _config(space, config_name))
             item = f"{model_name}-{config_name}"
             folder = out / item
             folder.mkdir(exist_ok=True)

@@ -32,7 +32,7 @@ def test_after_the_covering_configurations_a_random_candidate_tunes_nothing(fast
     assert "every kernel they build was in the database" in lines[-1]
 
 
-def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration(tiny_vit, tiny_calib, fast_target, monkeypatch):
+def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration(tiny_vit, fast_target, monkeypatch):
     """The claim behind --cover, checked on the tuning tasks themselves (no tuning): MetaSchedule's
     own workload matching finds each task of random candidates among the covering ones' tasks."""
     from tvm.s_tir import meta_schedule as ms
@@ -54,7 +54,7 @@ def test_every_kernel_of_a_random_candidate_is_built_by_a_covering_configuration
 
     def tasks(config):
         found.clear()
-        model = tiny_vit if config is None else compress_structural(tiny_vit, config, tiny_calib)
+        model = tiny_vit if config is None else compress_structural(tiny_vit, config)
         tuner.prepare(export_relax(model, x)[0])
         return list(found)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from vitune.costmodels.model import default_path, load_cost_model
-from vitune.costmodels.samples import CostContext, SampleStore, random_calibration
+from vitune.costmodels.samples import CostContext, SampleStore
 from vitune.errors import ConfigError
 from vitune.targets.tuning import default_tuning
 
@@ -47,14 +47,12 @@ def make_context(model: str, target: str, tuning: str | None = None, img_size: i
 
     profile = load_target(target)
     if model.endswith(".toml") or Path(model).is_file():
-        from vitune.compression.calibrate import Calibration
         from vitune.models.zoo import load_workspace
 
         spec = load_study_file(model)
         ws = load_workspace(spec.model, spec.data, progress=progress)
         space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
-        calib = Calibration.from_dataset(ws.data.calib, min(32, spec.methods.calib_images))
-        return CostContext(profile, ws.model, ws.example_input(1), space, tuning or spec.target.tuning, calib)
+        return CostContext(profile, ws.model, ws.example_input(1), space, tuning or spec.target.tuning)
     from vitune.models.default import RECIPES
 
     if model == "default" or model in RECIPES:  # an embedded model ("default": the study files' default name)
@@ -75,7 +73,7 @@ def make_context(model: str, target: str, tuning: str | None = None, img_size: i
 
     example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
     space = SearchSpace.build(SpaceSpec(), discover(net))
-    return CostContext(profile, net, example, space, tuning or default_tuning(profile), random_calibration(example))
+    return CostContext(profile, net, example, space, tuning or default_tuning(profile))
 
 
 def collect(context: CostContext, store: SampleStore, n: int, seed: int, exclude=frozenset(), progress: bool = True, log=print) -> list:

@@ -33,7 +33,6 @@ class TuneRun:
 
 def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_s: float, log=print, seed: int = 0,
                       cover: bool = False) -> TuneRun:
-    from vitune.compression.calibrate import Calibration
     from vitune.compression.pipeline import compress_structural
     from vitune.models.layers import discover
     from vitune.models.zoo import load_workspace
@@ -48,7 +47,6 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     run = TuneRun(database=str(tuner.database_path))
     models: list[tuple[str, CompressionConfig | None]] = [("uncompressed", None)]
     space = SearchSpace.build(spec.space, discover(ws.model), spec.methods, where=str(spec.path))
-    calib = Calibration.from_dataset(ws.data.calib, spec.methods.calib_images) if configs or cover else None
     chosen = space.covering_configs() if cover else []
     models += [(f"cover {i + 1}/{len(chosen)}: {c.summary()}", c) for i, c in enumerate(chosen)]
     if configs:
@@ -63,7 +61,7 @@ def tune_study_models(spec, profile, trials_per_task: int, configs: int, budget_
     run.untuned_ms = untuned.latency_ms
     try:
         for label, config in models:
-            model = ws.model if config is None else compress_structural(ws.model, config, calib)
+            model = ws.model if config is None else compress_structural(ws.model, config)
             before = tuner.report.tuned
             m = measure(model, example, profile, tuner=tuner)
             rep = tuner.report

@@ -163,7 +163,8 @@ def test_a_model_whose_blocks_are_not_a_chain_is_told_apart():
 @pytest.mark.parametrize("precision", ["fp32", "int8", "w8a8"])
 def test_a_structural_candidate_has_the_fitted_ones_shapes_and_dtypes_without_an_svd(tiny_vit, tiny_calib, monkeypatch, precision):
     """What a latency prediction or a tuning run builds: the same modules, parameter shapes and
-    dtypes as the candidate compression fits, with no SVD computed (counted)."""
+    dtypes as the candidate compression fits, with no SVD computed and no forward pass of the
+    model (w8a8's activation scales are placeholders: no calibration images), both counted."""
     from vitune.compression.config import CompressionConfig, LinearConfig
     from vitune.compression.pipeline import compress, compress_structural
     from vitune.models.layers import discover
@@ -173,8 +174,13 @@ def test_a_structural_candidate_has_the_fitted_ones_shapes_and_dtypes_without_an
     svds = []
     real_svd = torch.linalg.svd
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: svds.append(1) or real_svd(*a, **k))
-    structural = compress_structural(tiny_vit, config, tiny_calib)
-    assert svds == []
+    forwards = []
+    hook = tiny_vit.register_forward_pre_hook(lambda *_: forwards.append(1))  # deep copies share it
+    try:
+        structural = compress_structural(tiny_vit, config)
+    finally:
+        hook.remove()
+    assert svds == [] and forwards == []
     assert [type(m).__name__ for m in structural.modules()] == [type(m).__name__ for m in fitted.modules()]
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in structural.state_dict().items()}
     assert shapes == {k: (tuple(v.shape), v.dtype) for k, v in fitted.state_dict().items()}

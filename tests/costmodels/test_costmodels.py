@@ -10,7 +10,7 @@ import torch
 
 from vitune.compression.config import CompressionConfig, LinearConfig
 from vitune.costmodels.model import cost_model_class, cost_model_kinds, default_path, load_cost_model
-from vitune.costmodels.samples import CostContext, random_calibration
+from vitune.costmodels.samples import CostContext
 from vitune.costmodels.workloads import KernelCache, aggregate, lower, model_kernels, model_workloads
 from vitune.errors import ConfigError
 
@@ -33,7 +33,7 @@ def _context(profile, kernels_path):
     example = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     spec = SpaceSpec(precision=("fp32", "int8", "w8a8"), rank_fraction=(1.0, 0.5), prune_heads=(0.0, 0.5), prune_mlp=(0.0, 0.5))
     space = SearchSpace.build(spec, discover(model))
-    return CostContext(profile, model, example, space, "off", random_calibration(example), KernelCache(kernels_path))
+    return CostContext(profile, model, example, space, "off", KernelCache(kernels_path))
 
 
 @pytest.fixture(scope="module")

@@ -38,14 +38,13 @@ def test_w8a8_layers_build_for_a_gpu(target):
 
     from vitune.compression.config import CompressionConfig, LinearConfig
     from vitune.compression.pipeline import compress_structural
-    from vitune.costmodels.samples import random_calibration
     from vitune.models.layers import discover
 
     torch.manual_seed(0)
     model = VisionTransformer(img_size=32, patch_size=4, in_chans=1, num_classes=5, embed_dim=128, depth=1, num_heads=2, mlp_ratio=2.0).eval()
     example = torch.randn(1, 1, 32, 32)
     config = CompressionConfig.make({u.name: LinearConfig(precision="w8a8") for u in discover(model).linears})
-    candidate = compress_structural(model, config, random_calibration(example))
+    candidate = compress_structural(model, config)
     assert any(type(m).__name__ == "W8A8Linear" for m in candidate.modules())
     compiled = compile_model(candidate, example, load_target(target))
     assert "cuda" in device_code_kinds(compiled)

@@ -101,6 +101,35 @@ def test_find_seeds_keeps_those_that_fit(fast_target, monkeypatch, tmp_path):
     assert find_seeds(fast_target) == []
 
 
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="x86 CPU models")
+@pytest.mark.parametrize("mcpu, first", [
+    ("znver3", "znver3"),  # this CPU model's own
+    ("haswell", "znver3"),  # AVX2: the other AVX2 CPU's schedules
+    ("alderlake", "znver3"),  # AVX2 + AVX-VNNI, no AVX-512
+    ("skylake-avx512", "znver5"),  # AVX-512 without VNNI: still the AVX-512 CPU's
+    ("sapphirerapids", "znver5"),
+])
+def test_seeds_of_other_cpu_models_come_by_vector_width(tmp_path, monkeypatch, mcpu, first):
+    """With no seed of this CPU model, the seed of a CPU with the same vector width builds a
+    workload both seeds hold (the first that has it wins): an AVX-512 CPU takes an AVX-512 CPU's
+    tiling before an AVX2 one's, whatever the files' names."""
+    import platform
+
+    from vitune.targets import load_target, seeds
+    from vitune.targets.profile import TIMING_RUNTIME
+    from vitune.versions import versions
+
+    monkeypatch.setattr(seeds, "SHIPPED_DIR", tmp_path / "none shipped")
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path))
+    profile = dataclasses.replace(load_target("local-cpu"), tvm_target={"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    for name, seed_cpu in (("a.json.gz", "znver5"), ("b.json.gz", "znver3")):  # name order opposite to znver3 first
+        meta = {"tvm": versions()["tvm"], "runtime": TIMING_RUNTIME, "target": {"kind": "llvm", "mcpu": seed_cpu, "num-cores": 2},
+                "threads": profile.threads, "machine": platform.machine(), "cpu": seed_cpu, "made": "2026-12-04", "note": "test"}
+        (tmp_path / name).write_bytes(gzip.compress(json.dumps({"vitune_seed": 1, "meta": meta, "workloads": [], "records": []}).encode()))
+    found = [s.meta.mcpu for s in find_seeds(profile)]
+    assert sorted(found) == ["znver3", "znver5"] and found[0] == first
+
+
 def test_a_seed_from_another_cpu_model_serves_studies_but_vitune_tune_tunes_anew(fast_target, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model, x = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 12)).eval(), torch.randn(1, 3, 16)

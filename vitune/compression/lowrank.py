@@ -67,8 +67,9 @@ def _module(first_w: torch.Tensor, second_w: torch.Tensor, bias: torch.Tensor | 
     c = (n2 / n1).sqrt()
     first_w, second_w = first_w * c[:, None], second_w / c[None, :]
     rank, in_f = first_w.shape
-    first = nn.Linear(in_f, rank, bias=False)
-    second = nn.Linear(rank, second_w.shape[0], bias=bias is not None)
+    # no random init: every parameter is overwritten below (kaiming init took ~0.2 s a DeiT-B candidate)
+    first = nn.utils.skip_init(nn.Linear, in_f, rank, bias=False)
+    second = nn.utils.skip_init(nn.Linear, rank, second_w.shape[0], bias=bias is not None)
     with torch.no_grad():
         first.weight.copy_(first_w.to(dtype))
         second.weight.copy_(second_w.to(dtype))

@@ -71,14 +71,21 @@ def _leaves(model: nn.Module, name: str) -> list[str]:
     return [f"{name}.first", f"{name}.second"] if isinstance(layer, LowRankLinear) else [name]
 
 
-def quantize_model(model: nn.Module, precisions: dict[str, str], methods: CompressionMethods, calib_x: torch.Tensor | None) -> None:
-    """Replace each named linear layer of ``model`` in place by its quantized form."""
+def quantize_model(model: nn.Module, precisions: dict[str, str], methods: CompressionMethods, calib_x: torch.Tensor | None,
+                   placeholder_scales: bool = False) -> None:
+    """Replace each named linear layer of ``model`` in place by its quantized form.
+
+    ``placeholder_scales``: ``w8a8`` layers get the activation scale 1/127 instead of one
+    calibrated on ``calib_x`` (a structural candidate: the scale's value changes no kernel, and
+    the calibration forward was most of a DeiT-B structural build)."""
     from vitune.compression.calibrate import capture_inputs
 
     todo = {name: p for name, p in precisions.items() if p != "fp32"}
     scales: dict[str, float] = {}
     need = [leaf for name, p in todo.items() if p == "w8a8" for leaf in _leaves(model, name)]
-    if need:
+    if need and placeholder_scales:
+        scales = dict.fromkeys(need, 1.0 / 127.0)
+    elif need:
         if calib_x is None:
             raise ConfigError("w8a8 needs calibration images, which were not given")
         inputs = capture_inputs(model, need, calib_x)

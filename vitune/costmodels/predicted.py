@@ -33,12 +33,10 @@ class PredictedLatency(LatencySource):
         self.model = None
 
     def bind(self, workspace, space, tuning: str) -> None:
-        from vitune.compression.calibrate import Calibration
         from vitune.costmodels.model import cost_model_class, default_path, load_cost_model
         from vitune.costmodels.samples import CostContext
 
-        calib = Calibration.from_dataset(workspace.data.calib, min(32, space.methods.calib_images))
-        self.context = CostContext(self.profile, workspace.model, workspace.example_input(1), space, tuning, calib)
+        self.context = CostContext(self.profile, workspace.model, workspace.example_input(1), space, tuning)
         path = default_path(self.context, self.kind)
         if path.is_file():
             self.model = load_cost_model(path)

@@ -113,7 +113,6 @@ class CostContext:
     example: torch.Tensor
     space: Any  # vitune.search.space.SearchSpace
     tuning: str = "off"  # off | database | tune
-    calibration: Any = None  # a Calibration (random images when the model has no data)
     kernels: KernelCache = field(default_factory=KernelCache)
     rounds: int = 3  # interleaved timing rounds when several candidates are measured together
     batch: int = 8  # configurations built, then timed together, when samples are collected
@@ -176,7 +175,7 @@ class CostContext:
         """The structural candidate of ``config`` (same shapes and dtypes as the real one)."""
         from vitune.compression.pipeline import compress_structural
 
-        return compress_structural(self.model, config, self.calibration)
+        return compress_structural(self.model, config)
 
     def workload_keys(self, candidate: nn.Module) -> tuple[str, ...]:
         return tuple(self.kernels.key_of(w) for w in model_workloads(candidate, self.example))
@@ -209,12 +208,3 @@ class CostContext:
             out.append((Sample(config.to_json(), config.key, keys, blocks, m.latency_ms, m.spread_ms or 0.0, spent, seed,
                                self.unsettled(m), version), m))
         return out
-
-
-def random_calibration(example: torch.Tensor, images: int = 8, seed: int = 0):
-    """Calibration images for structural candidates of a model without data (shapes only)."""
-    from vitune.compression.calibrate import Calibration
-
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((images, *example.shape[1:]), generator=gen)
-    return Calibration(x, torch.zeros(images, dtype=torch.long))

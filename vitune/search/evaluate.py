@@ -145,7 +145,7 @@ class Evaluator:
                 if structural:
                     from vitune.compression.pipeline import compress_structural
 
-                    model = compress_structural(self.workspace.model, config, self.calibration(1))
+                    model = compress_structural(self.workspace.model, config)
                 else:
                     model = self.compress(config, report)
                 result.timings["compress_s"] = time.perf_counter() - t0

@@ -138,8 +138,28 @@ def _seed_at(path: Path) -> Seed:
     return _READ[key]
 
 
+# vector ISA extensions that change which schedule (tile widths, int8 instructions) suits a CPU
+SCHEDULE_FEATURES = ("avx2", "avx512f", "avx512bw", "avx512vnni", "avxvnni", "neon", "dotprod", "i8mm", "sve")
+
+
+def isa_features(target: dict[str, Any]) -> frozenset[str]:
+    """Which of :data:`SCHEDULE_FEATURES` LLVM gives the TVM target ``target`` (a dict); empty
+    when LLVM cannot say (another LLVM build, a non-LLVM target)."""
+    try:
+        from tvm.target import Target, codegen
+
+        t = Target(target)
+        return frozenset(f for f in SCHEDULE_FEATURES if codegen.target_has_features(f, t))
+    except Exception:
+        return frozenset()
+
+
 def find_seeds(profile) -> list[Seed]:
-    """The seeds that fit ``profile``, those made on this CPU model first."""
+    """The seeds that fit ``profile``: those made on this CPU model first, then those of other
+    CPU models with the same vector width (AVX-512 or not: an AVX-512 CPU takes another AVX-512
+    CPU's schedules before an AVX2 one's), then by how many vector extensions
+    (:data:`SCHEDULE_FEATURES`) they differ in; the first seed with a record of a workload
+    builds it."""
     if not enabled():
         return []
     fits = []
@@ -149,6 +169,15 @@ def find_seeds(profile) -> list[Seed]:
             fit = seed.fit(profile)
             if fit is not None:
                 fits.append((fit != "exact", seed))
+    if sum(other for other, _ in fits) > 1:
+        mine = isa_features(profile.tvm_target)
+
+        def distance(seed: Seed) -> tuple[bool, int]:
+            theirs = isa_features(seed.meta.target)
+            return ("avx512f" in mine) != ("avx512f" in theirs), len(mine ^ theirs)
+
+        order = {id(s): (other, distance(s) if other else (False, 0)) for other, s in fits}
+        return [seed for _, seed in sorted(fits, key=lambda f: order[id(f[1])])]
     return [seed for _, seed in sorted(fits, key=lambda f: f[0])]
 
 
