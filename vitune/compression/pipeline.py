@@ -94,7 +94,7 @@ def compress_structural(model: nn.Module, config: CompressionConfig) -> nn.Modul
     """``config``'s candidate with its shapes and dtypes only: low-rank factors sliced from the
     weights (:func:`~vitune.compression.lowrank.factorize_shapes`, no SVD), magnitude pruning,
     placeholder ``w8a8`` activation scales (no calibration forward), no refinement and no
-    distillation, at a fraction of the compression time (a mixed DeiT-B candidate: ~0.4 s). What
+    distillation, at a fraction of the compression time (a mixed DeiT-B candidate: ~0.2 s warm). What
     builds, tuning and latency need (the same kernels), not what accuracy needs."""
     fast = replace(config.methods, lowrank="svd", prune_criterion="magnitude", act_calibration="minmax", refine_steps=0)
     return compress(model, config.replace(methods=fast, distill_steps=0), shapes_only=True)

@@ -77,7 +77,7 @@ def quantize_model(model: nn.Module, precisions: dict[str, str], methods: Compre
 
     ``placeholder_scales``: ``w8a8`` layers get the activation scale 1/127 instead of one
     calibrated on ``calib_x`` (a structural candidate: the scale's value changes no kernel, and
-    the calibration forward was most of a DeiT-B structural build)."""
+    the calibration forward was the largest part of a DeiT-B structural build)."""
     from vitune.compression.calibrate import capture_inputs
 
     todo = {name: p for name, p in precisions.items() if p != "fp32"}
