@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_find_seeds_keeps_those_that_fit(fast_target, monkeypatch, tmp_path):
     assert find_seeds(fast_target) == []
 
 
-@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="x86 CPU models")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 CPU models")
 @pytest.mark.parametrize("mcpu, first", [
     ("znver3", "znver3"),  # this CPU model's own
     ("haswell", "znver3"),  # AVX2: the other AVX2 CPU's schedules
@@ -113,8 +114,6 @@ def test_seeds_of_other_cpu_models_come_by_vector_width(tmp_path, monkeypatch, m
     """With no seed of this CPU model, the seed of a CPU with the same vector width builds a
     workload both seeds hold (the first that has it wins): an AVX-512 CPU takes an AVX-512 CPU's
     tiling before an AVX2 one's, whatever the files' names."""
-    import platform
-
     from vitune.targets import load_target, seeds
     from vitune.targets.profile import TIMING_RUNTIME
     from vitune.versions import versions

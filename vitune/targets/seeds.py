@@ -169,16 +169,17 @@ def find_seeds(profile) -> list[Seed]:
             fit = seed.fit(profile)
             if fit is not None:
                 fits.append((fit != "exact", seed))
-    if sum(other for other, _ in fits) > 1:
-        mine = isa_features(profile.tvm_target)
+    # LLVM is asked only when two seeds of other CPU models compete
+    mine = isa_features(profile.tvm_target) if sum(other for other, _ in fits) > 1 else None
 
-        def distance(seed: Seed) -> tuple[bool, int]:
-            theirs = isa_features(seed.meta.target)
-            return ("avx512f" in mine) != ("avx512f" in theirs), len(mine ^ theirs)
+    def rank(item: tuple[bool, Seed]) -> tuple[bool, bool, int]:
+        other, seed = item
+        if not other or mine is None:
+            return other, False, 0
+        theirs = isa_features(seed.meta.target)
+        return True, ("avx512f" in mine) != ("avx512f" in theirs), len(mine ^ theirs)
 
-        order = {id(s): (other, distance(s) if other else (False, 0)) for other, s in fits}
-        return [seed for _, seed in sorted(fits, key=lambda f: order[id(f[1])])]
-    return [seed for _, seed in sorted(fits, key=lambda f: f[0])]
+    return [seed for _, seed in sorted(fits, key=rank)]
 
 
 _OPEN: dict[str, Any] = {}  # seed file hash -> its database, read once per process
