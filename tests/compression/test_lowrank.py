@@ -141,6 +141,38 @@ def test_block_by_block_inputs_are_those_of_the_whole_model(default_workspace, l
             torch.testing.assert_close(layer.first.weight, slow.get_submodule(name).first.weight, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("lowrank", ["aa", "aa-residual"])
+def test_block_by_block_runs_each_ranked_block_once_per_model(default_workspace, lowrank):
+    """Every layer of a block is fitted in one pass of the block (each on the inputs it gets
+    after the layers before it were replaced) and the reference's layer inputs come from one
+    pass of its block: at most one block pass per model, counted, not timed (capturing each
+    layer's inputs in a pass of its own made four to five)."""
+    from vitune.compression import pipeline
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.methods import CompressionMethods
+
+    model, data = default_workspace.model, default_workspace.data
+    calib = Calibration.from_dataset(data.calib, 48)
+    assert pipeline.blocks_chain(model, calib.x)
+    passes: list[int] = []
+    # a pass of block i starts with its norm1 (a capture that stops at the block's entry never runs it)
+    hooks = [block.norm1.register_forward_pre_hook(lambda *_, i=i: passes.append(i)) for i, block in enumerate(model.blocks)]
+    linear = {f"blocks.{i}.{role}": LinearConfig(rank=4) for i in (1, 3) for role in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    config = CompressionConfig.make(linear, {}, {}, 0, CompressionMethods(lowrank=lowrank, refine_steps=2))
+    calib.cached(("blocks_chain", id(model)), lambda: True)
+    try:
+        pipeline.compress(model, config, calibration=calib)  # deep copies of the model share its hooks
+    finally:
+        for h in hooks:
+            h.remove()
+    models = 2 if lowrank == "aa-residual" else 1
+    assert passes.count(1) == models and passes.count(3) == models  # ranked blocks: one pass in each model
+    assert passes.count(2) == models  # the block between them: carried through once in each
+    assert passes.count(0) == 1  # the hidden states at block 1's entry, once
+    assert len(passes) == 1 + 3 * models
+
+
 def test_a_model_whose_blocks_are_not_a_chain_is_told_apart():
     from timm.models.vision_transformer import VisionTransformer
 

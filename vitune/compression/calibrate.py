@@ -116,6 +116,31 @@ def input_grams(model: nn.Module, names: list[str], x: torch.Tensor, batch_size:
 
 
 @torch.no_grad()
+def run_capturing(module: nn.Module, names: list[str], h: torch.Tensor, batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``module`` applied to ``h`` in chunks (as :func:`run_chunked`) and, from the same pass, the
+    inputs each named submodule receives (as :func:`capture_inputs`: flattened, float32)."""
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in dict.fromkeys(names)}
+
+    def hook_for(name):
+        def hook(_module, args):
+            a = args[0].detach()
+            got[name].append(a.reshape(-1, a.shape[-1]).to(torch.float32))
+
+        return hook
+
+    handles = [module.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in got]
+    try:
+        out = run_chunked(module, h, batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [n for n, v in got.items() if not v]
+    if missing:
+        raise RuntimeError(f"module {missing[0]!r} was never called on the calibration batch")
+    return {n: torch.cat(v) for n, v in got.items()}, out
+
+
+@torch.no_grad()
 def run_chunked(module: nn.Module, h: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """``module`` applied to ``h`` in chunks of ``batch_size`` along the first dimension."""
     return torch.cat([module(h[start : start + batch_size]) for start in range(0, len(h), batch_size)])
