@@ -8,8 +8,8 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
 1. ``greedy-rank`` allocation keeping ``--budget`` of the parameters (``vitune compress
    --strategy greedy-rank``'s :func:`~vitune.compression.allocate.allocate`);
 2. the same ranks compressed by plain ``svd``, activation-aware ``aa`` and ``aa-residual`` (the
-   seeds' principal term + residual with error compensation; ``aa-residual+als`` fits the
-   residual by alternating least squares instead of Adam), each in a process of its own:
+   seeds' principal term + residual with error compensation, fitted by the default solver;
+   ``aa-residual+adam`` or ``aa-residual+als`` name the solver), each in a process of its own:
    wall time and CPU time, peak resident memory, parameters and stored bytes kept, and the output error
    ``‖f̂(x) − f(x)‖ / ‖f(x)‖`` of the final features and of the logits, on the calibration images
    and on held-out (validation) images;
@@ -23,7 +23,7 @@ and latency are real and its accuracy is not) with a generated ImageFolder at 22
 Accuracy needs the user's ImageNet (pretrained weights and a validation folder); the README's
 "Real models" section says how to run the same recipe on it.
 
-    python bench/recipe.py [--model deit_base_patch16_224] [--budget 0.4] [--methods svd,aa,aa-residual[,aa-residual+als]]
+    python bench/recipe.py [--model deit_base_patch16_224] [--budget 0.4] [--methods svd,aa,aa-residual[,aa-residual+adam]]
         [--tuning-trials 8] [--tuning-budget-s 1200] [--json F]
 """
 
@@ -44,8 +44,8 @@ CLASSES = 4
 
 
 def study_text(model: str, images: Path, method: str, calib_images: int, refine_steps: int, tuning: str, trials: int, budget_s: float) -> str:
-    """The study file of one ``method``: a ``lowrank`` method, with ``+als`` for ``aa-residual``
-    fitted by alternating least squares (``refine_solver = "als"``)."""
+    """The study file of one ``method``: a ``lowrank`` method, with ``+als`` or ``+adam`` for
+    ``aa-residual`` fitted by that solver (``refine_solver``; without one, the default)."""
     from scale import FRACTIONS
 
     lowrank, _, solver = method.partition("+")

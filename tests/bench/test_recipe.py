@@ -3,6 +3,7 @@
 import pytest
 
 from tests.bench import load_bench
+from vitune.compression.methods import CompressionMethods
 from vitune.search.studyfile import load_study_file
 
 
@@ -11,7 +12,7 @@ def recipe():
     return load_bench("recipe")
 
 
-@pytest.mark.parametrize("method", ["svd", "aa", "aa-residual", "aa-residual+als"])
+@pytest.mark.parametrize("method", ["svd", "aa", "aa-residual", "aa-residual+als", "aa-residual+adam"])
 def test_each_method_gets_a_study_file_vitune_reads(recipe, method, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -19,7 +20,7 @@ def test_each_method_gets_a_study_file_vitune_reads(recipe, method, tmp_path):
     path.write_text(recipe.study_text("deit_base_patch16_224", images, method, 64, 50, "tune", 8, 600.0))
     spec = load_study_file(path)
     lowrank, _, solver = method.partition("+")
-    assert spec.methods.lowrank == lowrank and spec.methods.refine_solver == (solver or "adam")
+    assert spec.methods.lowrank == lowrank and spec.methods.refine_solver == (solver or CompressionMethods().refine_solver)
     assert spec.methods.calib_images == 64 and spec.methods.refine_steps == 50
     assert spec.model.name == "deit_base_patch16_224" and not spec.model.pretrained
     assert spec.target.tuning == "tune" and spec.target.tuning_trials == 8 and spec.target.tuning_budget_s == 600.0

@@ -74,17 +74,20 @@ def test_rank_one_has_no_residual_term(solver):
     assert info["loss_end"] <= info["loss_start"]  # the bias alone still compensates the shift
 
 
-def test_least_squares_refinement_fits_at_least_as_well_as_many_adam_steps():
+@pytest.mark.parametrize(("damping", "margin"), [(1e-9, 1e-6), (1e-3, 1e-3)])
+def test_least_squares_refinement_fits_at_least_as_well_as_many_adam_steps(damping, margin):
     """ALS solves each factor exactly (no step size): in 50 sweeps it ends at or below where 400
-    Adam steps end, and the module it returns computes the loss it reports."""
+    Adam steps end (within a thousandth once its D step is damped like the whitening, which
+    trades a little of the calibration loss for factors int8 can hold), and the module it
+    returns computes the loss it reports."""
     torch.manual_seed(4)
     layer = nn.Linear(24, 40)
     x_ref = _correlated_inputs()
     x = x_ref @ (torch.eye(24) + 0.05 * torch.randn(24, 24)) + 0.2  # upstream error to compensate
-    adam = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="adam", refine_steps=400))[1]
-    module, als = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="als", refine_steps=50))
+    adam = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="adam", refine_steps=400, damping=damping))[1]
+    module, als = factorize_aa_residual(layer, 8, x, x_ref, CompressionMethods(refine_solver="als", refine_steps=50, damping=damping))
     assert als["loss_end"] < als["loss_start"]
-    assert als["loss_end"] <= adam["loss_end"] * (1 + 1e-6)
+    assert als["loss_end"] <= adam["loss_end"] * (1 + margin)
     with torch.no_grad():
         target = layer(x_ref).double()
         got = float((module(x).double() - target).pow(2).sum() / target.pow(2).sum())

@@ -1,5 +1,6 @@
 """A short real study on the real default model: storage, resume, export, apply, failures."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from vitune.cli import main
 from vitune.costmodels import latency_sources, register_latency_source
 from vitune.costmodels.base import MeasuredLatency
+from vitune.compression.methods import CompressionMethods
 from vitune.errors import ConfigError
 from vitune.search.export import load_record
 from vitune.search.front import front_timing
@@ -319,24 +321,47 @@ def test_resuming_with_other_compression_methods_is_refused(ran):
 
 def test_a_study_recorded_before_a_setting_existed_resumes(ran):
     """A study made before ``refine_solver`` existed recorded no such key: it was made with Adam,
-    so it resumes under the default, and refuses ALS naming the setting."""
+    so it resumes with Adam (the file leaves the key to the default, now ALS), and a file that
+    names ALS is refused, naming the setting."""
     import dataclasses
-
-    from vitune.compression.methods import CompressionMethods
 
     spec, _, _ = ran
     study = open_study(spec, create=False)
     meta = dict(study.user_attrs["vitune"])
     old = {k: v for k, v in meta["methods"].items() if k != "refine_solver"}
     study.set_user_attr("vitune", {**meta, "methods": old})
+    said: list[str] = []
     try:
-        run_study(spec, n_trials=0, progress=False, log=lambda *_: None)
-        changed = dataclasses.replace(spec, methods=dataclasses.replace(spec.methods, refine_solver="als"))
+        assert "refine_solver" not in spec.methods_set and spec.methods.refine_solver == "als"
+        run_study(spec, n_trials=0, progress=False, log=said.append)
+        assert any("resuming with [compression] refine_solver = 'adam' as it was made" in line for line in said)
+        named = dataclasses.replace(spec, methods=dataclasses.replace(spec.methods, refine_solver="als"),
+                                    methods_set=spec.methods_set | {"refine_solver"})
         with pytest.raises(ConfigError, match=r"was run with \[compression\] refine_solver = 'adam', the study file now says 'als'"):
-            run_study(changed, n_trials=0, progress=False, log=lambda *_: None)
+            run_study(named, n_trials=0, progress=False, log=lambda *_: None)
     finally:
         study.set_user_attr("vitune", meta)
-    assert CompressionMethods.as_recorded(old) == spec.methods.to_dict()
+    assert CompressionMethods.as_recorded(old) == {**spec.methods.to_dict(), "refine_solver": "adam"}
+
+
+def test_a_study_made_under_an_earlier_default_resumes_with_it(ran):
+    """A study recorded ``refine_solver = 'adam'`` (the default until stop 47): a study file that
+    leaves the key out resumes it with Adam, every other setting as the file says."""
+    from vitune.search.study import resumed_methods
+
+    spec, _, _ = ran
+    study = open_study(spec, create=False)
+    meta = dict(study.user_attrs["vitune"])
+    study.set_user_attr("vitune", {**meta, "methods": {**meta["methods"], "refine_solver": "adam"}})
+    try:
+        said: list[str] = []
+        resumed = resumed_methods(study, spec, said.append)
+        assert resumed.methods == dataclasses.replace(spec.methods, refine_solver="adam") and len(said) == 1
+        assert resumed_methods(open_study(spec, create=False), resumed, said.append) is resumed  # nothing left to adopt
+        run_study(spec, n_trials=0, progress=False, log=lambda *_: None)  # not refused
+    finally:
+        study.set_user_attr("vitune", meta)
+    assert resumed_methods(study, spec, said.append) is spec  # recorded as the file says: unchanged
 
 
 def test_resuming_with_another_tuning_mode_is_refused(ran):

@@ -7,7 +7,7 @@ group size and the distillation recipe. It is part of the configuration record (
 key), so two results are only ever compared or reused when they were made the same way.
 
 Defaults were chosen on the default digits model (``bench/techniques.py`` prints the
-comparison); reference:
+comparison), the refinement's solver at DeiT size (see :mod:`vitune.compression.lowrank`); reference:
 
 =====================  =============  ==============================================================
 key                    default        meaning
@@ -17,11 +17,12 @@ lowrank                "aa-residual"  ``svd`` (plain truncated SVD of W), ``aa``
                                       principal term + compact residual term refined by layer-wise
                                       error compensation, see :mod:`vitune.compression.lowrank`)
 residual_share         0.25           share of a layer's rank given to the residual term
-refine_solver          "adam"         how the residual term is fitted: ``adam`` (gradient steps) or
-                                      ``als`` (alternating least squares: exact solves of each factor
-                                      in turn, no step size), see :mod:`vitune.compression.lowrank`
-refine_steps           100            Adam steps (or ALS sweeps) of the error-compensation refinement
-                                      per layer
+refine_solver          "als"          how the residual term is fitted: ``als`` (alternating least
+                                      squares: exact, damped solves of each factor in turn, no step
+                                      size) or ``adam`` (gradient steps; the default until stop 47),
+                                      see :mod:`vitune.compression.lowrank`
+refine_steps           100            ALS sweeps (stopped once a sweep gains < 1e-6 of the loss) or
+                                      Adam steps of the error-compensation refinement per layer
 refine_lr              0.05           Adam's step size, relative to each tensor's RMS
 damping                1e-3           Tikhonov damping of XᵀX, relative to its mean diagonal
 calib_images           256            calibration images used (from the ``calib`` split)
@@ -66,7 +67,7 @@ BEFORE_ADDED: Mapping[str, Any] = {"refine_solver": "adam", "kd_precision": "flo
 class CompressionMethods:
     lowrank: str = "aa-residual"
     residual_share: float = 0.25
-    refine_solver: str = "adam"
+    refine_solver: str = "als"  # Adam before stop 47: BEFORE_ADDED keeps studies recorded without the key on it
     refine_steps: int = 100
     refine_lr: float = 0.05
     damping: float = 1e-3

@@ -89,6 +89,29 @@ def open_study(spec, create: bool = True, sampler=None):
     return optuna.create_study(study_name=spec.name, storage=storage, directions=wanted, load_if_exists=True, sampler=sampler)
 
 
+def resumed_methods(study, spec, log=print):
+    """``spec`` with the [compression] settings its file leaves to the defaults taken from the
+    study it resumes, where they were recorded with another value (a default that changed
+    since: ``refine_solver`` was ``adam`` until stop 47). Settings the file names (or a spec
+    made in code sets to another value than the default) are kept, and :func:`check_metadata`
+    refuses them if they differ from the study's."""
+    import dataclasses
+
+    recorded = (study.user_attrs.get("vitune") or {}).get("methods")
+    if recorded is None:
+        return spec
+    recorded = CompressionMethods.as_recorded(recorded)
+    current, defaults = spec.methods.to_dict(), CompressionMethods().to_dict()
+    left = [k for k in current if k not in spec.methods_set and current[k] == defaults[k]]  # to the default
+    keep = {k: recorded[k] for k in left if k in recorded and recorded[k] != current[k]}
+    if not keep:
+        return spec
+    log(f"study {spec.name}: resuming with [compression] " + ", ".join(f"{k} = {v!r}" for k, v in keep.items())
+        + " as it was made (the study file leaves " + ("it" if len(keep) == 1 else "them")
+        + " to vitune's default, now " + ", ".join(repr(current[k]) for k in keep) + ")")
+    return dataclasses.replace(spec, methods=dataclasses.replace(spec.methods, **keep))
+
+
 def check_metadata(study, spec, ref, profile, more_profiles: tuple = (), objectives: Objectives | None = None) -> None:
     """``objectives``: the study file's, on these profiles (see :func:`spec_objectives`)."""
     objectives = objectives or spec_objectives(spec, profile.name, [p.name for p in more_profiles])
@@ -289,6 +312,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     reaped = reap_stale(study)
     if reaped:
         log(f"marked {len(reaped)} trial(s) left running by a stopped worker as failed: {', '.join(map(str, reaped))}")
+    spec = resumed_methods(study, spec, log)
     workspace = load_workspace(spec.model, spec.data, progress=progress)
     objectives = spec_objectives(spec, profile.name, [p.name for p, _, _ in others])
     check_metadata(study, spec, workspace.ref, profile, tuple(p for p, _, _ in others), objectives)

@@ -209,6 +209,9 @@ class StudySpec:
     target: TargetSpec  # the primary target: latency_ms, export's --max-latency-ms, apply's artifact
     space: SpaceSpec
     methods: CompressionMethods = CompressionMethods()
+    # the [compression] keys the file sets: the others follow vitune's defaults, or a resumed
+    # study's recorded values where a default changed since it was made (search.study.resumed_methods)
+    methods_set: frozenset[str] = frozenset()
     search: SearchSpec = SearchSpec()
     also: tuple[TargetSpec, ...] = ()  # [[target.also]]: more targets, one more objective (or constraint) each
 
@@ -378,6 +381,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         target=target,
         space=space,
         methods=methods,
+        methods_set=frozenset(top.data.get("compression", {})),
         search=search,
         also=also,
     )
