@@ -323,8 +323,6 @@ def test_a_study_recorded_before_a_setting_existed_resumes(ran):
     """A study made before ``refine_solver`` existed recorded no such key: it was made with Adam,
     so it resumes with Adam (the file leaves the key to the default, now ALS), and a file that
     names ALS is refused, naming the setting."""
-    import dataclasses
-
     spec, _, _ = ran
     study = open_study(spec, create=False)
     meta = dict(study.user_attrs["vitune"])

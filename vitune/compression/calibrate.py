@@ -42,6 +42,46 @@ class Calibration:
         return self._cache[key]
 
 
+class _Recorder:
+    """Forward pre-hooks on the named submodules of ``model`` (while in a ``with``) that record
+    the inputs each receives (first argument), flattened to (rows, in_features) float32, or with
+    ``flat=False`` as they are; ``stop``: end the pass (``_Stop``) once each was seen in it
+    (:meth:`new_pass` starts the next)."""
+
+    def __init__(self, model: nn.Module, names: list[str], flat: bool = True, stop: bool = False):
+        self.model, self.flat, self.stop = model, flat, stop
+        self.got: dict[str, list[torch.Tensor]] = {n: [] for n in dict.fromkeys(names)}
+        self.seen: set[str] = set()
+        self.handles: list = []
+
+    def _hook(self, name):
+        def hook(_module, args):
+            a = args[0].detach()
+            self.got[name].append(a.reshape(-1, a.shape[-1]).to(torch.float32) if self.flat else a)
+            self.seen.add(name)
+            if self.stop and len(self.seen) == len(self.got):
+                raise _Stop
+
+        return hook
+
+    def __enter__(self) -> "_Recorder":
+        self.handles = [self.model.get_submodule(n).register_forward_pre_hook(self._hook(n)) for n in self.got]
+        return self
+
+    def __exit__(self, *_) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def new_pass(self) -> None:
+        self.seen.clear()
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        missing = [n for n, v in self.got.items() if not v]
+        if missing:
+            raise RuntimeError(f"module {missing[0]!r} was never called on the calibration batch")
+        return {n: torch.cat(v) for n, v in self.got.items()}
+
+
 @torch.no_grad()
 def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_size: int = 64, flat: bool = True) -> dict[str, torch.Tensor]:
     """Inputs each named module receives on ``x`` (its first argument), flattened to (rows,
@@ -49,40 +89,19 @@ def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor, batch_si
 
     The forward pass of each chunk stops once every named module has been seen.
     """
-    want = list(dict.fromkeys(names))
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in want}
-    seen: set[str] = set()
-    handles = []
-
-    def hook_for(name):
-        def hook(_module, args):
-            a = args[0].detach()
-            got[name].append(a.reshape(-1, a.shape[-1]).to(torch.float32) if flat else a)
-            seen.add(name)
-            if len(seen) == len(want):
-                raise _Stop
-
-        return hook
-
-    for name in want:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook_for(name)))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(x), batch_size):
-            seen.clear()
-            try:
-                model(x[start : start + batch_size])
-            except _Stop:
-                pass
+        with _Recorder(model, names, flat, stop=True) as recorder:
+            for start in range(0, len(x), batch_size):
+                recorder.new_pass()
+                try:
+                    model(x[start : start + batch_size])
+                except _Stop:
+                    pass
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    missing = [n for n in want if not got[n]]
-    if missing:
-        raise RuntimeError(f"module {missing[0]!r} was never called on the calibration batch")
-    return {n: torch.cat(v) for n, v in got.items()}
+    return recorder.inputs()
 
 
 @torch.no_grad()
@@ -119,25 +138,9 @@ def input_grams(model: nn.Module, names: list[str], x: torch.Tensor, batch_size:
 def run_capturing(module: nn.Module, names: list[str], h: torch.Tensor, batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``module`` applied to ``h`` in chunks (as :func:`run_chunked`) and, from the same pass, the
     inputs each named submodule receives (as :func:`capture_inputs`: flattened, float32)."""
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in dict.fromkeys(names)}
-
-    def hook_for(name):
-        def hook(_module, args):
-            a = args[0].detach()
-            got[name].append(a.reshape(-1, a.shape[-1]).to(torch.float32))
-
-        return hook
-
-    handles = [module.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in got]
-    try:
+    with _Recorder(module, names) as recorder:
         out = run_chunked(module, h, batch_size)
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [n for n, v in got.items() if not v]
-    if missing:
-        raise RuntimeError(f"module {missing[0]!r} was never called on the calibration batch")
-    return {n: torch.cat(v) for n, v in got.items()}, out
+    return recorder.inputs(), out
 
 
 @torch.no_grad()

@@ -41,8 +41,8 @@ against 0.549 and 0.650 unrefined, each at one of three sweep counts (10, 25, 50
 the others: an ill-conditioned solve whose factors int8 rounding sometimes destroys (not
 reproduced on small synthetic layers). Damped, the same candidates end at 0.549 and 0.651 at
 every sweep count, every layer's ℓ 22–25 % lower on average.
-Measured (random-init timm models at 224 px, 64 calibration images; commands in the stop-47
-note): on DeiT-B (greedy ranks at 40 % of the parameters; ``bench/recipe.py``) 50 Adam
+Measured (random-init timm models at 224 px, 64 calibration images; ``bench/solvers.py``, commands
+in the README's recipe section): on DeiT-B (greedy ranks at 40 % of the parameters; ``bench/recipe.py``) 50 Adam
 steps at the default step size improved on the starting point of none of the 48 layers; 50 ALS
 sweeps lowered every layer's ℓ (by 10 % on average, 19 % at most) and the model's output
 feature error from 0.071 to 0.053. On DeiT-Small, low-rank only (two random rank menus of the

@@ -40,13 +40,13 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def _factorized(layer: nn.Module, x: torch.Tensor, x_ref, name: str, rank: int, methods, refine: dict) -> nn.Module:
+def _factorized(layer: nn.Module, x: torch.Tensor, x_ref: torch.Tensor | None, name: str, rank: int, methods, refine: dict) -> nn.Module:
     """The activation-aware factorization of ``layer`` (the model's ``name``) from its calibration
-    inputs ``x`` (rows × in) in the model compressed so far; ``x_ref()`` gives the same rows'
-    inputs in the reference (``aa-residual`` only)."""
+    inputs ``x`` (rows × in) in the model compressed so far; ``x_ref``: the same rows' inputs in
+    the reference (``aa-residual`` only, else None)."""
     if methods.lowrank == "aa":
         return factorize_aa(layer, rank, x, methods.damping, where=name)
-    new, refine[name] = factorize_aa_residual(layer, rank, x, x_ref(), methods, where=name)
+    new, refine[name] = factorize_aa_residual(layer, rank, x, x_ref, methods, where=name)
     return new
 
 
@@ -103,7 +103,7 @@ def _lowrank_by_block(student: nn.Module, ranked: list[tuple[str, int]], x: torc
             layer = student.get_submodule(name)
             stand_ins[name] = (layer, _FitOnFirstCall(
                 lambda xs, layer=layer, name=name, rank=rank, rel=rel:
-                _factorized(layer, xs, lambda: ref_inputs[rel], name, rank, methods, refine)))
+                _factorized(layer, xs, ref_inputs.get(rel), name, rank, methods, refine)))
             _set(student, name, stand_ins[name][1])
         try:
             hidden = block(hidden)
@@ -182,8 +182,8 @@ def compress(
             reference = copy.deepcopy(student) if methods.lowrank == "aa-residual" else None
             for name, rank in ranked:
                 inputs = capture_inputs(student, [name], calibration.x)[name]
-                _set(student, name, _factorized(student.get_submodule(name), inputs,
-                                                lambda n=name: capture_inputs(reference, [n], calibration.x)[n], name, rank, methods, refine))
+                x_ref = None if reference is None else capture_inputs(reference, [name], calibration.x)[name]
+                _set(student, name, _factorized(student.get_submodule(name), inputs, x_ref, name, rank, methods, refine))
 
     if config.distill_steps:
         if train_data is None:
