@@ -159,7 +159,7 @@ def test_time_waiting_for_the_host_lock_is_not_counted_as_accuracy_or_latency(tm
     monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
     code = (
         "import sys, time; sys.path.insert(0, %r); from vitune.search.coordination import HostLock\n"
-        "with HostLock().exclusive():\n    print('in', flush=True); time.sleep(1.5)\n" % os.getcwd()
+        "with HostLock().exclusive():\n    print('in', flush=True); time.sleep(4.0)\n" % os.getcwd()
     )
     ev = Evaluator(default_workspace, fast_target, ParamsLatency(fast_target), host_lock=coordination.HostLock())
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ})
@@ -168,5 +168,7 @@ def test_time_waiting_for_the_host_lock_is_not_counted_as_accuracy_or_latency(tm
     proc.wait()
     assert result.ok, result.error
     t = result.timings
-    assert t["lock_wait_s"] > 1.0  # the compression stage waited for the other process's timing
-    assert t["compress_s"] < 1.0 and t["accuracy_s"] < 1.0 and t["latency_s"] < 1.0, t
+    assert t["lock_wait_s"] > 3.0  # the compression stage waited for the other process's timing
+    # none of the 4 s wait is in a stage's time (each takes well under a second on a quiet
+    # machine, over one on a loaded CI runner: the margin is the wait's, not the stages')
+    assert t["compress_s"] < 2.5 and t["accuracy_s"] < 2.5 and t["latency_s"] < 2.5, t

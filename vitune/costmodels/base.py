@@ -99,10 +99,10 @@ class MeasuredLatency(LatencySource):
         from vitune.targets.measure import DriftReference, measure
 
         if self.original is None or self.profile.runner != "local":
-            return measure(model, example, self.profile, compiled_out, self.tuner)
+            return measure(model, example, self.profile, compiled_out, self.tuner, reuse_kernels=True)
         built: list = [] if compiled_out is None else compiled_out
         if config.is_identity:  # the reference itself (the study's trial 0): its own timing is its speed now
-            m = measure(model, example, self.profile, built, self.tuner)
+            m = measure(model, example, self.profile, built, self.tuner, reuse_kernels=True)
             if m.ok:
                 if self.reference is None:
                     self.reference = DriftReference(built[-1], example, self.profile)
@@ -112,7 +112,7 @@ class MeasuredLatency(LatencySource):
             from vitune.targets.compile import compile_model
 
             try:
-                self.reference = DriftReference(compile_model(self.original, example, self.profile, self.tuner), example, self.profile)
+                self.reference = DriftReference(compile_model(self.original, example, self.profile, self.tuner, reuse_kernels=True), example, self.profile)
             except Exception:  # no reference: the latency as timed
-                return measure(model, example, self.profile, compiled_out, self.tuner)
-        return measure(model, example, self.profile, compiled_out, self.tuner, reference=self.reference)
+                return measure(model, example, self.profile, compiled_out, self.tuner, reuse_kernels=True)
+        return measure(model, example, self.profile, compiled_out, self.tuner, reference=self.reference, reuse_kernels=True)

@@ -66,7 +66,8 @@ def build_as_shipped(evaluator, configs: dict, example, profile, progress: bool 
                 kept = evaluator.builds.get(config.key)
                 if kept is None and config.is_identity and reference is not None:
                     kept = reference.compiled
-                builds[name] = kept if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
+                # a trial's build reused this process's kernels: linked again into one library, as it ships
+                builds[name] = kept.shipped() if kept is not None else compile_model(evaluator.compress(config), example, profile, tuner)
             except Exception as err:
                 errors[name] = short_reason(err)
     finally:

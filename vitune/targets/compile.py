@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,20 @@ class CompiledModel:
     tuning: Any = None  # the TuneReport of the build (None: untuned)
     memory: Any = None  # its vitune.targets.memory.MemoryPlan (None: not planned, e.g. loaded from disk)
     prepacked: bool = False  # params are laid out for the tuned kernels (see prepack_params)
+    # a vitune.targets.kernels.KernelBuild where the kernels came from this process's library:
+    # the executable runs here only; shipped() links the same code into one library
+    kernels: Any = None
+
+    def shipped(self) -> "CompiledModel":
+        """This build as it ships: itself, or, for a build whose kernels came from this
+        process's :class:`~vitune.targets.kernels.KernelLibrary`, the same kernels and entry
+        function linked into one library (what ``relax.build`` makes; code generation again,
+        no export or Relax passes)."""
+        if self.kernels is None:
+            return self
+        with filtered_native_stderr():
+            executable = self.kernels.shipped()
+        return replace(self, executable=executable, module=None, prepared=None, kernels=None, timings=dict(self.timings))
 
     @property
     def peak_memory_bytes(self) -> int | None:
@@ -121,15 +135,18 @@ def filtered_native_stderr():
             print(line, file=sys.stderr)
 
 
-def build(mod, profile, tuner=None):
+def build(mod, profile, tuner=None, kernels=None):
     """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
-    (planned storage bytes, storages) or None, layout)``.
+    (planned storage bytes, storages) or None, layout, kernel build or None)``.
 
     With a :class:`~vitune.targets.tuning.Tuner`, workloads get their tuned schedules from the
     target's database (tuning unseen ones if the tuner's mode and budget allow). ``layout``
     (None: none needed): the tuned kernels read their weights in the layouts their schedules
     chose, and ``layout`` is an executable of its own whose ``main_transform_params`` lays the
     weights out once (:func:`compile_model` runs it); the executable does not carry it.
+    With a :class:`~vitune.targets.kernels.KernelLibrary` (CPU targets run in this process), the
+    kernels it holds are reused and the new ones added to it (the kernel build is returned; the
+    executable then runs in this process only, see :meth:`CompiledModel.shipped`).
     """
     import tvm
     from tvm import relax
@@ -154,13 +171,14 @@ def build(mod, profile, tuner=None):
         # "compiled": the VM's own functions (allocations, argument passing, one call per kernel)
         # are generated code instead of bytecode the VM interprets: 4-6 % of a tuned
         # digits_vit_base build at rank 24 (0.266 against 0.282 ms), the calls' share
-        executable = relax.build(mod, target=target, exec_mode="compiled")
+        made = kernels.build(mod, target) if kernels is not None else None
+        executable = made.executable if made is not None else relax.build(mod, target=target, exec_mode="compiled")
         if layout is not None:
             # the weights' layout transform runs once, at build time (prepack_params): built
             # apart, unoptimised and interpreted, it is not code generation every build pays for
             # at -O3 (a third of the LLVM IR of a w8a8 digits_vit_base build), and not shipped
             layout = relax.build(layout, target=tvm.target.Target({**dict(target.export()), "opt-level": 0}), exec_mode="bytecode")
-        return executable, report, storage, layout
+        return executable, report, storage, layout, made
 
 
 def only(mod, name: str):
@@ -191,14 +209,20 @@ def prepack_params(layout, params: list[np.ndarray]) -> list[np.ndarray]:
     return [t.numpy() for t in out]
 
 
-def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None) -> CompiledModel:
+def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None, reuse_kernels: bool = False) -> CompiledModel:
+    """``model`` exported, built for ``profile`` (tuned kernels with a ``tuner``) and its weights
+    laid out. ``reuse_kernels``: kernels this process compiled before are reused where the
+    target allows it (:func:`vitune.targets.kernels.reusable`): what a search does for its
+    trials; the build runs in this process and :meth:`CompiledModel.shipped` is what ships."""
+    from vitune.targets.kernels import LIBRARY, reusable
+
     t0 = time.perf_counter()
     from tvm import relax  # noqa: F401  (import cost counted apart from export)
 
     t1 = time.perf_counter()
     mod, params = export_relax(model, example)
     t2 = time.perf_counter()
-    executable, report, storage, layout = build(mod, profile, tuner)
+    executable, report, storage, layout, made = build(mod, profile, tuner, LIBRARY if reuse_kernels and reusable(profile) else None)
     t3 = time.perf_counter()
     timings = {"import_tvm_s": t1 - t0, "export_s": t2 - t1, "build_s": t3 - t2}
     if report is not None:
@@ -208,6 +232,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
             timings["tune_wait_s"] = report.waited_s
     compiled = CompiledModel(executable, params, tuple(example.shape), str(example.dtype).replace("torch.", ""), dict(profile.tvm_target), timings)
     compiled.tuning = report
+    compiled.kernels = made
     if layout is not None:
         t4 = time.perf_counter()
         compiled.params, compiled.prepacked = prepack_params(layout, params), True
@@ -241,6 +266,7 @@ def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
     """Link the build into a shared library for the target (cross-compiled where the profile
     names a ``cross_compiler``; GPU code is embedded in a host library)."""
     kwargs = link_options(profile)
+    compiled = compiled.shipped()
     with filtered_native_stderr():
         compiled.executable.export_library(str(path), **kwargs)
     return Path(path)

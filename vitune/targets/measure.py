@@ -80,15 +80,17 @@ def _iqr(samples: list[float]) -> float:
 
 
 def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out: list | None = None, tuner=None,
-            reference: "DriftReference | None" = None) -> Measurement:
+            reference: "DriftReference | None" = None, reuse_kernels: bool = False) -> Measurement:
     """Compile ``model`` for ``profile`` and time it there. Never raises (except KeyboardInterrupt).
 
     If ``compiled_out`` is a list, the :class:`CompiledModel` is appended to it (for export).
     With a ``reference``, the build is timed between two timings of the reference and its
-    latency corrected for the machine's drift (:class:`DriftReference`).
+    latency corrected for the machine's drift (:class:`DriftReference`). ``reuse_kernels``:
+    kernels compiled earlier in this process are reused where the target allows it
+    (:func:`~vitune.targets.compile.compile_model`).
     """
     with _held(tuner is not None and tuner.mode == "tune"):  # tuning times candidates: nothing else may run
-        compiled, failed = _compile(model, example, profile, tuner)
+        compiled, failed = _compile(model, example, profile, tuner, reuse_kernels)
     if failed is not None:
         return failed
     if compiled_out is not None:
@@ -96,12 +98,12 @@ def measure(model: torch.nn.Module, example: torch.Tensor, profile, compiled_out
     return time_compiled(compiled, example, profile) if reference is None else reference.time(compiled, example, profile)
 
 
-def _compile(model: torch.nn.Module, example: torch.Tensor, profile, tuner):
+def _compile(model: torch.nn.Module, example: torch.Tensor, profile, tuner, reuse_kernels: bool = False):
     """``(CompiledModel, None)``, or ``(None, the failed Measurement)``."""
     from vitune.targets.compile import compile_model
 
     try:
-        return compile_model(model, example, profile, tuner), None
+        return compile_model(model, example, profile, tuner, reuse_kernels=reuse_kernels), None
     except Exception as err:  # a measurement is a record, never an exception into the search
         return None, Measurement(target=profile.name, error=f"compile failed on {profile.name}: {short_reason(err)}")
 
