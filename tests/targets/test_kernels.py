@@ -77,6 +77,21 @@ def test_the_library_drops_the_least_recently_used_past_its_capacity(tiny_vit, t
     np.testing.assert_array_equal(runner_for(fast_target).run(built, x.numpy()), runner_for(fast_target).run(compile_model(model, x, fast_target), x.numpy()))
 
 
+def test_kernels_compiled_for_one_target_are_not_reused_for_another(tiny_vit, fast_target, monkeypatch):
+    from dataclasses import replace
+
+    import vitune.targets.kernels as kernels
+
+    library = KernelLibrary()
+    monkeypatch.setattr(kernels, "LIBRARY", library)
+    x = torch.randn(1, 1, 8, 8)
+    first = compile_model(tiny_vit, x, fast_target, reuse_kernels=True)
+    other = replace(fast_target, tvm_target={**fast_target.tvm_target, "mcpu": "x86-64"})  # another CPU model, same machine
+    second = compile_model(tiny_vit, x, other, reuse_kernels=True)
+    assert second.kernels.reused == 0 and second.kernels.compiled == first.kernels.compiled
+    assert compile_model(tiny_vit, x, other, reuse_kernels=True).kernels.reused == first.kernels.compiled
+
+
 @pytest.mark.parametrize("target, expected", [("local-cpu", True), ("cuda-sm90", False), ("arm-a72", False)])
 def test_only_cpu_builds_run_in_this_process_reuse_kernels(target, expected):
     from vitune.targets import load_target

@@ -440,6 +440,9 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
             if stop.requested or (n_trials is None and finished + now.get("running", 0) >= goal):
                 study_.stop()
 
+        from vitune.targets.kernels import LIBRARY
+
+        kernels_before = (LIBRARY.compiled, LIBRARY.reused)
         t0 = time.perf_counter()
         logging.getLogger("optuna").setLevel(logging.ERROR)
         try:
@@ -463,6 +466,10 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
                 again = sum(a > 1 for a in attempts)
                 log(f"drift reference: {again} of {len(attempts)} candidates timed again in a slow window "
                     f"({sum(attempts) - len(attempts)} extra rounds of reference, candidate, reference)")
+            compiled, reused = LIBRARY.compiled - kernels_before[0], LIBRARY.reused - kernels_before[1]
+            if reused:
+                log(f"kernels: {compiled} compiled, {reused} reused from earlier builds of this process (the trials were timed on "
+                    "those builds: the same machine code, called through the library; the front below is linked again and timed as it ships)")
             if predicted and not stop.requested:
                 recheck(final=True)
             if measured_here and not stop.requested and not worker and mine.get("complete", 0):

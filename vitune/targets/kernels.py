@@ -60,12 +60,12 @@ class KernelBuild:
 
 
 class KernelLibrary:
-    """Kernels compiled in this process, by content; least recently used dropped past ``capacity``
-    (a dropped kernel's module lives on in the executables that import it)."""
+    """Kernels compiled in this process, by target and content; least recently used dropped past
+    ``capacity`` (a dropped kernel's module lives on in the executables that import it)."""
 
     def __init__(self, capacity: int = 4000):
         self.capacity = capacity
-        self._kernels: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # name -> (PrimFunc, runtime module)
+        self._kernels: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()  # (target, name) -> (PrimFunc, runtime module)
         self.reused = 0
         self.compiled = 0
 
@@ -103,10 +103,11 @@ class KernelLibrary:
             return None
         modules, missing = [], {}
         reused = 0
+        where = str(target)  # a kernel compiled for one target is never another's (a study may time several CPUs' builds)
         for name, func in funcs.items():
-            hit = self._kernels.get(name)
+            hit = self._kernels.get((where, name))
             if hit is not None and _same(hit[0], func):
-                self._kernels.move_to_end(name)
+                self._kernels.move_to_end((where, name))
                 modules.append(hit[1])
                 reused += 1
             else:
@@ -114,7 +115,7 @@ class KernelLibrary:
         if missing:
             lib = tvm.tirx.build(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n) for n, f in missing.items()}), target=target)
             for name, func in missing.items():
-                self._kernels[name] = (func, lib)
+                self._kernels[(where, name)] = (func, lib)
             modules.append(lib)
             while len(self._kernels) > self.capacity:
                 self._kernels.popitem(last=False)
