@@ -74,13 +74,17 @@ def compare(models: list, example, profile, tuner=None, rounds: int = 5, log=pri
         order = BUILDS[i % 3:] + BUILDS[:i % 3]  # which build goes first rotates
         made = {name: _built(model, example, profile, tuner, name == "reused") for name in order}
         kernels = made["reused"][0].kernels
+        report = made["shipped"][0].tuning
         rows.append({"build_s": {name: made[name][2] for name in BUILDS},
+                     # where the kernels' schedules came from: the target's database (tuned or shipped) or TVM's defaults
+                     "workloads": None if report is None else {"from_database": report.from_database, "untuned": report.untuned},
                      "kernels_reused": kernels.reused if kernels else 0, "kernels_compiled": kernels.compiled if kernels else None,
                      "equal": all(bool(np.array_equal(made["shipped"][1], made[name][1])) for name in BUILDS)})
         builds.append({name: made[name][0] for name in BUILDS})
         b = rows[-1]["build_s"]
         log(f"candidate {i}: build {b['shipped']:.2f} s shipped, {b['reused']:.2f} s reused ({rows[-1]['kernels_reused']} kernels reused, "
-            f"{rows[-1]['kernels_compiled']} compiled), {b['control']:.2f} s shipped again; outputs equal: {rows[-1]['equal']}")
+            f"{rows[-1]['kernels_compiled']} compiled), {b['control']:.2f} s shipped again; outputs equal: {rows[-1]['equal']}"
+            + (f"; workloads {report.from_database} from the database, {report.untuned} untuned" if report is not None else ""))
     fastest = [dict.fromkeys(BUILDS, float("inf")) for _ in models]
     x = example.numpy()
     for _ in range(rounds):

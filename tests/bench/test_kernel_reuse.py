@@ -15,6 +15,7 @@ def test_each_candidate_is_built_both_ways_compared_and_timed(tiny_vit, tiny_cal
     rows = bench.compare(models, torch.randn(1, 1, 8, 8), fast_target, rounds=2, log=lambda *_: None)
     assert [r["equal"] for r in rows] == [True, True]
     assert rows[1]["kernels_reused"] > 0  # the second candidate shares the first one's blocks
+    assert rows[0]["workloads"] is None  # built without a tuner: no database to count from
     assert all(r["latency_ms"]["shipped"] > 0 and r["ratio"] > 0 and r["control_ratio"] > 0 for r in rows)
     s = bench.summary(rows)
     assert s["all_equal"] and s["ratio"]["spearman"] is None  # two candidates rank nothing
