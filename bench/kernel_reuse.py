@@ -99,20 +99,11 @@ def compare(models: list, example, profile, tuner=None, rounds: int = 5, log=pri
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rank correlation (no ties expected in timings); None under 3 points."""
-    if len(a) < 3:
-        return None
+    """Spearman's rank correlation (vitune's, as the cost-model benches report it); None under 3
+    points (JSON has no NaN)."""
+    from vitune.costmodel_workflow import spearman as rank_correlation
 
-    def ranks(v):
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0] * len(v)
-        for k, i in enumerate(order):
-            r[i] = k
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+    return rank_correlation(a, b) if len(a) > 2 else None
 
 
 def summary(rows: list[dict]) -> dict:

@@ -52,11 +52,8 @@ class KernelBuild:
     def shipped(self):
         """The same module linked into one library (what ``relax.build`` returns)."""
         from tvm import relax
-        from tvm.relax import vm_build
 
-        builder = relax.ExecBuilder()
-        left = vm_build._vmcodegen(builder, self.lowered, "compiled")
-        return vm_build._vmlink(builder, self.target, vm_build._filter_tir(left))
+        return relax.build(self.lowered, target=self.target, relax_pipeline=None, exec_mode="compiled")  # the pipeline already ran
 
 
 class KernelLibrary:
@@ -94,10 +91,8 @@ class KernelLibrary:
                     return None  # a hash collision inside one build: build it plainly
                 names[gv] = name
                 funcs.setdefault(name, func)
-        entry = {}
-        for gv, func in lowered.functions.items():
-            if isinstance(func, relax.Function):
-                entry[gv] = _calls_by_name(lowered, names).visit_expr(func)
+        by_name = _calls_by_name(lowered, names)
+        entry = {gv: by_name.visit_expr(func) for gv, func in lowered.functions.items() if isinstance(func, relax.Function)}
         called = tvm.IRModule(entry, attrs=lowered.attrs, global_infos=lowered.global_infos)
         if _references_kernels(called, names):
             return None
