@@ -109,6 +109,32 @@ def test_tuned_kernels_read_weights_laid_out_once(tiny_vit, fast_target, tmp_pat
         plain.runtime_module()[TRANSFORM_PARAMS]
 
 
+def test_a_build_reusing_kernels_lays_out_the_same_weights_and_compiles_the_layout_once(tiny_vit, fast_target, tmp_path, monkeypatch):
+    """With the process's kernel library (a search's builds), the weights' layout transform
+    reuses its kernels too: the weights come out the same as a plain build lays them out, and a
+    second build of the model compiles nothing, neither its kernels nor its layout's."""
+    import vitune.targets.kernels as kernels
+    from vitune.targets.kernels import KernelLibrary
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    library = KernelLibrary()
+    monkeypatch.setattr(kernels, "LIBRARY", library)
+    x = torch.randn(1, 1, 8, 8)
+    plain = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    assert plain.prepacked and plain.kernels is None
+    first = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "database"), reuse_kernels=True)
+    compiled = library.compiled
+    assert first.kernels is not None and compiled > first.kernels.compiled  # the layout's kernels are in the library too
+    again = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "database"), reuse_kernels=True)
+    assert library.compiled == compiled and again.kernels.compiled == 0
+    want = runner_for(fast_target).run(plain, x.numpy())
+    for built in (first, again):
+        assert built.prepacked and len(built.params) == len(plain.params)
+        for got, laid in zip(built.params, plain.params):
+            np.testing.assert_array_equal(got, laid)
+        np.testing.assert_allclose(runner_for(fast_target).run(built, x.numpy()), want, atol=1e-5)
+
+
 def _every_record_reads_back(folder) -> int:
     """Open ``folder``'s database as MetaSchedule does (it replays every record on its workload)."""
     from vitune.targets.tuning import json_database

@@ -33,6 +33,12 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, rank={self.rank}, out_features={self.out_features}"
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: itself where it is already (a ``.to`` that changes nothing still exports
+    as a copy and a metadata check, hundreds of nodes in a quantized ViT's graph)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class Int8Linear(nn.Module):
     """Weight-only int8: symmetric per-output-channel scales, dequantized inside the forward.
 
@@ -63,7 +69,7 @@ class Int8Linear(nn.Module):
         return self.weight_int8.to(torch.float32) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_int8.to(x.dtype) * self.scale[:, None].to(x.dtype)
+        w = self.weight_int8.to(x.dtype) * _as(self.scale[:, None], x.dtype)
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
@@ -192,15 +198,15 @@ class W8A8Linear(nn.Module):
         return cls(q.weight_int8.data, q.scale.data, act_scale, layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq = torch.clamp(torch.round(x * self.inv_act_scale.to(x.dtype)), -127.0, 127.0)
+        xq = torch.clamp(torch.round(x * _as(self.inv_act_scale, x.dtype)), -127.0, 127.0)
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             # what the exported graph holds: int8 activations, an int32 matmul (made int8 × int8 →
             # int32 in TVM), then the dequantize
             acc = torch.matmul(xq.to(torch.int8).to(torch.int32), self.weight_int8.to(torch.int32).t())
         else:
             acc = exact_integer_matmul(xq, self.weight_int8)
-        y = acc.to(x.dtype) * self.out_scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        y = acc.to(x.dtype) * _as(self.out_scale, x.dtype)
+        return y if self.bias is None else y + _as(self.bias, x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, w8a8 act_scale={self.act_scale:.4g}"

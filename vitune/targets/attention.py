@@ -25,6 +25,7 @@ attention, or a symbolic token count, is left as it was).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -84,9 +85,13 @@ class Tiling:
         return cls(rows, lanes, cols, math.ceil(n / width) * width, vlanes, vcols)
 
 
+@functools.lru_cache(maxsize=256)
 def attention_kernel(g: int, m: int, d: int, n: int, dv: int, plan: Tiling):
     """The TIR kernel ``o[g, m, dv] = softmax(q[g, m, d] · kt[g, d, npad][:, :, :n]) · v[g, n, dv]``
-    tiled as ``plan`` says (see the module doc). ``q`` carries the attention scale."""
+    tiled as ``plan`` says (see the module doc). ``q`` carries the attention scale.
+
+    Made once per shape and plan in a process (TIR is immutable): parsing the script is ~70 ms,
+    and a ViT has one attention per block, the same shape in every block and in every trial."""
     from tvm.script import tirx as T
 
     rows, lanes, cols, npad, vlanes, vcols = (getattr(plan, f) for f in ("rows", "lanes", "cols", "npad", "vlanes", "vcols"))

@@ -69,10 +69,13 @@ class KernelLibrary:
     def __len__(self) -> int:
         return len(self._kernels)
 
-    def build(self, mod, target) -> KernelBuild | None:
+    def build(self, mod, target, exec_mode: str = "compiled") -> KernelBuild | None:
         """``mod`` (a Relax module as :func:`relax.build` takes it) built with its kernels from
         the library; None where it can't be (external modules or constants the pipeline
-        attached, a kernel referenced other than by a call): build it with ``relax.build``."""
+        attached, a kernel referenced other than by a call): build it with ``relax.build``.
+        ``exec_mode`` as :func:`relax.build`'s: ``"compiled"`` generates the VM's entry
+        functions as code, ``"bytecode"`` has the VM interpret them (no code generated for them:
+        what a function run once wants, such as a build's weight-layout transform)."""
         import tvm
         from tvm import relax, tirx
         from tvm.relax import vm_build
@@ -115,11 +118,19 @@ class KernelLibrary:
             while len(self._kernels) > self.capacity:
                 self._kernels.popitem(last=False)
         builder = relax.ExecBuilder()
-        left = vm_build._vmcodegen(builder, called, "compiled")
-        main = tvm.tirx.build(vm_build._filter_tir(left), target=target)
-        for module in _distinct(modules):
-            main.import_module(module)
-        executable = vm_build.VMExecutable(vm_build._ffi_api.VMLink(builder, target, main, [], {}))
+        left = vm_build._vmcodegen(builder, called, exec_mode)
+        if exec_mode == "compiled":
+            main = tvm.tirx.build(vm_build._filter_tir(left), target=target)
+            for module in _distinct(modules):
+                main.import_module(module)
+            linked = vm_build._ffi_api.VMLink(builder, target, main, [], {})
+        else:
+            # bytecode: the VM finds each kernel by name in the modules imported into an empty
+            # host library (with none, VMLink makes a C source module, and running the executable
+            # compiles and links it with the system compiler: a second per build)
+            host = tvm.tirx.build(tvm.IRModule({}), target=target)
+            linked = vm_build._ffi_api.VMLink(builder, target, host, _distinct(modules), {})
+        executable = vm_build.VMExecutable(linked)
         self.reused += reused
         self.compiled += len(missing)
         return KernelBuild(executable, lowered, target, reused, len(missing))
