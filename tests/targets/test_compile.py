@@ -49,3 +49,94 @@ def test_quantized_layers_do_not_cast_what_already_has_the_dtype():
     assert dtypes == ["float32", "float32", "int32", "int32", "int8"], dtypes
     mod, params = export_relax(m, x)
     assert len(params) > 0 and "main" in [gv.name_hint for gv in mod.functions]
+
+
+def _variants():
+    from tests.models.test_variants import VARIANTS
+
+    def plain():
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
+
+    return {"vit": plain, **VARIANTS}
+
+
+def _compressed(make, which: str) -> nn.Module:
+    from vitune.compression.calibrate import Calibration
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.compression.pipeline import compress
+
+    torch.manual_seed(0)
+    model = make().eval()
+    if which == "uncompressed":
+        return model
+    config = CompressionConfig.make(
+        linear={"blocks.1.attn.qkv": LinearConfig("int8", 8), "blocks.1.mlp.fc1": LinearConfig("w8a8", None),
+                "blocks.0.mlp.fc2": LinearConfig("fp32", 8), "blocks.0.attn.proj": LinearConfig("int4", None),
+                "blocks.0.attn.qkv": LinearConfig("fp16", None), "blocks.1.mlp.fc2": LinearConfig("w8a8", 8)},
+        prune_heads={"blocks.1.attn": 0.5}, prune_mlp={"blocks.0.mlp": 0.5},
+    )
+    gen = torch.Generator().manual_seed(1)
+    return compress(model, config, calibration=Calibration(torch.randn(32, 3, 16, 16, generator=gen), torch.zeros(32, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("which", ["uncompressed", "every-family"])
+@pytest.mark.parametrize("variant", list(_variants()))
+def test_decomposing_node_by_node_gives_the_module_run_decompositions_gives(variant, which):
+    """The import of a program decomposed by vitune.targets.decompose (cached decompositions,
+    no second trace) is structurally equal to TVM's import after PyTorch's own decomposition,
+    for every ViT variant, uncompressed and with every compression family."""
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    import vitune.targets.decompose as dec
+
+    model, x = _compressed(_variants()[variant], which), torch.randn(1, 3, 16, 16)
+
+    def imported(decompose: bool):
+        with torch.no_grad():
+            program = torch.export.export(model, (x,))
+        if decompose:
+            assert dec.decompose(program) > 0
+        return relax.frontend.detach_params(from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=not decompose))
+
+    (theirs, their_params), (ours, our_params) = imported(False), imported(True)
+    assert tvm_ffi.structural_equal(theirs, ours)
+    assert [p.numpy().tobytes() for p in their_params["main"]] == [p.numpy().tobytes() for p in our_params["main"]]
+
+
+def test_decompositions_are_traced_once_and_what_cannot_be_done_exactly_is_left_to_the_import(monkeypatch):
+    import vitune.targets.decompose as dec
+
+    monkeypatch.setattr(dec, "_CACHE", type(dec._CACHE)())
+    traced = []
+    trace = dec._trace
+    monkeypatch.setattr(dec, "_trace", lambda calls: (traced.append(len(calls)), trace(calls)))
+    model, x = quantized_mlp(), torch.randn(1, 5, 16)
+    for _ in range(2):
+        with torch.no_grad():
+            program = torch.export.export(model, (x,))
+        assert dec.decompose(program) > 0
+        torch.testing.assert_close(program.module()(x), model(x))
+    assert len(traced) == 1 and traced[0] == len(dec._CACHE) > 0  # the second program's nodes all came from the cache
+
+    # a trace that fails leaves the program as it was, and export_relax imports it the usual way
+    def failing(calls):
+        raise dec.Undecomposable("no")
+
+    monkeypatch.setattr(dec, "_CACHE", type(dec._CACHE)())
+    monkeypatch.setattr(dec, "_trace", failing)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+    before = [str(n.target) for n in program.graph.nodes]
+    with pytest.raises(dec.Undecomposable):
+        dec.decompose(program)
+    assert [str(n.target) for n in program.graph.nodes] == before
+    mod, params = export_relax(model, x)
+    monkeypatch.undo()
+    again, params_again = export_relax(model, x)
+    import tvm_ffi
+
+    assert tvm_ffi.structural_equal(mod, again)

@@ -120,7 +120,9 @@ def test_a_build_reusing_kernels_lays_out_the_same_weights_and_compiles_the_layo
     library = KernelLibrary()
     monkeypatch.setattr(kernels, "LIBRARY", library)
     x = torch.randn(1, 1, 8, 8)
-    plain = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2))
+    # every build below applies the database's best schedules (a tuning run may apply others of its own)
+    plain = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "database"))
     assert plain.prepacked and plain.kernels is None
     first = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "database"), reuse_kernels=True)
     compiled = library.compiled
@@ -128,11 +130,13 @@ def test_a_build_reusing_kernels_lays_out_the_same_weights_and_compiles_the_layo
     again = compile_model(tiny_vit, x, fast_target, Tuner(fast_target, "database"), reuse_kernels=True)
     assert library.compiled == compiled and again.kernels.compiled == 0
     want = runner_for(fast_target).run(plain, x.numpy())
+    np.testing.assert_allclose(want, tiny_vit(x).detach().numpy(), atol=1e-4)
     for built in (first, again):
-        assert built.prepacked and len(built.params) == len(plain.params)
-        for got, laid in zip(built.params, plain.params):
-            np.testing.assert_array_equal(got, laid)
-        np.testing.assert_allclose(runner_for(fast_target).run(built, x.numpy()), want, atol=1e-5)
+        assert built.prepacked and [(p.shape, p.dtype) for p in built.params] == [(p.shape, p.dtype) for p in plain.params]
+        # the same kernels on the same weights: the same outputs bit for bit (the weights are not
+        # compared as arrays: a layout padded past a weight's edge leaves the pad unwritten, and
+        # the kernels never read it)
+        np.testing.assert_array_equal(runner_for(fast_target).run(built, x.numpy()), want)
 
 
 def _every_record_reads_back(folder) -> int:

@@ -74,10 +74,17 @@ def export_relax(model: torch.nn.Module, example: torch.Tensor):
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
+    from vitune.targets.decompose import Undecomposable, decompose
+
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,))
     drop_metadata_asserts(program)
-    mod = from_exported_program(program, keep_params_as_input=True)
+    try:  # core ATen without tracing the program again (the same program, see vitune.targets.decompose)
+        decompose(program)
+        decomposed = True
+    except Undecomposable:
+        decomposed = False  # the program is untouched: the import decomposes it
+    mod = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=not decomposed)
     mod = int8_matmuls(mod)
     mod, params = relax.frontend.detach_params(mod)
     return mod, [p.numpy() for p in params.get("main", [])]
@@ -88,9 +95,10 @@ def drop_metadata_asserts(program) -> int:
 
     ``torch.export`` records one beside every ``Tensor.to(dtype)`` (a check that the tensor
     still has the dtype, device and layout it had when traced). TVM's importer maps it to
-    nothing, but :meth:`ExportedProgram.run_decompositions`, which the import runs, traces every
-    node again: a quantized deit_tiny candidate holds 110-140 of them, 0.6-0.8 s of its
-    decomposition. The Relax module is the same without them (structurally equal)."""
+    nothing, but the decomposition before it walks every node (and where
+    :func:`vitune.targets.decompose.decompose` can't, :meth:`ExportedProgram.run_decompositions`
+    traces every node again: a quantized deit_tiny candidate holds 110-140 of them, 0.6-0.8 s of
+    that trace). The Relax module is the same without them (structurally equal)."""
     graph, dropped = program.graph, 0
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
