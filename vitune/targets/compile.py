@@ -145,10 +145,12 @@ def int8_matmuls(mod):
             mod[gv] = rewrite_call(matmul, rewrite, func)
     return mod
 
+
 # Native warnings TVM prints on every build of a ViT that carry no information for a user
 # (the gather in the patch/position embedding is always in bounds; a "compiled" VM executable
 # announces, empty, the scope of its saved and loaded functions).
 _NOISE = ("Fast mode segfaults when there are out-of-bounds indices", "Warning: Scope Saving:", "Warning: Scope Loaded:")
+
 
 @contextmanager
 def filtered_native_stderr():
@@ -158,6 +160,7 @@ def filtered_native_stderr():
     for line in out.text.splitlines():
         if line.strip() and not any(n in line for n in _NOISE):
             print(line, file=sys.stderr)
+
 
 def build(mod, profile, tuner=None, kernels=None):
     """Build an IRModule for ``profile``'s TVM target; returns ``(executable, tuning report,
@@ -209,6 +212,7 @@ def build(mod, profile, tuner=None, kernels=None):
             layout = made_layout.executable if made_layout is not None else relax.build(layout, target=plain, exec_mode="bytecode")
         return executable, report, storage, layout, made
 
+
 def only(mod, name: str):
     """``mod`` with the Relax function ``name`` and the kernels it calls, nothing else."""
     import tvm
@@ -224,6 +228,7 @@ def only(mod, name: str):
     relax.analysis.post_order_visit(mod[entry], visit)
     return tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv in called}, attrs=mod.attrs, global_infos=mod.global_infos)
 
+
 def prepack_params(layout, params: list[np.ndarray]) -> list[np.ndarray]:
     """The weights in the layouts the tuned kernels read: ``layout`` (the build's
     ``main_transform_params``, built apart) run once on this machine's CPU (the build is for it:
@@ -234,6 +239,7 @@ def prepack_params(layout, params: list[np.ndarray]) -> list[np.ndarray]:
     vm = relax.VirtualMachine(layout, tvm.cpu())
     out = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(p) for p in params])
     return [t.numpy() for t in out]
+
 
 def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=None, reuse_kernels: bool = False) -> CompiledModel:
     """``model`` exported, built for ``profile`` (tuned kernels with a ``tuner``) and its weights
@@ -268,6 +274,7 @@ def compile_model(model: torch.nn.Module, example: torch.Tensor, profile, tuner=
                                      io_bytes=int(example.numel() * example.element_size()), storages=storage[1])
     return compiled
 
+
 def link_options(profile) -> dict:
     """Keyword arguments of ``export_library`` for ``profile``: its ``cross_compiler``, if it
     names one (checked on PATH: a missing one is a one-line error naming it)."""
@@ -286,6 +293,7 @@ def link_options(profile) -> dict:
 
     return {"fcompile": cross_compiler(profile.cross_compiler)}
 
+
 def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
     """Link the build into a shared library for the target (cross-compiled where the profile
     names a ``cross_compiler``; GPU code is embedded in a host library)."""
@@ -294,6 +302,7 @@ def export_library(compiled: CompiledModel, path: Path, profile) -> Path:
     with filtered_native_stderr():
         compiled.executable.export_library(str(path), **kwargs)
     return Path(path)
+
 
 def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, str]:
     """Write ``model.so`` (TVM library), ``params.npz`` (weights, in call order), ``artifact.json``."""
@@ -320,6 +329,7 @@ def save_artifact(compiled: CompiledModel, out_dir: Path, profile) -> dict[str, 
     (out_dir / ARTIFACT_META).write_text(json.dumps(meta, indent=2))
     return {"library": str(lib), "params": str(out_dir / ARTIFACT_PARAMS), "meta": str(out_dir / ARTIFACT_META)}
 
+
 def load_artifact(out_dir: Path) -> CompiledModel:
     """Load what :func:`save_artifact` wrote (for a target this process can run)."""
     import tvm
@@ -331,7 +341,9 @@ def load_artifact(out_dir: Path) -> CompiledModel:
         params = [npz[f"arr_{i}"] for i in range(len(npz.files))]
     return CompiledModel(lib, params, tuple(meta["input_shape"]), meta["input_dtype"], meta["target"], module=lib, prepacked=bool(meta.get("prepacked", False)))
 
+
 ELF_MACHINES = {0x3E: "x86-64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv"}
+
 
 def library_arch(path: Path) -> str:
     """The architecture an ELF shared library was built for (from its header's e_machine)."""
@@ -340,6 +352,7 @@ def library_arch(path: Path) -> str:
         raise ValueError(f"{path} is not an ELF file")
     machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
     return ELF_MACHINES.get(machine, f"e_machine {machine:#x}")
+
 
 def device_code_kinds(compiled: CompiledModel) -> list[str]:
     """Kinds of the device modules a build carries (e.g. ``["cuda"]`` for a CUDA build)."""
