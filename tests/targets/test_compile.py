@@ -140,3 +140,29 @@ def test_decompositions_are_traced_once_and_what_cannot_be_done_exactly_is_left_
     import tvm_ffi
 
     assert tvm_ffi.structural_equal(mod, again)
+
+
+def test_the_cache_of_decompositions_never_drops_what_the_program_at_hand_needs(monkeypatch):
+    """Past its capacity the cache drops the least recently used decompositions, but never one
+    of the program being decomposed (it is looked up after the new ones are traced)."""
+    import vitune.targets.decompose as dec
+
+    def keys(program) -> set:
+        return {dec._Call(n).key for n in program.graph.nodes
+                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and not dec._kept(n.target)}
+
+    monkeypatch.setattr(dec, "_CACHE", type(dec._CACHE)())
+    x = torch.randn(1, 5, 16)
+    first, alone = quantized_mlp(), nn.Sequential(nn.Linear(16, 8), nn.GELU()).eval()
+    with torch.no_grad():
+        dec.decompose(torch.export.export(alone, (x,)))  # the oldest entries
+        dec.decompose(torch.export.export(first, (x,)))
+    monkeypatch.setattr(dec, "CAPACITY", 1)
+    more = nn.Sequential(first, nn.Linear(8, 8)).eval()  # first's decompositions, and a new one
+    with torch.no_grad():
+        program = torch.export.export(more, (x,))
+    needed = keys(program)
+    assert needed & set(dec._CACHE) and needed - set(dec._CACHE)
+    assert dec.decompose(program) > 0
+    torch.testing.assert_close(program.module()(x), more(x))
+    assert set(dec._CACHE) == needed  # everything else dropped, nothing it needed

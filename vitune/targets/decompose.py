@@ -133,8 +133,6 @@ def _trace(calls: list[_Call]) -> None:
             raise Undecomposable(f"a decomposition mutates a tensor ({n.target})")
     for j, ((start, count), call) in enumerate(zip(spans, calls)):
         _CACHE[call.key] = ([n for n in graph.nodes if owner.get(n) == j], placeholders[start:start + count], results[j])
-    while len(_CACHE) > CAPACITY:
-        _CACHE.popitem(last=False)
 
 
 def decompose(program) -> int:
@@ -152,14 +150,21 @@ def decompose(program) -> int:
             work.append((node, _Call(node)))
     missing: dict[tuple, _Call] = {}
     for _, call in work:
-        if call.key not in _CACHE:
+        if call.key in _CACHE:
+            _CACHE.move_to_end(call.key)  # this program's: the last to be dropped
+        else:
             missing.setdefault(call.key, call)
     if missing:
         _trace(list(missing.values()))
+    keep = {call.key for _, call in work}
+    while len(_CACHE) > CAPACITY:  # least recently used first, never one this program needs
+        key = next(iter(_CACHE))
+        if key in keep:
+            break
+        del _CACHE[key]
     plan = []
     for node, call in work:
         nodes, placeholders, result = _CACHE[call.key]
-        _CACHE.move_to_end(call.key)
         ops = [n for n in nodes if n.op == "call_function"]
         if len(ops) == 1 and ops[0].target == node.target:
             continue  # it does not decompose
