@@ -166,3 +166,28 @@ def test_the_cache_of_decompositions_never_drops_what_the_program_at_hand_needs(
     assert dec.decompose(program) > 0
     torch.testing.assert_close(program.module()(x), more(x))
     assert set(dec._CACHE) == needed  # everything else dropped, nothing it needed
+
+
+def test_a_decomposition_that_cannot_be_traced_is_not_tried_again(monkeypatch):
+    """A failed trace leaves the program to the import's own decomposition, and the calls it
+    held are not traced again in this process (each later trial would pay for it)."""
+    import torch.fx.experimental.proxy_tensor as proxy_tensor
+
+    import vitune.targets.decompose as dec
+
+    monkeypatch.setattr(dec, "_CACHE", type(dec._CACHE)())
+    monkeypatch.setattr(dec, "_FAILED", set())
+    tries = []
+
+    def failing(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(proxy_tensor, "make_fx", failing)
+    model, x = quantized_mlp(), torch.randn(1, 5, 16)
+    for _ in range(2):
+        with torch.no_grad():
+            program = torch.export.export(model, (x,))
+        with pytest.raises(dec.Undecomposable):
+            dec.decompose(program)
+    assert len(tries) == 1 and dec._FAILED

@@ -17,7 +17,8 @@ is the program ``run_decompositions()`` gives, up to node names: the Relax modul
 it is structurally equal (tests/targets/test_compile.py checks it on every ViT variant and
 compression family). What it can't reproduce exactly (an argument that is not a plain constant,
 a decomposition that mutates or holds constants of its own, a higher-order operator) raises
-:class:`Undecomposable` before the program is touched, and the import decomposes as before.
+:class:`Undecomposable` before the program is touched, and the import decomposes as before
+(the calls of a trace that failed are not traced again in the process).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch.utils import _pytree as pytree
 CAPACITY = 8192  # decompositions kept (least recently used dropped)
 _CACHE: OrderedDict[tuple, tuple[list, list, Any]] = OrderedDict()
 _TABLES: tuple[dict, dict] | None = None
+_FAILED: set[tuple] = set()  # keys of calls whose trace failed: not traced again in this process
 _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 
 
@@ -110,6 +112,7 @@ def _trace(calls: list[_Call]) -> None:
         with _override_composite_implicit_decomp(cia):
             graph = make_fx(run, decomposition_table=python, tracing_mode="fake", pre_dispatch=False)(*examples).graph
     except Exception as err:  # whatever the trace can't do, run_decompositions() does
+        _FAILED.update(call.key for call in calls)
         raise Undecomposable(f"tracing the decompositions failed: {type(err).__name__}: {err}") from err
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     results = graph.output_node().args[0]
@@ -152,6 +155,8 @@ def decompose(program) -> int:
     for _, call in work:
         if call.key in _CACHE:
             _CACHE.move_to_end(call.key)  # this program's: the last to be dropped
+        elif call.key in _FAILED:
+            raise Undecomposable(f"{call.op}: its decomposition could not be traced before")
         else:
             missing.setdefault(call.key, call)
     if missing:
