@@ -178,6 +178,7 @@ def decompose(program) -> int:
         plan.append((node, call, nodes, placeholders, result))
     # from here on nothing raises: the program is rewritten
     for node, call, nodes, placeholders, result in plan:
+        # the node's inputs now, not call.flat: a replaced node upstream rewired them
         flat, _ = pytree.tree_flatten((node.args, node.kwargs))
         env = {p: flat[i] for p, i in zip(placeholders, call.positions)}
         with graph.inserting_before(node):
