@@ -135,10 +135,12 @@ def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int = EVAL_BA
 
 
 @torch.inference_mode()
-def accuracy_in_shards(model: torch.nn.Module, dataset: Dataset, shards: int, hopeless=None, batch_size: int = EVAL_BATCH):
+def accuracy_in_shards(model: torch.nn.Module, dataset: Dataset, shards: int, hopeless=None, batch_size: int = EVAL_BATCH,
+                       before_batch=None):
     """Top-1 accuracy read in ``shards`` equal parts; after each part but the last,
     ``hopeless(best_possible)`` is asked whether the candidate can still matter, where
     ``best_possible`` is the accuracy if every unseen example were right (a true upper bound).
+    ``before_batch()``, if given, is called before each batch (it may wait, or raise to stop).
 
     Returns ``(accuracy, seen, best_possible)``: ``seen == len(dataset)`` when it ran to the end
     (then all three agree); otherwise it stopped early and ``accuracy`` covers the seen part.
@@ -150,6 +152,8 @@ def accuracy_in_shards(model: torch.nn.Module, dataset: Dataset, shards: int, ho
     correct = 0
     for i in range(shards):
         for start in range(bounds[i], bounds[i + 1], batch_size):
+            if before_batch is not None:
+                before_batch()
             x, y = sample_batch(dataset, torch.arange(start, min(start + batch_size, bounds[i + 1])))
             correct += int((model(x).argmax(dim=-1) == y).sum())
         seen = bounds[i + 1]

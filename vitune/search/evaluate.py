@@ -35,7 +35,7 @@ from vitune.targets.memory import over_limit
 @dataclass
 class CandidateResult:
     metrics: Metrics = field(default_factory=Metrics)  # filled stage by stage
-    timings: dict = field(default_factory=dict)  # compress_s (distill_s inside it), fidelity_s, accuracy_s, export_s, build_s, run_s, lock_wait_s
+    timings: dict = field(default_factory=dict)  # compress_s (distill_s inside it), fidelity_s, accuracy_s (accuracy_beside_s apart), export_s, build_s, run_s, lock_wait_s
     error: str | None = None
     pruned: str | None = None  # why the candidate was stopped early (not a failure)
 
@@ -65,7 +65,7 @@ class Evaluator:
     """Holds what every trial needs: the original model, the splits, the latency source."""
 
     def __init__(self, workspace, profile, latency_source, split: str = "val", early: EarlyStop = EarlyStop(),
-                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = (), objectives=None):
+                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = (), objectives=None, overlap: bool = True):
         self.more = tuple(more)  # the other targets of a multi-target study
         self.objectives = objectives  # a vitune.search.objectives.Objectives: the costs early stopping compares
         self.workspace = workspace
@@ -82,6 +82,9 @@ class Evaluator:
         # CompiledModel), for the study's closing side-by-side timing; retain() bounds them
         self.keep_builds = False
         self.builds: dict[str, Any] = {}
+        # validated accuracy read beside the build (vitune.search.overlap) where a build happens
+        # and PyTorch has more than one thread
+        self.overlap = overlap
 
     def retain(self, keys) -> None:
         """Keep the builds of the configurations ``keys`` only (e.g. the front's)."""
@@ -166,24 +169,55 @@ class Evaluator:
         except Exception as err:  # any other failure of a candidate is recorded, not raised
             result.error = f"{stage} failed: {short_reason(err)}"
             return result
-        if not self._latency(model, config, cached_lat, result) or not self._more_latencies(model, config, result):
-            return result
-        if cached_acc:
-            result.metrics = result.metrics.merged(cached_acc)
-            if structural:  # the accuracy from the cache, the latency predicted again as ever
-                result.metrics = result.metrics.with_(cached=True)
-            return result
+        background = self._beside(model, cached_acc, cached_lat)
         try:
-            self._accuracy(model, config, front, result)
-        except Exception as err:
-            result.error = f"accuracy failed: {short_reason(err)}"
-        return result
+            if not self._latency(model, config, cached_lat, result, background) or not self._more_latencies(model, config, result, background):
+                return result
+            if cached_acc:
+                result.metrics = result.metrics.merged(cached_acc)
+                if structural:  # the accuracy from the cache, the latency predicted again as ever
+                    result.metrics = result.metrics.with_(cached=True)
+                return result
+            try:
+                self._accuracy(model, config, front, result, background)
+            except Exception as err:
+                result.error = f"accuracy failed: {short_reason(err)}"
+            return result
+        finally:
+            if background is not None:
+                background.cancel()  # a candidate that failed or was stopped: its reading stops too
 
-    def _latency(self, model, config, cached, result: CandidateResult) -> bool:
+    def _beside(self, model, cached_acc, cached_lat):
+        """A :class:`~vitune.search.overlap.BackgroundAccuracy` reading ``model``'s accuracy
+        while its latency stage builds it; None where nothing is built or one core is all there is."""
+        import torch
+
+        if not self.overlap or cached_acc or cached_lat or not self.latency_source.measures or torch.get_num_threads() < 2:
+            return None
+        from vitune.search.overlap import BackgroundAccuracy
+
+        return BackgroundAccuracy(model, self.workspace.data.get(self.split), self.early.accuracy_shards,
+                                  host_shared=self.host_lock.shared if self.host_lock is not None else None)
+
+    def _hold(self, result: CandidateResult, background, local: bool = True):
+        """The host lock for :func:`~vitune.targets.measure.host_hold`: builds shared, timing
+        exclusive (on this machine: ``local``), the background accuracy paused while timing."""
+
+        @contextlib.contextmanager
+        def hold(exclusive: bool):
+            with contextlib.ExitStack() as stack:
+                if exclusive and local and background is not None:
+                    stack.enter_context(background.paused())
+                stack.enter_context(self._lock(exclusive and local, result))
+                yield
+
+        return hold
+
+    def _latency(self, model, config, cached, result: CandidateResult, background=None) -> bool:
         if cached:
             result.metrics = result.metrics.merged(cached)
             return self._fits(cached.peak_memory_bytes, self.profile, result)
-        with host_hold(lambda exclusive: self._lock(exclusive, result)):  # build shared, time alone
+        with host_hold(self._hold(result, background)):  # build shared, time alone
             t0 = time.perf_counter()
             built: list | None = [] if self.keep_builds else None
             m = self.latency_source.latency(model, config, self.example, built)
@@ -209,7 +243,7 @@ class Evaluator:
             result.error = why
         return why is None
 
-    def _more_latencies(self, model, config, result: CandidateResult) -> bool:
+    def _more_latencies(self, model, config, result: CandidateResult, background=None) -> bool:
         """Latency on every other target (``latencies_ms``: target → ms, the primary first)."""
         if not self.more:
             return True
@@ -230,7 +264,7 @@ class Evaluator:
                 except Exception as err:
                     result.error = f"compress failed: {short_reason(err)}"
                     return False
-            with host_hold(lambda exclusive: self._lock(exclusive and target.local, result)):  # a remote device times alone there
+            with host_hold(self._hold(result, background, target.local)):  # a remote device times alone there
                 t0 = time.perf_counter()
                 m = target.source.latency(model, config, self.example)
                 result.timings[f"latency_s@{target.name}"] = time.perf_counter() - t0
@@ -247,7 +281,7 @@ class Evaluator:
                                               peaks_bytes=tuple((k, v) for k, v in peaks.items() if v is not None))
         return True
 
-    def _accuracy(self, model, config, front, result: CandidateResult) -> None:
+    def _accuracy(self, model, config, front, result: CandidateResult, background=None) -> None:
         from vitune.compression.stats import model_stats
         from vitune.data.splits import accuracy_in_shards
 
@@ -256,13 +290,17 @@ class Evaluator:
         mine = self.objectives.costs_of(result.metrics) if self.objectives else result.metrics.latencies
         where = self.objectives.text(mine) if self.objectives else f"{result.metrics.latency_ms:.4f} ms"
         front = list(front)
-        with self._lock(False, result):
+        hopeless = (lambda best_possible: dominated(best_possible, mine, front)) if front else None
+        if background is not None:  # what is left, on every core (the thread holds the host lock)
             t0 = time.perf_counter()
-            acc, seen, best = accuracy_in_shards(
-                model, self.workspace.data.get(self.split), self.early.accuracy_shards,
-                hopeless=(lambda best_possible: dominated(best_possible, mine, front)) if front else None,
-            )
-            result.timings["accuracy_s"] = time.perf_counter() - t0
+            acc, seen, best = background.finish(hopeless)
+            result.timings["accuracy_s"] = time.perf_counter() - t0  # the wait: the trial's wall time
+            result.timings["accuracy_beside_s"] = background.beside_s  # read beside the build (not in the wall time)
+        else:
+            with self._lock(False, result):
+                t0 = time.perf_counter()
+                acc, seen, best = accuracy_in_shards(model, self.workspace.data.get(self.split), self.early.accuracy_shards, hopeless=hopeless)
+                result.timings["accuracy_s"] = time.perf_counter() - t0
         total = len(self.workspace.data.get(self.split))
         if seen < total:
             result.metrics = result.metrics.with_(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
