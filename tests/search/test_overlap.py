@@ -4,6 +4,7 @@ host lock of parallel workers."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -131,3 +132,17 @@ def test_the_evaluator_reads_accuracy_beside_the_build(tmp_path, monkeypatch, de
     assert "accuracy_beside_s" not in results[False].timings
     assert results[True].timings["accuracy_beside_s"] > 0  # read during the 0.4 s "build"
     assert reads and not [t for t in reads for start, end in windows if start <= t <= end]  # never while timed
+
+
+@pytest.mark.parametrize("variant", ["vit", "distilled"])
+def test_every_compression_family_reads_the_same_through_the_thread_s_copy(variant):
+    """The thread reads a deep copy of the candidate: int8, int4, fp16, W8A8, low-rank and pruned
+    layers copy and give the same predictions (the same accuracy, the same logits)."""
+    from tests.targets.test_compile import _compressed, _variants
+
+    model = _compressed(_variants()[variant], "every-family")
+    torch.manual_seed(2)
+    data = torch.utils.data.TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 5, (96,)))
+    assert BackgroundAccuracy(model, data, 3).finish() == accuracy_in_shards(model, data, 3)
+    with torch.inference_mode():
+        assert torch.equal(copy.deepcopy(model)(data.tensors[0]), model(data.tensors[0]))
