@@ -85,6 +85,9 @@ def test_the_time_split_adds_up_to_the_wall_time():
     assert sum(parts.values()) == pytest.approx(5.0, abs=0.02)
     assert "= 5.00 in the trial" in line and "+ 1.00 between trials" in line and "= 6.00 of wall time" in line
     assert time_split([]) == "no trial timed"
+    rows[1]["accuracy_beside_s"] = 1.2  # read beside the build: shown, not added
+    line = time_split(rows, wall_s=12.0)
+    assert "= 5.00 in the trial" in line and line.endswith("accuracy read beside the build 0.60 (not added: it ran during latency)")
 
 
 def test_the_uncompressed_trial_is_found_whatever_the_studys_methods():

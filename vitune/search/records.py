@@ -189,6 +189,9 @@ def time_split(timings: list[dict], wall_s: float | None = None) -> str:
     if wall_s is not None:
         per = wall_s / len(rows)
         line += f" + {per - trial:.2f} between trials (sampler, storage) = {per:.2f} of wall time"
+    beside = mean(t.get("accuracy_beside_s", 0.0) for t in rows)
+    if beside:  # vitune.search.overlap: on the cores the build left, inside the latency stage's time
+        line += f"; accuracy read beside the build {beside:.2f} (not added: it ran during latency)"
     return line
 
 
