@@ -193,3 +193,31 @@ def test_a_timing_budget_times_a_slow_build_in_fewer_repeats(tiny_vit, fast_targ
     assert m.ok and len(m.samples_ms) == MIN_REPEATS
     roomy = replace(many, max_timing_s=60.0)
     assert len(time_compiled(compiled, x, replace(fast_target, protocol=roomy)).samples_ms) == 12
+
+
+def test_the_drift_reference_is_timed_within_its_window_and_the_candidate_in_full(tiny_vit, fast_target, monkeypatch):
+    """Each timing of the reference lasts about ``window_s`` (the profile's timing budget lowered
+    to it), whatever the model's size; the candidate keeps the profile's own protocol."""
+    from dataclasses import replace
+
+    from vitune.targets.measure import DriftReference
+    from vitune.targets.runner import MIN_REPEATS, LocalRunner
+
+    x = torch.randn(1, 1, 8, 8)
+    built = compile_model(tiny_vit, x, fast_target)
+    profile = replace(fast_target, protocol=replace(fast_target.protocol, repeat=12, number=1, max_timing_s=30.0))
+    seen: list[tuple[str, float, int]] = []
+    real = LocalRunner.time
+
+    def spy(self, compiled, inputs, protocol):
+        samples = real(self, compiled, inputs, protocol)
+        seen.append(("reference" if compiled is built else "candidate", protocol.max_timing_s, len(samples)))
+        return samples
+
+    monkeypatch.setattr(LocalRunner, "time", spy)
+    reference = DriftReference(built, x, profile, window_s=1e-6)
+    assert reference.reference_profile.protocol.max_timing_s == 1e-6
+    assert DriftReference(built, x, profile, window_s=60.0).reference_profile.protocol.max_timing_s == 30.0  # never above the profile's
+    m = reference.time(compile_model(tiny_vit, x, fast_target), x, profile)
+    assert m.ok
+    assert seen[:3] == [("reference", 1e-6, MIN_REPEATS), ("candidate", 30.0, 12), ("reference", 1e-6, MIN_REPEATS)]
