@@ -146,3 +146,14 @@ def test_every_compression_family_reads_the_same_through_the_thread_s_copy(varia
     assert BackgroundAccuracy(model, data, 3).finish() == accuracy_in_shards(model, data, 3)
     with torch.inference_mode():
         assert torch.equal(copy.deepcopy(model)(data.tensors[0]), model(data.tensors[0]))
+
+
+def test_stopped_for_timing_it_reads_nothing_until_finish(data):
+    bg = BackgroundAccuracy(Slow(16, 4, delay=0.05), data, 1)
+    time.sleep(0.08)
+    bg.stop_for_timing()
+    stopped = time.perf_counter()
+    n = len(READS)
+    time.sleep(0.25)  # several "timings", the host lock taken and given back between them
+    assert len(READS) == n and not [t for t, _ in READS if t >= stopped]
+    assert bg.finish()[1] == len(data)

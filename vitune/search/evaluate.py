@@ -201,15 +201,12 @@ class Evaluator:
 
     def _hold(self, result: CandidateResult, background, local: bool = True):
         """The host lock for :func:`~vitune.targets.measure.host_hold`: builds shared, timing
-        exclusive (on this machine: ``local``), the background accuracy paused while timing."""
+        exclusive (on this machine: ``local``); the background accuracy stops at the first timing."""
 
-        @contextlib.contextmanager
         def hold(exclusive: bool):
-            with contextlib.ExitStack() as stack:
-                if exclusive and local and background is not None:
-                    stack.enter_context(background.paused())
-                stack.enter_context(self._lock(exclusive and local, result))
-                yield
+            if exclusive and local and background is not None:
+                background.stop_for_timing()  # until its finish(): nothing but timing runs follows the build
+            return self._lock(exclusive and local, result)
 
         return hold
 

@@ -6,8 +6,10 @@ DeiT-Tiny trial on a 2-core machine, while validated accuracy (PyTorch on every 
 it. :class:`BackgroundAccuracy` reads the accuracy in a thread of its own from the moment the
 candidate is compressed, on the cores the build leaves (PyTorch's threads less one), and:
 
-* **stops between two batches whenever the candidate is timed** (:meth:`paused`, entered with the
-  host's exclusive lock): a timed run sees a quiet machine, as before;
+* **stops between two batches once the candidate is timed** (:meth:`stop_for_timing`, called
+  as the trial takes the host's exclusive lock) and stays stopped through the timing runs (the
+  drift reference's, the candidate's, retries): a timed run sees a quiet machine, as before, and
+  waits for a batch in flight once a trial, not before each of its timings;
 * **reads what is left on every core** once the latency is known (:meth:`finish`), with early
   stopping from then on (the dominance test needs the candidate's latency, so shards read beside
   the build are never cut short: a candidate may be read in full where a sequential trial would
@@ -54,6 +56,7 @@ class BackgroundAccuracy:
         self._threads = int(threads or torch.get_num_threads())
         self._cond = threading.Condition()
         self._paused = 0  # depth of paused() blocks
+        self._timing = False  # stop_for_timing() was called and finish() not yet
         self._busy = False  # a batch is being read
         self._cancel = False
         self._finishing = False  # finish() was called: every core, early stopping on
@@ -101,9 +104,9 @@ class BackgroundAccuracy:
                 self.batches_beside += 1
             self._busy = False
             self._cond.notify_all()
-            if self._paused and not self._cancel:
+            if self._stopped() and not self._cancel:
                 self._release()
-                while self._paused and not self._cancel:
+                while self._stopped() and not self._cancel:
                     self._cond.wait()
             if self._cancel:
                 raise _Cancelled
@@ -116,6 +119,9 @@ class BackgroundAccuracy:
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
         self._since = time.perf_counter()
+
+    def _stopped(self) -> bool:
+        return bool(self._paused) or (self._timing and not self._finishing)
 
     def _release(self) -> None:
         if self._held is not None:
@@ -137,6 +143,13 @@ class BackgroundAccuracy:
             with self._cond:
                 self._paused -= 1
                 self._cond.notify_all()
+
+    def stop_for_timing(self) -> None:
+        """Read no batch from now until :meth:`finish` (the one in flight finishes first)."""
+        with self._cond:
+            self._timing = True
+            while self._busy:
+                self._cond.wait()
 
     def finish(self, hopeless: Callable[[float], bool] | None = None) -> tuple[float, int, float]:
         """Read the rest on every core, stopping early once ``hopeless(best_possible)``; returns
