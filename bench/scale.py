@@ -152,7 +152,7 @@ def split_of(timings: dict, wall: float) -> dict[str, float]:
     return out
 
 
-def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> dict:
+def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path, overlap: bool = True) -> dict:
     """The measurements of one model, in this process."""
     from trial_time import random_trials  # bench/ (this script's folder, on sys.path when run)
 
@@ -177,7 +177,7 @@ def run_one(name: str, study_path: Path, trials: int, seed: int, work: Path) -> 
     results = work / f"results-{name}.json"
     results.unlink(missing_ok=True)
     cache.table = JsonTable(results)  # this run's own: no hits from earlier runs
-    evaluator = Evaluator(workspace, profile, source, early=EarlyStop(0.0, spec.search.fidelity_images, 1), cache=cache)
+    evaluator = Evaluator(workspace, profile, source, early=EarlyStop(0.0, spec.search.fidelity_images, 1), cache=cache, overlap=overlap)
     t0 = time.perf_counter()
     evaluator.calibration(spec.methods.calib_images)
     prepare["calibration"] = time.perf_counter() - t0
@@ -252,13 +252,15 @@ def main() -> None:
                          "'vitune costmodel fit local-cpu --model WORK/<model>.toml' fitted (on the same tuning mode)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vitune-scale"), help="study files, generated images, results caches")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sequential-accuracy", action="store_true",
+                    help="read validated accuracy after the latency stage, not beside the build (vitune before stop 51)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in this process
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.one:
-        doc = run_one(args.one, work / f"{args.one}.toml", args.trials, args.seed, work)
+        doc = run_one(args.one, work / f"{args.one}.toml", args.trials, args.seed, work, overlap=not args.sequential_accuracy)
         Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
         return
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -276,7 +278,8 @@ def main() -> None:
         print(f"{name}: {trials} trials, tuning {args.tuning}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--out", str(out), "--trials", str(trials),
-                               "--seed", str(args.seed), "--work", str(work)], env=os.environ.copy())
+                               "--seed", str(args.seed), "--work", str(work)] + (["--sequential-accuracy"] if args.sequential_accuracy else []),
+                              env=os.environ.copy())
         if proc.returncode != 0 or not out.exists():
             results[name] = {"model": name, "error": f"exit status {proc.returncode}"}
             print(f"{name}: FAILED (exit status {proc.returncode})", flush=True)
@@ -301,7 +304,8 @@ def main() -> None:
 def write(args, names, counts, results) -> None:
     from vitune.targets.host import describe
 
-    doc = {"host": describe(), "tuning": args.tuning, "latency": args.latency, "kd_precision": args.kd_precision, "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
+    doc = {"host": describe(), "tuning": args.tuning, "latency": args.latency, "kd_precision": args.kd_precision,
+           "accuracy": "after the latency stage" if args.sequential_accuracy else "beside the build", "trials": {n: counts.get(n, args.trials) for n in names}, "val_images": args.val_images, "models": results}
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
 
 
