@@ -157,3 +157,24 @@ def test_stopped_for_timing_it_reads_nothing_until_finish(data):
     time.sleep(0.25)  # several "timings", the host lock taken and given back between them
     assert len(READS) == n and not [t for t, _ in READS if t >= stopped]
     assert bg.finish()[1] == len(data)
+
+
+def test_auto_reads_beside_the_build_only_once_a_reading_is_known_to_be_slow(tmp_path, monkeypatch, default_workspace, fast_target):
+    """``overlap="auto"`` (the default): the first trial reads as before and times it; later ones
+    read beside the build only where a full reading takes BESIDE_MIN_S or more (the default
+    model's 269 images take well under that: never)."""
+    import vitune.search.evaluate as evaluate
+    from vitune.compression.config import CompressionConfig, LinearConfig
+    from vitune.models.layers import discover
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    if torch.get_num_threads() < 2:
+        pytest.skip("one PyTorch thread: nothing is read beside the build")
+    linears = discover(default_workspace.model).linears
+    configs = [CompressionConfig.identity()] + [CompressionConfig.make({linears[i].name: LinearConfig("int8", None)}) for i in range(2)]
+    ev = evaluate.Evaluator(default_workspace, fast_target, BuildingLatency(fast_target))
+    assert [("accuracy_beside_s" in ev.evaluate(c).timings) for c in configs[:2]] == [False, False]
+    monkeypatch.setattr(evaluate, "BESIDE_MIN_S", 0.0)
+    assert "accuracy_beside_s" in ev.evaluate(configs[2]).timings
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate.Evaluator(default_workspace, fast_target, BuildingLatency(fast_target), overlap="yes")

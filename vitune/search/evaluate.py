@@ -61,11 +61,18 @@ class EarlyStop:
     accuracy_shards: int = 1  # 1 = read the split in one go
 
 
+# Accuracy is read beside the build (``overlap="auto"``) once a reading is known to take longer
+# than this: a small model's many tiny operators each wait for the interpreter lock the build's
+# Python holds, so beside the build they gain nothing and slowed the build (tests/search/
+# test_study.py on the default model: 146 s against 129 s with every reading beside)
+BESIDE_MIN_S = 1.0
+
+
 class Evaluator:
     """Holds what every trial needs: the original model, the splits, the latency source."""
 
     def __init__(self, workspace, profile, latency_source, split: str = "val", early: EarlyStop = EarlyStop(),
-                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = (), objectives=None, overlap: bool = True):
+                 cache=None, host_lock=None, more: tuple[MoreTarget, ...] = (), objectives=None, overlap: bool | str = "auto"):
         self.more = tuple(more)  # the other targets of a multi-target study
         self.objectives = objectives  # a vitune.search.objectives.Objectives: the costs early stopping compares
         self.workspace = workspace
@@ -83,8 +90,12 @@ class Evaluator:
         self.keep_builds = False
         self.builds: dict[str, Any] = {}
         # validated accuracy read beside the build (vitune.search.overlap) where a build happens
-        # and PyTorch has more than one thread
+        # and PyTorch has more than one thread: always (True), never (False), or "auto": once a
+        # reading in full is known to take BESIDE_MIN_S or more (the first trial reads as before)
+        if overlap not in (True, False, "auto"):
+            raise ValueError(f"Evaluator overlap must be True, False or 'auto', not {overlap!r}")
         self.overlap = overlap
+        self._reading_s_per_image: float | None = None  # measured on the last reading in this thread
 
     def retain(self, keys) -> None:
         """Keep the builds of the configurations ``keys`` only (e.g. the front's)."""
@@ -192,11 +203,14 @@ class Evaluator:
         while its latency stage builds it; None where nothing is built or one core is all there is."""
         import torch
 
-        if not self.overlap or cached_acc or cached_lat or not self.latency_source.measures or torch.get_num_threads() < 2:
+        if self.overlap is False or cached_acc or cached_lat or not self.latency_source.measures or torch.get_num_threads() < 2:
+            return None
+        data = self.workspace.data.get(self.split)
+        if self.overlap == "auto" and (self._reading_s_per_image is None or self._reading_s_per_image * len(data) < BESIDE_MIN_S):
             return None
         from vitune.search.overlap import BackgroundAccuracy
 
-        return BackgroundAccuracy(model, self.workspace.data.get(self.split), self.early.accuracy_shards,
+        return BackgroundAccuracy(model, data, self.early.accuracy_shards,
                                   host_shared=self.host_lock.shared if self.host_lock is not None else None)
 
     def _hold(self, result: CandidateResult, background, local: bool = True):
@@ -298,6 +312,8 @@ class Evaluator:
                 t0 = time.perf_counter()
                 acc, seen, best = accuracy_in_shards(model, self.workspace.data.get(self.split), self.early.accuracy_shards, hopeless=hopeless)
                 result.timings["accuracy_s"] = time.perf_counter() - t0
+            if seen:
+                self._reading_s_per_image = result.timings["accuracy_s"] / seen
         total = len(self.workspace.data.get(self.split))
         if seen < total:
             result.metrics = result.metrics.with_(partial_accuracy=acc, accuracy_seen=seen, accuracy_bound=best)
