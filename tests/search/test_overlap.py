@@ -48,17 +48,17 @@ def test_read_beside_is_the_accuracy_read_after(data):
         assert BackgroundAccuracy(model, data, shards).finish() == accuracy_in_shards(model, data, shards)
 
 
-def test_no_batch_is_read_while_paused_and_the_rest_is_read_on_every_core(data):
+def test_no_batch_is_read_while_stopped_and_the_rest_is_read_on_every_core(data):
     threads = torch.get_num_threads()
     bg = BackgroundAccuracy(Slow(16, 4, delay=0.05), data, 1)
     time.sleep(0.12)  # a few batches beside the "build"
-    with bg.paused():
-        start = time.perf_counter()
-        time.sleep(0.3)  # "timing"
-        end = time.perf_counter()
+    bg.stop_for_timing()
+    start = time.perf_counter()
+    time.sleep(0.3)  # "timing"
+    end = time.perf_counter()
     acc, seen, _ = bg.finish()
     assert seen == len(data)
-    assert not [t for t, _ in READS if start <= t <= end]  # the batch in flight ended before paused() returned
+    assert not [t for t, _ in READS if start <= t <= end]  # the batch in flight ended before stop_for_timing() returned
     beside = [n for t, n in READS if t < start]
     assert beside and all(n == max(1, threads - 1) for n in beside)  # one core left to the build
     assert READS[-1][1] == threads  # after finish(): every core
@@ -68,8 +68,8 @@ def test_no_batch_is_read_while_paused_and_the_rest_is_read_on_every_core(data):
 
 def test_cancel_stops_between_batches_and_errors_reach_the_caller(data):
     bg = BackgroundAccuracy(Slow(16, 4, delay=0.05), data, 1)
-    with bg.paused():
-        bg.cancel()
+    bg.stop_for_timing()
+    bg.cancel()
     assert bg.done and len(READS) < len(data) // 32
     READS.clear()
     with pytest.raises(ValueError, match="this batch fails"):

@@ -95,7 +95,7 @@ class Evaluator:
         if overlap not in (True, False, "auto"):
             raise ValueError(f"Evaluator overlap must be True, False or 'auto', not {overlap!r}")
         self.overlap = overlap
-        self._reading_s_per_image: float | None = None  # measured on the last reading in this thread
+        self._reading_s_per_image: float | None = None  # measured on the last reading after the build
 
     def retain(self, keys) -> None:
         """Keep the builds of the configurations ``keys`` only (e.g. the front's)."""

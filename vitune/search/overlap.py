@@ -18,7 +18,7 @@ candidate is compressed, on the cores the build leaves (PyTorch's threads less o
   traces, so the build and the accuracy never share one.
 
 Several vitune processes on one machine (workers) stay correct: while it reads, the thread holds
-the host's shared lock with a descriptor of its own (``host_shared``), released while paused, so
+the host's shared lock with a descriptor of its own (``host_shared``), released while stopped, so
 another process's timing waits for it as it waits for a build.
 
 The accuracy is the same number either way: the same batches of the same split through the same
@@ -46,16 +46,15 @@ class BackgroundAccuracy:
 
     ``host_shared``: a factory of the host's shared lock (:meth:`HostLock.shared
     <vitune.search.coordination.HostLock.shared>`), held while the thread reads; None when this
-    process is alone on the machine. ``threads``: PyTorch's threads for the whole machine (the
-    thread reads with one less until :meth:`finish`)."""
+    process is alone on the machine. The thread reads on PyTorch's threads less one until
+    :meth:`finish`, then on all of them."""
 
     def __init__(self, model: torch.nn.Module, dataset, shards: int,
-                 host_shared: Callable[[], AbstractContextManager] | None = None, threads: int | None = None):
+                 host_shared: Callable[[], AbstractContextManager] | None = None):
         self._model = copy.deepcopy(model)
         self._dataset, self._shards, self._host_shared = dataset, shards, host_shared
-        self._threads = int(threads or torch.get_num_threads())
+        self._threads = torch.get_num_threads()
         self._cond = threading.Condition()
-        self._paused = 0  # depth of paused() blocks
         self._timing = False  # stop_for_timing() was called and finish() not yet
         self._busy = False  # a batch is being read
         self._cancel = False
@@ -97,7 +96,7 @@ class BackgroundAccuracy:
         return hopeless is not None and hopeless(best_possible)
 
     def _gate(self) -> None:
-        """Before each batch: wait while paused (the host lock released), stop if cancelled."""
+        """Before each batch: wait while stopped for timing (the host lock released), stop if cancelled."""
         with self._cond:
             if self._busy and not self._finishing:
                 self.beside_s += time.perf_counter() - self._since
@@ -121,7 +120,7 @@ class BackgroundAccuracy:
         self._since = time.perf_counter()
 
     def _stopped(self) -> bool:
-        return bool(self._paused) or (self._timing and not self._finishing)
+        return self._timing and not self._finishing
 
     def _release(self) -> None:
         if self._held is not None:
@@ -129,20 +128,6 @@ class BackgroundAccuracy:
             self._held = None
 
     # -- the trial's thread --------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def paused(self):
-        """No batch is read inside this block (the one in flight finishes first)."""
-        with self._cond:
-            self._paused += 1
-            while self._busy:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._paused -= 1
-                self._cond.notify_all()
 
     def stop_for_timing(self) -> None:
         """Read no batch from now until :meth:`finish` (the one in flight finishes first)."""
