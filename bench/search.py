@@ -34,7 +34,8 @@ validation split has ``--val-copies`` copies of each image (``[data] val_copies`
 digits, 0.19 points per image).
 
 Reference: the uncompressed model in the best runtime this machine has (the faster of ONNX Runtime
-and OpenVINO), timed in the end's interleaved rounds beside vitune's uncompressed build and the
+and OpenVINO; ``--reference onnxruntime`` picks a named peer instead, labelled, with the fastest
+still shown, for a model whose candidates all run slower than the fastest runtime), timed in the end's interleaved rounds beside vitune's uncompressed build and the
 fronts (and, for the figures written while the run goes on, at the start); the latencies are
 expressed at the speed of the uncompressed build's cached, drift-corrected timing, by their ratio
 to it in the same rounds. Per method, over seeds: the median and inter-quartile range of
@@ -167,14 +168,15 @@ def retimed(runs: dict[str, list[list]], keys: dict[str, list[list]], latency: d
                  for points, ks in zip(rs, keys[m])] for m, rs in runs.items()}
 
 
-def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identity_ms: float, rounds: int) -> dict:
+def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identity_ms: float, rounds: int,
+                reference: str = "best") -> dict:
     """Every configuration of ``configs`` (key → configuration; the uncompressed one among them
     as ``identity_key``) built as ``vitune apply`` ships it (tuned kernels from the target's
     database) and timed with the target's baseline runtimes side by side, in ``rounds``
     interleaved rounds, so that one slow or lucky timing during a study no longer ranks the
     fronts. Latencies are given in the candidates' units: the ratio to the uncompressed build in
     the same rounds times ``identity_ms`` (its latency in the results cache); so is the
-    reference."""
+    reference (:func:`reference_of`)."""
     from vitune.search.remeasure import build_as_shipped
     from vitune.targets.peers import OTHER, build_label, measure_baseline
 
@@ -188,10 +190,12 @@ def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identi
     uncompressed = base.others_ms.get(identity_key)
     if not uncompressed or not base.latency_ms:
         raise SystemExit(f"the fronts could not be timed side by side: {base.line()}; {errors}")
+    runtime, label, ref_ms = reference_of(base, reference)
     scale = identity_ms / uncompressed
     return {"rounds": base.rounds, "configs": len(configs), "timing_s": time.perf_counter() - t0,
-            "label": base.label, "runtime": base.runtime, "latency_ms": base.latency_ms * scale,
-            "ratio_to_tvm": base.latency_ms / uncompressed, "timed_ms": base.latency_ms, "tvm_uncompressed_ms": uncompressed,
+            "label": label, "runtime": runtime, "latency_ms": ref_ms * scale,
+            "ratio_to_tvm": ref_ms / uncompressed, "timed_ms": ref_ms, "tvm_uncompressed_ms": uncompressed,
+            "fastest": {"runtime": base.runtime, "label": base.label, "latency_ms": base.latency_ms * scale, "timed_ms": base.latency_ms},
             "peers_ms": base.peers_ms, "errors": errors,
             "untuned": sorted(k for k, v in labels.items() if "untuned" in v),
             "timed": dict(base.others_ms),
@@ -293,7 +297,19 @@ def sensitivity_params(space, sweep: dict, trials: int) -> list[dict]:
     return [p for p, _ in walked_by_latency(space, sweep, [(i + 1) / trials for i in range(trials)])]
 
 
-def time_reference(ws, profile, tuner, identity_ms: float, rounds: int = 7) -> dict:
+def reference_of(base, which: str) -> tuple[str, str, float]:
+    """``(runtime, label, latency_ms)`` of the figures' reference in ``base`` (a
+    :class:`~vitune.targets.peers.Baseline`): the fastest runtime timed (``"best"``, what a
+    speed-up is against), or the named peer (e.g. ``"onnxruntime"``, where no candidate of the
+    space comes near the fastest and the hypervolume's box would be empty)."""
+    if which == "best":
+        return base.runtime, base.label, base.latency_ms
+    if which not in base.peers_ms:
+        raise SystemExit(f"--reference {which}: not timed on this target (timed: {', '.join(base.peers_ms) or 'none'}; {base.errors})")
+    return which, base.peer_labels.get(which, which), base.peers_ms[which]
+
+
+def time_reference(ws, profile, tuner, identity_ms: float, rounds: int = 7, reference: str = "best") -> dict:
     """The uncompressed model in the best runtime this target has, in the candidates' units.
 
     The peers are timed in interleaved rounds beside vitune's uncompressed build; their ratio to
@@ -306,9 +322,12 @@ def time_reference(ws, profile, tuner, identity_ms: float, rounds: int = 7) -> d
     built = compile_model(ws.model, example, profile, tuner)
     base = measure_baseline(ws.model, example, profile, rounds=rounds, others={"tvm": built})
     tvm_ms = base.others_ms["tvm"]
+    runtime, label, ref_ms = reference_of(base, reference)
+    scale = min(tvm_ms, identity_ms) / tvm_ms
     doc = base.to_dict()
-    doc.update(timed_ms=base.latency_ms, tvm_uncompressed_ms=tvm_ms, ratio_to_tvm=base.latency_ms / tvm_ms,
-               latency_ms=base.latency_ms / tvm_ms * min(tvm_ms, identity_ms))
+    doc.update(runtime=runtime, label=label, timed_ms=ref_ms, tvm_uncompressed_ms=tvm_ms, ratio_to_tvm=ref_ms / tvm_ms,
+               latency_ms=ref_ms * scale,
+               fastest={"runtime": base.runtime, "label": base.label, "latency_ms": base.latency_ms * scale, "timed_ms": base.latency_ms})
     return doc
 
 
@@ -326,6 +345,9 @@ def main() -> None:
                     help="interleaved rounds in which every run's front is timed again at the end, side by side (0: the figures on the trials' timings)")
     ap.add_argument("--retime-margin", type=float, default=1.0,
                     help="time again every configuration no point beats by more than this fraction of latency at the same accuracy")
+    ap.add_argument("--reference", default="best",
+                    help="the figures' reference: the fastest runtime on the target (best: what a speed-up is against) or a named "
+                         "peer (onnxruntime, openvino), labelled as such, where no candidate comes near the fastest")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median fronts with inter-quartile bands (needs matplotlib)")
     ap.add_argument("--from-json", default=None, help="recompute the figures, table and plot from a run's JSON (its points), running nothing")
@@ -375,12 +397,12 @@ def main() -> None:
     identity_config = space.to_config(space.identity_params())
     identity = evaluator.evaluate(identity_config)
     acc0, ms0 = identity.metrics.accuracy, identity.metrics.latency_ms
-    ref = time_reference(ws, profile, tuner, ms0)
+    ref = time_reference(ws, profile, tuner, ms0, reference=args.reference)
     ref_ms = ref["latency_ms"]
     ref_acc = args.floor * acc0
     print(f"{base.model.name} on {profile.name}: uncompressed accuracy {acc0:.4f} on {len(ws.data.val)} validation images, "
           f"TVM {ms0:.4f} ms; reference {ref['label']} {ref_ms:.4f} ms ({ref['ratio_to_tvm']:.3f}x vitune's uncompressed build in "
-          f"{ref['rounds']} interleaved rounds: {ref['timed_ms']:.4f} against {ref['tvm_uncompressed_ms']:.4f} ms); hypervolume box: accuracy > {ref_acc:.4f}, latency < {ref_ms:.4f} ms")
+          f"{ref['rounds']} interleaved rounds: {ref['timed_ms']:.4f} against {ref['tvm_uncompressed_ms']:.4f} ms{fastest_note(ref)}); hypervolume box: accuracy > {ref_acc:.4f}, latency < {ref_ms:.4f} ms")
     sweep = run_sweep(ws, space, evaluator, base) if "sensitivity" in methods else None
 
     runs: dict[str, list[list]] = {m: [] for m in methods}
@@ -393,7 +415,7 @@ def main() -> None:
         points = {m: r for m, r in runs.items() if r}
         extra: dict = {}
         if timing is not None:  # the figures on the fronts timed side by side at the end
-            reference = {**ref, **{k: timing[k] for k in ("label", "runtime", "latency_ms", "ratio_to_tvm", "timed_ms", "tvm_uncompressed_ms", "rounds")}}
+            reference = {**ref, **{k: timing[k] for k in ("label", "runtime", "latency_ms", "ratio_to_tvm", "timed_ms", "tvm_uncompressed_ms", "rounds", "fastest")}}
             box = {**box, "latency_ms": timing["latency_ms"]}
             extra = {"reference_at_start": ref, "front_timing": timing, "points_recorded": points}
             points = retimed(points, keys, timing["retimed_ms"])
@@ -438,7 +460,7 @@ def main() -> None:
         todo = {k: configs[k] for k in wanted}
         todo.setdefault(identity_config.key, identity_config)
         t0 = time.perf_counter()
-        timing = time_fronts(ws, profile, evaluator, todo, identity_config.key, ms0, args.retime_rounds)
+        timing = time_fronts(ws, profile, evaluator, todo, identity_config.key, ms0, args.retime_rounds, args.reference)
         timing["margin"] = args.retime_margin
         seconds["front timing"] = time.perf_counter() - t0
         if timing["untuned"]:
@@ -452,6 +474,14 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
+def fastest_note(ref: dict) -> str:
+    """Where the reference is not the fastest runtime on the target, the fastest, for the record."""
+    f = ref.get("fastest")
+    if not f or f["runtime"] == ref["runtime"]:
+        return ""
+    return f"; the fastest runtime here is {f['label']}, {f['latency_ms']:.4f} ms ({ref['latency_ms'] / f['latency_ms']:.2f}x faster): no speed-up is claimed against it"
+
+
 def seeds_done(doc: dict) -> str:
     """The seeds every method completed, e.g. ``"1 of 2"`` for a run stopped early."""
     done = min((len(runs) for runs in doc["points"].values() if runs), default=0)
@@ -462,7 +492,7 @@ def report(doc: dict, methods) -> None:
     rows = doc["methods"]
     ref = doc["reference"]
     fmt = lambda v, f="{:.4f}": f.format(v) if v is not None else "-"  # noqa: E731
-    print(f"{doc['trials']} evaluations per method and seed, {seeds_done(doc)} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms); "
+    print(f"{doc['trials']} evaluations per method and seed, {seeds_done(doc)} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms{fastest_note(ref)}); "
           f"{doc['wall_s'] / 60:.1f} min")
     print(f"{'method':<12} {'HV median':>10} {'HV IQR':>9} {'vs random':>9} " + " ".join(f"{'acc@' + k:>8}" for k in next(iter(rows.values()))["acc_at"])
           + f" {'to 95%':>7} {'seconds':>8}")

@@ -48,6 +48,20 @@ def test_figures_over_seeds(search):
     assert b["trials_to_95"] is None and a["evaluated"] == [3, 3] and a["stopped_or_failed"] == [1, 0]
 
 
+def test_the_reference_is_the_fastest_runtime_unless_a_peer_is_named(search):
+    from vitune.targets.peers import Baseline
+
+    base = Baseline("openvino", "OpenVINO bf16", 1.0, None, {"openvino": 1.0, "onnxruntime": 2.5}, {}, 3, {},
+                    {"openvino": "OpenVINO bf16", "onnxruntime": "ONNX Runtime fp32"})
+    assert search.reference_of(base, "best") == ("openvino", "OpenVINO bf16", 1.0)
+    assert search.reference_of(base, "onnxruntime") == ("onnxruntime", "ONNX Runtime fp32", 2.5)
+    with pytest.raises(SystemExit, match="--reference tensorrt: not timed on this target"):
+        search.reference_of(base, "tensorrt")
+    ref = {"runtime": "onnxruntime", "latency_ms": 2.5, "fastest": {"runtime": "openvino", "label": "OpenVINO bf16", "latency_ms": 1.0}}
+    assert "the fastest runtime here is OpenVINO bf16, 1.0000 ms (2.50x faster): no speed-up is claimed" in search.fastest_note(ref)
+    assert search.fastest_note({**ref, "runtime": "openvino"}) == "" and search.fastest_note({"runtime": "x"}) == ""
+
+
 def test_median_counts_a_missing_value_as_the_worst(search):
     assert search.median_or_none([1, None, 3]) == 1
     assert search.median_or_none([None, None, 3]) is None

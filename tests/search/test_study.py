@@ -243,6 +243,7 @@ def test_apply_rebuilds_and_matches_exported_metrics(ran, capsys):
     base = metrics["baseline"]
     assert base["runtime"] in ("onnxruntime", "openvino") and set(base["peers_ms"]) == {"onnxruntime", "openvino"}
     assert base["latency_ms"] == min(base["peers_ms"].values()) and base["candidate_ms"] > 0 and base["errors"] == {}
+    assert set(base["peer_labels"]) == set(base["peers_ms"]) and base["peer_labels"][base["runtime"]] == base["label"]
     assert metrics["speedup_vs_baseline"] == pytest.approx(base["latency_ms"] / base["candidate_ms"])
     assert f"baseline: the uncompressed model in {base['label']}" in printed
     # this study ran untuned and the test cache has no tuning records: apply says so

@@ -367,8 +367,9 @@ class Baseline:
 
     ``runtime``: the fastest baseline peer's name, or :data:`TVM_BASELINE` where no peer runs on
     the target (the uncompressed model built by vitune with the target's tuning database);
-    ``peers_ms``: every reference candidate's latency; ``candidate_ms``: the build compared;
-    ``others_ms``: more builds timed in the same rounds, by the names they were given."""
+    ``peers_ms``: every reference candidate's latency (``peer_labels``: what each ran, e.g.
+    "OpenVINO bf16"); ``candidate_ms``: the build compared; ``others_ms``: more builds timed in
+    the same rounds, by the names they were given."""
 
     runtime: str
     label: str
@@ -378,6 +379,7 @@ class Baseline:
     errors: dict[str, str] = field(default_factory=dict)
     rounds: int = 0
     others_ms: dict[str, float] = field(default_factory=dict)
+    peer_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float | None:
@@ -389,7 +391,7 @@ class Baseline:
     def to_dict(self) -> dict:
         return {"runtime": self.runtime, "label": self.label, "latency_ms": self.latency_ms, "candidate_ms": self.candidate_ms,
                 "peers_ms": dict(self.peers_ms), "errors": dict(self.errors), "rounds": self.rounds,
-                "others_ms": dict(self.others_ms)}
+                "others_ms": dict(self.others_ms), "peer_labels": dict(self.peer_labels)}
 
     def line(self) -> str:
         if self.latency_ms is None:
@@ -478,4 +480,5 @@ def measure_baseline(original, example, profile, candidate=None, rounds: int = 3
     if not refs:
         return Baseline("", "", None, timed.latency_ms.get("candidate"), {}, errors, timed.rounds, builds)
     best = min(refs, key=refs.get)
-    return Baseline(best, labels[best], refs[best], timed.latency_ms.get("candidate"), refs, errors, timed.rounds, builds)
+    return Baseline(best, labels[best], refs[best], timed.latency_ms.get("candidate"), refs, errors, timed.rounds, builds,
+                    {k: labels[k] for k in refs})
