@@ -26,7 +26,11 @@ def test_every_embedded_model_ships_weights_that_load_without_training(name, tmp
     loaded, info = load_or_train_default(splits, recipe, progress=False)
     assert state_dict_sha256(loaded)[:16] == meta["weights_sha256"] and info["checkpoint"] == meta["shipped"]
     assert accuracy(loaded, splits.val) == pytest.approx(meta["val_accuracy"])  # the data it reads is the data it was trained on
-    assert accuracy(loaded, splits.val) > 0.95
+    assert accuracy(loaded, splits.val) > FLOOR.get(name, 0.95)
+
+
+# DeiT-Tiny's 12 blocks from scratch on 1,078 digits at 224 px (40 epochs, 38 minutes): 0.8922.
+FLOOR = {"digits_deit_tiny": 0.85}
 
 
 TINY = DigitsRecipe(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, epochs=1)
@@ -59,3 +63,29 @@ def test_training_from_scratch_reproduces_the_shipped_weights(name):
 def test_a_changed_recipe_has_no_shipped_weights():
     changed = dataclasses.replace(DigitsRecipe(), epochs=151)
     assert shipped_weights(changed)[0] is None and "no shipped weights" in shipped_weights(changed)[1]
+
+
+def test_a_recipe_with_float16_weights_trains_rounds_and_stores_them_in_half_the_bytes(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path))
+    half = dataclasses.replace(TINY, weights="float16")
+    assert half.key != TINY.key and TINY.key == dataclasses.replace(TINY, weights="float32").key
+    model, info = load_or_train_default(digits, half, progress=False)
+    for name, t in model.state_dict().items():
+        assert t.dtype == torch.float32 and torch.equal(t, t.half().float()), name  # rounded, kept in float32
+    stored = torch.load(default.checkpoint_path(half), weights_only=True)["state_dict"]
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    again, cached = load_or_train_default(digits, half, progress=False)
+    assert cached["cached"] and state_dict_sha256(again) == state_dict_sha256(model)
+    assert accuracy(again, digits.val) == pytest.approx(info["val_accuracy"])
+
+
+def test_reading_the_model_after_each_epoch_changes_nothing_the_training_does(digits):
+    from torch.utils.data import TensorDataset
+
+    digits = dataclasses.replace(digits, train=TensorDataset(*(t[:256] for t in digits.train.tensors)))
+    seen = []
+    three = dataclasses.replace(TINY, epochs=3)  # (two warm-up epochs)
+    watched = default.train_digits_vit(digits, three, progress=False,
+                                       after_epoch=lambda epoch, model, loss: seen.append((epoch, accuracy(model, digits.val), loss)))
+    assert [e for e, _, _ in seen] == [0, 1, 2] and all(0 <= a <= 1 and loss > 0 for _, a, loss in seen)
+    assert state_dict_sha256(watched) == state_dict_sha256(default.train_digits_vit(digits, three, progress=False))
