@@ -35,7 +35,9 @@ digits, 0.19 points per image).
 
 Reference: the uncompressed model in the best runtime this machine has (the faster of ONNX Runtime
 and OpenVINO; ``--reference onnxruntime`` picks a named peer instead, labelled, with the fastest
-still shown, for a model whose candidates all run slower than the fastest runtime), timed in the end's interleaved rounds beside vitune's uncompressed build and the
+still shown, for a model whose candidates all run slower than the fastest runtime; ``--reference
+tvm`` vitune's own uncompressed tuned build, only a box to compare the methods in, where every
+peer is faster than every candidate), timed in the end's interleaved rounds beside vitune's uncompressed build and the
 fronts (and, for the figures written while the run goes on, at the start); the latencies are
 expressed at the speed of the uncompressed build's cached, drift-corrected timing, by their ratio
 to it in the same rounds. Per method, over seeds: the median and inter-quartile range of
@@ -190,7 +192,7 @@ def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identi
     uncompressed = base.others_ms.get(identity_key)
     if not uncompressed or not base.latency_ms:
         raise SystemExit(f"the fronts could not be timed side by side: {base.line()}; {errors}")
-    runtime, label, ref_ms = reference_of(base, reference)
+    runtime, label, ref_ms = reference_of(base, reference, identity_key)
     scale = identity_ms / uncompressed
     return {"rounds": base.rounds, "configs": len(configs), "timing_s": time.perf_counter() - t0,
             "label": label, "runtime": runtime, "latency_ms": ref_ms * scale,
@@ -297,13 +299,20 @@ def sensitivity_params(space, sweep: dict, trials: int) -> list[dict]:
     return [p for p, _ in walked_by_latency(space, sweep, [(i + 1) / trials for i in range(trials)])]
 
 
-def reference_of(base, which: str) -> tuple[str, str, float]:
+TVM_REFERENCE = "vitune's uncompressed build (tuned): a box to compare search methods in, not a speed-up reference"
+
+
+def reference_of(base, which: str, tvm_key: str = "tvm") -> tuple[str, str, float]:
     """``(runtime, label, latency_ms)`` of the figures' reference in ``base`` (a
     :class:`~vitune.targets.peers.Baseline`): the fastest runtime timed (``"best"``, what a
-    speed-up is against), or the named peer (e.g. ``"onnxruntime"``, where no candidate of the
-    space comes near the fastest and the hypervolume's box would be empty)."""
+    speed-up is against), the named peer (e.g. ``"onnxruntime"``, where no candidate of the
+    space comes near the fastest and the hypervolume's box would be empty), or ``"tvm"``:
+    vitune's own uncompressed build timed in the same rounds (``others_ms[tvm_key]``), for
+    comparing search methods where every peer is faster than every candidate; labelled so."""
     if which == "best":
         return base.runtime, base.label, base.latency_ms
+    if which == "tvm":
+        return "tvm", TVM_REFERENCE, base.others_ms[tvm_key]
     if which not in base.peers_ms:
         raise SystemExit(f"--reference {which}: not timed on this target (timed: {', '.join(base.peers_ms) or 'none'}; {base.errors})")
     return which, base.peer_labels.get(which, which), base.peers_ms[which]
@@ -346,8 +355,9 @@ def main() -> None:
     ap.add_argument("--retime-margin", type=float, default=1.0,
                     help="time again every configuration no point beats by more than this fraction of latency at the same accuracy")
     ap.add_argument("--reference", default="best",
-                    help="the figures' reference: the fastest runtime on the target (best: what a speed-up is against) or a named "
-                         "peer (onnxruntime, openvino), labelled as such, where no candidate comes near the fastest")
+                    help="the figures' reference: the fastest runtime on the target (best: what a speed-up is against), a named "
+                         "peer (onnxruntime, openvino), labelled as such, where no candidate comes near the fastest, or tvm: vitune's "
+                         "uncompressed tuned build, a box to compare methods in where every peer beats every candidate (no speed-up)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG of the median fronts with inter-quartile bands (needs matplotlib)")
     ap.add_argument("--from-json", default=None, help="recompute the figures, table and plot from a run's JSON (its points), running nothing")

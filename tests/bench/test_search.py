@@ -51,10 +51,12 @@ def test_figures_over_seeds(search):
 def test_the_reference_is_the_fastest_runtime_unless_a_peer_is_named(search):
     from vitune.targets.peers import Baseline
 
-    base = Baseline("openvino", "OpenVINO bf16", 1.0, None, {"openvino": 1.0, "onnxruntime": 2.5}, {}, 3, {},
+    base = Baseline("openvino", "OpenVINO bf16", 1.0, None, {"openvino": 1.0, "onnxruntime": 2.5}, {}, 3, {"uncompressed": 4.0},
                     {"openvino": "OpenVINO bf16", "onnxruntime": "ONNX Runtime fp32"})
     assert search.reference_of(base, "best") == ("openvino", "OpenVINO bf16", 1.0)
     assert search.reference_of(base, "onnxruntime") == ("onnxruntime", "ONNX Runtime fp32", 2.5)
+    runtime, label, ms = search.reference_of(base, "tvm", "uncompressed")
+    assert (runtime, ms) == ("tvm", 4.0) and "not a speed-up reference" in label
     with pytest.raises(SystemExit, match="--reference tensorrt: not timed on this target"):
         search.reference_of(base, "tensorrt")
     ref = {"runtime": "onnxruntime", "latency_ms": 2.5, "fastest": {"runtime": "openvino", "label": "OpenVINO bf16", "latency_ms": 1.0}}
