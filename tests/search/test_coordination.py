@@ -114,6 +114,21 @@ def test_a_foreign_sqlite_database_is_reported_and_left_untouched(tmp_path):
         make_storage(f"sqlite:///{garbage}")
 
 
+def test_a_database_whose_optuna_tables_another_worker_is_still_creating_is_not_taken_for_a_foreign_one(tmp_path):
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    path = tmp_path / "racing.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    models.BaseModel.metadata.tables["studies"].create(engine)  # the first of Optuna's tables, the rest not yet
+    engine.dispose()
+    storage = make_storage(f"sqlite:///{path}")
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    study.tell(study.ask(), [0.9, 1.0])
+    assert len(optuna.load_study(study_name="s", storage=make_storage(f"sqlite:///{path}")).trials) == 1
+
+
 def test_a_foreign_journal_is_reported_and_left_untouched(tmp_path):
     path = tmp_path / "notes.log"
     path.write_text("meeting notes\n")

@@ -35,11 +35,25 @@ def _check_sqlite(path: Path, url: str) -> None:
             con.close()
     except sqlite3.DatabaseError as err:
         raise ConfigError(f"storage {url}: {path} is not a readable SQLite database ({err}); left untouched") from None
-    if tables and not {"studies", "trials", "version_info"} <= tables:
+    if tables and not {"studies", "trials", "version_info"} <= tables and not tables <= _optuna_tables():
+        # (only Optuna's tables, some missing: another worker is creating them right now, and
+        # RDBStorage creates the rest or waits for it; stop 52's CI saw a worker refused here)
         raise ConfigError(
             f"storage {url}: {path} is a SQLite database of something else (tables {', '.join(sorted(tables)[:4])}); "
             "left untouched: point [study].storage at another file"
         )
+
+
+def _optuna_tables() -> set[str]:
+    """The tables Optuna's RDB storage makes (its schema, and Alembic's version table)."""
+    try:
+        from optuna.storages._rdb import models
+
+        return set(models.BaseModel.metadata.tables) | {"alembic_version"}
+    except Exception:  # a future Optuna that moved its models: what it has made since 2.0
+        return {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+                "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
+                "trial_intermediate_values", "trial_heartbeats", "version_info", "alembic_version"}
 
 
 def _check_journal(path: Path, url: str) -> None:
