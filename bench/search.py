@@ -192,12 +192,9 @@ def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identi
     uncompressed = base.others_ms.get(identity_key)
     if not uncompressed or not base.latency_ms:
         raise SystemExit(f"the fronts could not be timed side by side: {base.line()}; {errors}")
-    runtime, label, ref_ms = reference_of(base, reference, identity_key)
     scale = identity_ms / uncompressed
     return {"rounds": base.rounds, "configs": len(configs), "timing_s": time.perf_counter() - t0,
-            "label": label, "runtime": runtime, "latency_ms": ref_ms * scale,
-            "ratio_to_tvm": ref_ms / uncompressed, "timed_ms": ref_ms, "tvm_uncompressed_ms": uncompressed,
-            "fastest": {"runtime": base.runtime, "label": base.label, "latency_ms": base.latency_ms * scale, "timed_ms": base.latency_ms},
+            **reference_figures(base, reference, identity_key, scale),
             "peers_ms": base.peers_ms, "errors": errors,
             "untuned": sorted(k for k, v in labels.items() if "untuned" in v),
             "timed": dict(base.others_ms),
@@ -318,6 +315,18 @@ def reference_of(base, which: str, tvm_key: str = "tvm") -> tuple[str, str, floa
     return which, base.peer_labels.get(which, which), base.peers_ms[which]
 
 
+def reference_figures(base, which: str, tvm_key: str, scale: float) -> dict:
+    """The reference's entries of a run's JSON from ``base``: :func:`reference_of`'s runtime,
+    label and latency (``timed_ms`` as timed, ``latency_ms`` times ``scale``: in the candidates'
+    units), its ratio to vitune's uncompressed build (``others_ms[tvm_key]``) in the same rounds,
+    and the fastest runtime, in the same units."""
+    runtime, label, ref_ms = reference_of(base, which, tvm_key)
+    tvm_ms = base.others_ms[tvm_key]
+    return {"runtime": runtime, "label": label, "latency_ms": ref_ms * scale, "timed_ms": ref_ms, "tvm_uncompressed_ms": tvm_ms,
+            "ratio_to_tvm": ref_ms / tvm_ms,
+            "fastest": {"runtime": base.runtime, "label": base.label, "latency_ms": base.latency_ms * scale, "timed_ms": base.latency_ms}}
+
+
 def time_reference(ws, profile, tuner, identity_ms: float, rounds: int = 7, reference: str = "best") -> dict:
     """The uncompressed model in the best runtime this target has, in the candidates' units.
 
@@ -331,13 +340,7 @@ def time_reference(ws, profile, tuner, identity_ms: float, rounds: int = 7, refe
     built = compile_model(ws.model, example, profile, tuner)
     base = measure_baseline(ws.model, example, profile, rounds=rounds, others={"tvm": built})
     tvm_ms = base.others_ms["tvm"]
-    runtime, label, ref_ms = reference_of(base, reference)
-    scale = min(tvm_ms, identity_ms) / tvm_ms
-    doc = base.to_dict()
-    doc.update(runtime=runtime, label=label, timed_ms=ref_ms, tvm_uncompressed_ms=tvm_ms, ratio_to_tvm=ref_ms / tvm_ms,
-               latency_ms=ref_ms * scale,
-               fastest={"runtime": base.runtime, "label": base.label, "latency_ms": base.latency_ms * scale, "timed_ms": base.latency_ms})
-    return doc
+    return {**base.to_dict(), **reference_figures(base, reference, "tvm", min(tvm_ms, identity_ms) / tvm_ms)}
 
 
 def main() -> None:

@@ -57,6 +57,9 @@ def test_the_reference_is_the_fastest_runtime_unless_a_peer_is_named(search):
     assert search.reference_of(base, "onnxruntime") == ("onnxruntime", "ONNX Runtime fp32", 2.5)
     runtime, label, ms = search.reference_of(base, "tvm", "uncompressed")
     assert (runtime, ms) == ("tvm", 4.0) and "not a speed-up reference" in label
+    fig = search.reference_figures(base, "onnxruntime", "uncompressed", 2.0)  # the JSON's entries, in the candidates' units
+    assert fig == {"runtime": "onnxruntime", "label": "ONNX Runtime fp32", "latency_ms": 5.0, "timed_ms": 2.5, "tvm_uncompressed_ms": 4.0,
+                   "ratio_to_tvm": 2.5 / 4.0, "fastest": {"runtime": "openvino", "label": "OpenVINO bf16", "latency_ms": 2.0, "timed_ms": 1.0}}
     with pytest.raises(SystemExit, match="--reference tensorrt: not timed on this target"):
         search.reference_of(base, "tensorrt")
     ref = {"runtime": "onnxruntime", "latency_ms": 2.5, "fastest": {"runtime": "openvino", "label": "OpenVINO bf16", "latency_ms": 1.0}}
