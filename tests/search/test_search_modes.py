@@ -166,7 +166,8 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     from vitune.search.space import SearchSpace
 
     spec = write(tmp_path, fast_target_file, "warm", n=12, search="min_fidelity = 0.0")
-    run_study(spec, n_trials=4, progress=False, log=lambda *_: None)
+    lines: list[str] = []
+    run_study(spec, n_trials=4, progress=True, log=lambda *a: lines.append(" ".join(map(str, a))))
     study = open_study(spec, create=False)
     first = [t.params for t in study.trials[:4]]
     space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
@@ -178,6 +179,9 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     free = [(n, m) for n, m in space.choices if len(m) > 1 and n != "distill_steps"]
     assert sweep["complete"] and len(sweep["options"]) == sum(len(m) - 1 for _, m in free)
     assert len(sweep["uniform"]) == len(warmstart.uniform_params(space))
+    total = len(sweep["options"]) + len(sweep["uniform"]) + 1  # with the uncompressed model
+    counts = [line.split()[2] for line in lines if line.startswith("sensitivity sweep ")]
+    assert counts == [f"{i}/{total}" for i in range(1, total + 1)]  # a line per step, counted (no terminal here)
     guided = warmstart.guided_params(space, sweep)
     assert guided and all(g != space.identity_params() for g in guided)
     assert first[1] == guided[0]  # the guided configurations come right after the uncompressed model

@@ -85,11 +85,19 @@ def test_compression_methods_table(tmp_path):
         ("[study]\nname='x'\n[compression]\nint4_group_size=7\n", r"\[compression\] int4_group_size: must be even"),
         ("[study]\nname='x'\n[compression]\nrefine_steps=1.5\n", r"\[compression\] refine_steps: expected int, got 1\.5"),
         ("[study]\nname='x'\n[compression]\nrefine_solver='lbfgs'\n", r"\[compression\] refine_solver: expected one of adam, als, got 'lbfgs'"),
+        ("[study]\nname='x'\n[search]\noverlap=1\n", r"s\.toml \[search\] overlap: expected true, false or \"auto\", got 1"),
+        ("[study]\nname='x'\n[search]\noverlap='always'\n", r"\[search\] overlap: expected true, false or \"auto\", got 'always'"),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
         load_study_file(write(tmp_path, body))
+
+
+@pytest.mark.parametrize(("written", "expected"), [("", "auto"), ("overlap = false\n", False), ("overlap = true\n", True),
+                                                 ('overlap = "auto"\n', "auto")])
+def test_the_search_table_says_whether_accuracy_is_read_beside_the_build(tmp_path, written, expected):
+    assert load_study_file(write(tmp_path, f"[study]\nname='x'\n[search]\n{written}")).search.overlap == expected
 
 
 def test_missing_file():

@@ -355,6 +355,7 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
         host_lock=host_lock,
         more=tuple(MoreTarget(p.name, src, cache(p, t), local(p, t)) for p, src, t in every[1:]),
         objectives=objectives,
+        overlap=spec.search.overlap,
     )
     evaluator.keep_builds = measured_here and not worker  # the front's builds, timed again at the end
     counts = count_states(study)

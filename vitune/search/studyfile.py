@@ -57,6 +57,8 @@ Reference (every key optional unless marked)::
     fidelity_images = 256
     accuracy_shards = 4            # read validated accuracy in parts; stop once a candidate cannot
                                    # reach the front (1 = off)
+    overlap = "auto"               # read validated accuracy on a second core while the candidate
+                                   # builds: "auto" (once a reading takes a second or more) | true | false
 
     [space]                        # the menu every layer may take
     precision = ["fp32", "fp16", "int8"]  # fp32 | fp16 | int8 | int4 | w8a8
@@ -113,7 +115,7 @@ SECTION_KEYS = {
     "target": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "seeds", "remeasure_every", "budget_ms", "budget_model_mb",
                "budget_peak_mb", "also"),
     "target.also": ("name", "latency", "tuning", "tuning_trials", "tuning_budget_s", "seeds", "budget_ms", "budget_model_mb", "budget_peak_mb"),
-    "search": ("mode", "objectives", "warm_start", "refine_front", "min_fidelity", "fidelity_images", "accuracy_shards"),
+    "search": ("mode", "objectives", "warm_start", "refine_front", "min_fidelity", "fidelity_images", "accuracy_shards", "overlap"),
     "space": (*MENU_KEYS, "distill_steps", "override", "tie"),
     "space.override": ("layers", *MENU_KEYS),
     "space.tie": ("layers", "knobs"),
@@ -162,6 +164,7 @@ class SearchSpec:
     min_fidelity: float = 0.5
     fidelity_images: int = 256
     accuracy_shards: int = 4
+    overlap: bool | str = "auto"  # accuracy read beside the build: True, False or "auto" (Evaluator's rule)
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ def parse_study(data: dict, path: Path) -> StudySpec:
         min_fidelity=se.float("min_fidelity", 0.5),
         fidelity_images=se.int("fidelity_images", 256, minimum=1),
         accuracy_shards=se.int("accuracy_shards", 4, minimum=1),
+        overlap=_overlap(se),
     )
     if search.mode == "constrained" and search.objectives != DEFAULT_OBJECTIVES:
         raise ConfigError(f"{se.at('objectives')}: a constrained study maximises accuracy within its budgets; more objectives "
@@ -435,6 +439,13 @@ def _objectives(se) -> tuple[str, ...]:
     if len(set(names)) < len(names) or len(names) < 2:
         raise ConfigError(f"{se.at('objectives')}: accuracy and at least one of {', '.join(COSTS)}, each once; got {list(names)}")
     return tuple(names)
+
+
+def _overlap(se) -> bool | str:
+    value = se.get("overlap", "auto")
+    if not (isinstance(value, bool) or value == "auto"):
+        raise se.fail("overlap", 'true, false or "auto"')
+    return value
 
 
 def _ties(sp: Table) -> tuple[Tie, ...]:

@@ -144,11 +144,14 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
     bar = tqdm(total=total, desc="sensitivity sweep", unit="eval", disable=None if progress else True)
     lines = bar.disable and progress  # not a terminal: a line per step
     t0 = time.perf_counter()
+    done = 0  # counted here: a disabled bar (no terminal) counts nothing
 
     def step(what: str) -> None:
+        nonlocal done
+        done += 1
         bar.update(1)
         if lines:
-            log(f"sensitivity sweep {bar.n}/{total}: {what} ({time.perf_counter() - t0:.0f} s)")
+            log(f"sensitivity sweep {done}/{total}: {what} ({time.perf_counter() - t0:.0f} s)")
 
     base = evaluator.evaluate(space.to_config(identity))
     if not base.ok:
