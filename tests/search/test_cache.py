@@ -44,6 +44,37 @@ def test_a_change_to_vitunes_code_is_a_cache_miss(keys, monkeypatch, tmp_path, s
     assert after[2] == before[2]  # tuning records are keyed by workload, not by vitune's code
 
 
+def test_a_new_seed_file_that_fits_the_target_is_a_cache_miss_for_measured_latency(fast_target, monkeypatch, tmp_path):
+    """Schedules shipped with vitune or a team's seed directory build the kernels a measured
+    latency comes from: a seed that fits the target, or a new version of it, is a new key;
+    untuned builds take no schedule and keep theirs."""
+    import gzip
+    import json
+    import platform
+
+    from vitune.targets import seeds
+    from vitune.targets.profile import TIMING_RUNTIME
+
+    monkeypatch.setattr(seeds, "SHIPPED_DIR", tmp_path / "none shipped")
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path))
+    meta = {"tvm": versions_module.versions()["tvm"], "runtime": TIMING_RUNTIME, "target": dict(fast_target.tvm_target),
+            "threads": fast_target.threads, "machine": platform.machine(), "cpu": "test", "made": "2026-12-05"}
+
+    def seed(note: str) -> None:
+        doc = {"vitune_seed": 1, "meta": {**meta, "note": note}, "workloads": [], "records": []}
+        (tmp_path / "team.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
+
+    before, untuned = target_key(fast_target, "tune"), target_key(fast_target, "off")
+    seed("16 trials")
+    assert seeds.find_seeds(fast_target)  # it fits
+    first = target_key(fast_target, "tune")
+    seed("retuned at 64 trials")
+    assert len({before, first, target_key(fast_target, "tune")}) == 3
+    assert target_key(fast_target, "off") == untuned
+    monkeypatch.setenv("VITUNE_SEEDS", "0")  # seeds turned off: the builds of before
+    assert target_key(fast_target, "tune") == before
+
+
 def test_a_cache_hit_with_predicted_latency_does_not_compress_the_candidate_again(default_workspace, fast_target, tmp_path, monkeypatch):
     """A cached accuracy and a predicted latency: the prediction reads the candidate's structural
     build (shapes and dtypes), so neither refinement nor distillation runs again, and it predicts

@@ -36,11 +36,21 @@ def data_key(data_spec, split: str) -> str:
 
 
 def target_key(profile, tuning: str, seeds: str = "any") -> str:
+    """The measured-latency part of a result's key: the target's timing protocol, the tuning
+    mode, the code and libraries that build, and the seed files a build may take schedules from
+    (the machine's own tuning database is not in it: one configuration keeps the latency it was
+    first measured at, within a study and across them)."""
     from vitune.versions import result_versions
 
     key = {**profile.timing_key(), "runner": profile.runner, "tuning": tuning, "made_by": result_versions("compression", "models", "targets")}
     if seeds != "any":  # another build than the default's (whose keys stay as they were)
         key["seeds"] = seeds
+    if tuning != "off":  # the shipped (and the team's) schedules a build may take: a new seed file is new kernels
+        from vitune.targets.seeds import find_seeds
+
+        fitting = [seed.sha256[:16] for seed in find_seeds(profile)]
+        if fitting:
+            key["seed_files"] = fitting
     return _hash(key)
 
 
