@@ -172,6 +172,8 @@ def _tune(args) -> int:
         print(f"wrote {args.export_seed}: the best schedule of each of {n} workloads of {profile.name}'s tuning database "
               f"{database_dir(profile)} (copy it to $VITUNE_SEEDS_DIR or ~/.config/vitune/seeds on machines with this target)")
         return 0
+    if args.race_seeds:
+        return _race_seeds(profile)
     if args.study:
         spec = load_study_file(args.study)
     else:  # the embedded default model with the default space (installed packages have no studies/ folder)
@@ -187,6 +189,33 @@ def _tune(args) -> int:
     if run.untuned_ms and run.tuned_ms:
         print(f"uncompressed model on {profile.name}: untuned {run.untuned_ms:.4f} ms, tuned {run.tuned_ms:.4f} ms "
               f"({run.untuned_ms / run.tuned_ms:.2f}x); database {run.database}")
+    return 0
+
+
+def _race_seeds(profile) -> int:
+    import statistics
+
+    from vitune.targets.race import race_seeds
+    from vitune.targets.tuning import Tuner, database_dir
+
+    tuner = Tuner(profile, "tune")
+    try:
+        if not tuner.seeds:
+            print(f"nothing to race: no seed fits {profile.name} (vitune/targets/seeds.py)")
+            return 0
+        races = race_seeds(tuner, log=lambda line: print(line, flush=True))
+    finally:
+        tuner.close()
+    timed = [r for r in races if not r.error]
+    adopted = [r for r in timed if r.adopted]
+    kept = [r for r in timed if not r.adopted]
+    line = f"raced {len(races)} workloads of {database_dir(profile)} ({len(races) - len(timed)} not timed): "
+    line += f"{len(adopted)} took the seed's schedule"
+    if adopted:
+        line += f" (seed/own {statistics.median(r.seed_over_own for r in adopted):.2f} median)"
+    if kept:
+        line += f", {len(kept)} kept their own (seed/own {statistics.median(r.seed_over_own for r in kept):.2f} median)"
+    print(line)
     return 0
 
 
@@ -339,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tune nothing: write the best schedule of each workload of the target's database to FILE (.json.gz), "
                          "for other machines with this target (vitune/targets/seeds.py)")
     tu.add_argument("--note", default="", help="with --export-seed: how the database was tuned (kept in the file)")
+    tu.add_argument("--race-seeds", action="store_true",
+                    help="tune nothing: time each workload's schedule in the target's database against a fitting seed's for the "
+                         "same workload, here, in alternation, and keep the faster (vitune/targets/race.py)")
     tu.set_defaults(func=_tune)
 
     cm = sub.add_parser("costmodel", help="latency cost models: fit on measured samples, evaluate on held-out ones").add_subparsers(dest="costmodel_command", required=True)

@@ -407,7 +407,7 @@ class WorkerBuilder(PyBuilder):
 
         results = []
         for item in build_inputs:
-            task = _task_name(item.mod)
+            task = task_name(item.mod)
             try:
                 mod_json = tvm.ir.save_json(item.mod)
                 tgt = target_json(item.target)
@@ -450,7 +450,7 @@ class WorkerRunner(PyRunner):
         return futures
 
 
-def _task_name(mod) -> str:
+def task_name(mod) -> str:
     """The candidate's workload as its buffers' shapes and dtypes (MetaSchedule names every
     candidate's function ``main``): ``main(float32[1,17,64], float32[192,64] -> float32[1,17,192])``."""
     try:

@@ -204,11 +204,23 @@ def open_seed(seed: Seed):
     return _OPEN[seed.sha256]
 
 
-def _mean_s(record: list) -> float:
+def mean_run_s(record: list) -> float:
+    """The mean run time of a records.json line (``[workload index, [trace, run_secs, ...]]``);
+    infinite for a failed or untimed one."""
     run_secs = record[1][1] if len(record[1]) > 1 else None
     times = [float(x) for x in run_secs or [] if isinstance(x, (int, float))]
     good = [t for t in times if math.isfinite(t) and 0 < t < 1e9]  # MetaSchedule writes 1e10 for a failed run
     return sum(good) / len(good) if good and len(good) == len(times) else math.inf
+
+
+def best_records(record_lines: list) -> dict[int, list]:
+    """``{workload index: its timed record of lowest mean run time}`` of a database's (or a seed
+    file's) record lines."""
+    best: dict[int, list] = {}
+    for rec in record_lines:
+        if mean_run_s(rec) < (mean_run_s(best[rec[0]]) if rec[0] in best else math.inf):
+            best[rec[0]] = rec
+    return best
 
 
 def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
@@ -221,13 +233,8 @@ def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
 
     lines = (database / "workloads.json").read_text().splitlines() if (database / "workloads.json").exists() else []
     workloads = [json.loads(x) for x in lines if x.strip()]
-    best: dict[int, list] = {}
-    for line in (database / "records.json").read_text().splitlines() if (database / "records.json").exists() else []:
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if _mean_s(rec) < (_mean_s(best[rec[0]]) if rec[0] in best else math.inf):
-            best[rec[0]] = rec
+    lines = (database / "records.json").read_text().splitlines() if (database / "records.json").exists() else []
+    best = best_records([json.loads(line) for line in lines if line.strip()])
     if not best:
         raise ConfigError(f"{database}: the tuning database has no timed records to export")
     keep = sorted(best)

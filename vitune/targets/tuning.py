@@ -561,7 +561,7 @@ class Tuner:
             threads = max(1, min(self.profile.threads, os.cpu_count() or 1))
             _drop_unnamed_handlers()
             contexts, weights = _tune_contexts(tasks, work, strategy, threads)
-            builder, runner = self._builder_runner(work)
+            builder, runner = self.builder_runner(work)
             worker = self.worker
             before = (worker.stats.stopped, worker.stats.crashed)
             _quiet()  # the console handler MetaSchedule installs takes the package logger's level
@@ -601,9 +601,10 @@ class Tuner:
                     self.profile.name, report.stopped, report.crashed, report.failures_log,
                 )
 
-    def _builder_runner(self, work: str):
-        """In-process for a device of this machine; in-process build + RPC timing for a device
-        reached over RPC (cross-compiled with the profile's compiler)."""
+    def builder_runner(self, work: str, repeat: int = 1):
+        """MetaSchedule's builder and runner for this target: candidates built and timed in the
+        candidate worker for a device of this machine; built there and timed over RPC for a device
+        reached over RPC (cross-compiled with the profile's compiler). ``repeat``: timings per run."""
         from vitune.targets.msworker import WorkerBuilder, WorkerRunner
 
         kind = self.profile.runner
@@ -612,9 +613,9 @@ class Tuner:
             from vitune.targets.msremote import RemoteRunner
 
             link_options(self.profile)  # a missing cross compiler fails here, once
-            return WorkerBuilder(self.worker, work, self.profile.cross_compiler), RemoteRunner(self.profile)
+            return WorkerBuilder(self.worker, work, self.profile.cross_compiler), RemoteRunner(self.profile, repeat=repeat)
         if kind == "local" and self.profile.is_native:
-            return WorkerBuilder(self.worker), WorkerRunner(self.worker, threads=self.profile.threads)
+            return WorkerBuilder(self.worker), WorkerRunner(self.worker, repeat=repeat, threads=self.profile.threads)
         if kind == "local":
             raise RuntimeError(
                 f"tuning target {self.profile.name} needs its device: this machine cannot run "
