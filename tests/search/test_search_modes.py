@@ -180,7 +180,7 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     assert sweep["complete"] and len(sweep["options"]) == sum(len(m) - 1 for _, m in free)
     assert len(sweep["uniform"]) == len(warmstart.uniform_params(space))
     total = len(sweep["options"]) + len(sweep["uniform"]) + 1  # with the uncompressed model
-    counts = [line.split()[2] for line in lines if line.startswith("sensitivity sweep ")]
+    counts = [line.split()[2].rstrip(":") for line in lines if line.startswith("sensitivity sweep ")]
     assert counts == [f"{i}/{total}" for i in range(1, total + 1)]  # a line per step, counted (no terminal here)
     guided = warmstart.guided_params(space, sweep)
     assert guided and all(g != space.identity_params() for g in guided)
