@@ -70,6 +70,13 @@ def test_a_seed_fits_only_its_kind_of_target(fast_target, tmp_path):
     assert dataclasses.replace(s, meta=dataclasses.replace(same, threads=same.threads + 1)).fit(fast_target) is None
     assert dataclasses.replace(s, meta=dataclasses.replace(same, target={**same.target, "mtriple": "aarch64-linux-gnu"})).fit(fast_target) is None
 
+    # the tuning report says where the schedules a build took were tuned
+    mine, theirs = dataclasses.replace(s, meta=same), dataclasses.replace(s, meta=other_cpu)
+    tuner = Tuner(fast_target, "tune")
+    assert tuner.seed_note([theirs]) == ", tuned on some-other-cpu, not this CPU"
+    assert tuner.seed_note([mine]) == f", tuned on {same.mcpu}"
+    assert tuner.seed_note([mine, theirs]) == f", tuned on {same.mcpu} (this CPU model) and some-other-cpu (not this CPU)"
+
 
 @pytest.mark.parametrize("content, says", [
     (b"not gzip", "not a vitune seed file"),

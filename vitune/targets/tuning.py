@@ -471,12 +471,15 @@ class Tuner:
         return self._seeds
 
     def seed_note(self, used: list) -> str:
-        """Where the seeds ``used`` were tuned, e.g. ``", tuned on znver5, not this CPU"``."""
+        """Where the seeds ``used`` were tuned, e.g. ``", tuned on znver5, not this CPU"``, or
+        ``", tuned on emeraldrapids (this CPU model) and znver5 (not this CPU)"``."""
         if not used:
             return ""
-        mcpus = sorted({seed.meta.mcpu for seed in used})
-        exact = all(seed.fit(self.profile) == "exact" for seed in used)
-        return f", tuned on {'/'.join(mcpus)}" + ("" if exact else ", not this CPU")
+        mine = "/".join(sorted({seed.meta.mcpu for seed in used if seed.fit(self.profile) == "exact"}))
+        other = "/".join(sorted({seed.meta.mcpu for seed in used if seed.fit(self.profile) != "exact"}))
+        if mine and other:
+            return f", tuned on {mine} (this CPU model) and {other} (not this CPU)"
+        return f", tuned on {mine}" if mine else f", tuned on {other}, not this CPU"
 
     def _seed_of(self, task, target):
         """The first seed with a record of ``task`` (the order the build applies them in), or None."""
