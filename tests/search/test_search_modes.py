@@ -166,14 +166,16 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     from vitune.search.space import SearchSpace
 
     spec = write(tmp_path, fast_target_file, "warm", n=12, search="min_fidelity = 0.0")
+    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
+    target = load_fast(fast_target_file)
+    ev = Evaluator(default_workspace, target, ParamsLatency(target))
+    # the study computes its sweep (another test of this session may have saved the same one)
+    warmstart._sweep_table(default_workspace, space, ev, spec).path.unlink(missing_ok=True)
     lines: list[str] = []
     run_study(spec, n_trials=4, progress=True, log=lambda *a: lines.append(" ".join(map(str, a))))
     study = open_study(spec, create=False)
     first = [t.params for t in study.trials[:4]]
-    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
     assert first[0] == space.identity_params()
-    target = load_fast(fast_target_file)
-    ev = Evaluator(default_workspace, target, ParamsLatency(target))
     ev.compress = lambda config: (_ for _ in ()).throw(AssertionError("the saved sweep was recomputed"))
     sweep = warmstart.run_sweep(default_workspace, space, ev, spec, progress=False)  # read back, not recomputed
     free = [(n, m) for n, m in space.choices if len(m) > 1 and n != "distill_steps"]
