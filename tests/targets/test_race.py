@@ -14,10 +14,9 @@ from vitune.targets.tuning import Tuner, database_dir, open_database
 
 def _best_traces(folder) -> dict[str, tuple[str, float]]:
     """{workload hash: (trace JSON, mean run time)} of a database folder's best records."""
-    from vitune.targets.seeds import mean_run_s
+    from vitune.targets.seeds import json_lines, mean_run_s
 
-    workloads = [json.loads(x) for x in (folder / "workloads.json").read_text().splitlines() if x.strip()]
-    records = [json.loads(x) for x in (folder / "records.json").read_text().splitlines() if x.strip()]
+    workloads, records = json_lines(folder / "workloads.json"), json_lines(folder / "records.json")
     return {workloads[i][0]: (json.dumps(rec[1][0]), mean_run_s(rec)) for i, rec in best_records(records).items()}
 
 

@@ -17,7 +17,6 @@ record's scaled by the measured ratio, so builds (and a seed exported from this 
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vitune.errors import message_line, short_reason
-from vitune.targets.seeds import best_records
+from vitune.targets.seeds import best_records, json_lines
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,6 @@ def _best_by_hash(workload_lines: list, record_lines: list) -> dict[str, tuple[l
     return {str(workload_lines[i][0]): (workload_lines[i], rec) for i, rec in best_records(record_lines).items()}
 
 
-def _lines(path) -> list:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
 def race_seeds(tuner, rounds: int = 5, margin: float = 0.03, log: Callable[[str], None] = lambda line: None) -> list[Race]:
     """Race every workload of ``tuner``'s database against the first seed that holds it (the
     seeds a build would read, in their order); adopt the seed's schedule where it is faster by
@@ -66,7 +61,7 @@ def race_seeds(tuner, rounds: int = 5, margin: float = 0.03, log: Callable[[str]
     import_tensor_intrinsics()
     folder = tuner.database_path
     with database_lock(folder, exclusive=False):
-        own = _best_by_hash(_lines(folder / "workloads.json"), _lines(folder / "records.json"))
+        own = _best_by_hash(json_lines(folder / "workloads.json"), json_lines(folder / "records.json"))
     seeds = []
     for seed, _ in tuner.seeds:
         _, workloads, records = read_seed(seed.path)

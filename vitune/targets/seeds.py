@@ -213,6 +213,12 @@ def mean_run_s(record: list) -> float:
     return sum(good) / len(good) if good and len(good) == len(times) else math.inf
 
 
+def json_lines(path: Path) -> list:
+    """The lines of a MetaSchedule JSON database file (``workloads.json``, ``records.json``),
+    parsed; none where the file does not exist."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def best_records(record_lines: list) -> dict[int, list]:
     """``{workload index: its timed record of lowest mean run time}`` of a database's (or a seed
     file's) record lines."""
@@ -231,10 +237,8 @@ def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
     from vitune.targets.profile import TIMING_RUNTIME
     from vitune.versions import versions
 
-    lines = (database / "workloads.json").read_text().splitlines() if (database / "workloads.json").exists() else []
-    workloads = [json.loads(x) for x in lines if x.strip()]
-    lines = (database / "records.json").read_text().splitlines() if (database / "records.json").exists() else []
-    best = best_records([json.loads(line) for line in lines if line.strip()])
+    workloads = json_lines(database / "workloads.json")
+    best = best_records(json_lines(database / "records.json"))
     if not best:
         raise ConfigError(f"{database}: the tuning database has no timed records to export")
     keep = sorted(best)
