@@ -55,6 +55,7 @@ median front (best accuracy within a latency) with its inter-quartile band.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import itertools
 import json
@@ -199,6 +200,76 @@ def time_fronts(ws, profile, evaluator, configs: dict, identity_key: str, identi
             "untuned": sorted(k for k, v in labels.items() if "untuned" in v),
             "timed": dict(base.others_ms),
             "retimed_ms": {k: v * scale for k, v in base.others_ms.items()}}
+
+
+# --- a run that spans invocations --------------------------------------------------------------
+
+LEDGER = "ledger.json"
+
+
+@dataclasses.dataclass
+class Ledger:
+    """What the bench's studies in one ``--out-dir`` were measured on and how long each method
+    and seed took over every invocation that worked on them (a 100 × 3 run takes hours and is
+    resumed; the time one invocation spends re-reading finished studies is not their cost).
+
+    Resuming on another machine (its :func:`~vitune.targets.host.describe` differs) or with
+    another study file, trial budget or validation split is refused: the studies' early trials
+    were drawn on the first landscape, and the figures would mix two."""
+
+    path: Path
+    host: dict
+    inputs: dict
+    spent: dict
+    _since: float | None = None
+    _current: str | None = None
+
+    @classmethod
+    def open(cls, out_dir: Path, host: dict, inputs: dict) -> "Ledger":
+        path = out_dir / LEDGER
+        if path.exists():
+            try:
+                doc = json.loads(path.read_text())
+                old_host, old_inputs, spent = doc["host"], doc["inputs"], {k: float(v) for k, v in doc["seconds"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise SystemExit(f"{path}: not a bench ledger ({e}); --restart starts the run over") from None
+            if old_host != host:
+                raise SystemExit(f"{path}: these studies were measured on {old_host}, this machine is {host}: a run cannot be "
+                                 "resumed on another machine (--restart, or another --out-dir)")
+            if old_inputs != inputs:
+                raise SystemExit(f"{path}: these studies were run with {old_inputs}, not {inputs} (--restart, or another --out-dir)")
+            ledger = cls(path, host, inputs, spent)
+        else:
+            ledger = cls(path, host, inputs, {})
+        atexit.register(ledger.stop)  # a run stopped by Ctrl-C keeps the time it spent
+        ledger.save()
+        return ledger
+
+    def start(self, method: str, seed: int) -> None:
+        self.stop()
+        self._current, self._since = f"{method}-s{seed}", time.perf_counter()
+
+    def stop(self) -> None:
+        if self._current is not None and self._since is not None:
+            self.spent[self._current] = self.spent.get(self._current, 0.0) + time.perf_counter() - self._since
+            self._current = self._since = None
+            self.save()
+
+    def seconds(self) -> dict[str, float]:
+        """Per method: its seeds' time over every invocation, plus what the current one has spent."""
+        now = dict(self.spent)
+        if self._current is not None and self._since is not None:
+            now[self._current] = now.get(self._current, 0.0) + time.perf_counter() - self._since
+        out: dict[str, float] = {}
+        for key, v in now.items():
+            method = key.rsplit("-s", 1)[0]
+            out[method] = out.get(method, 0.0) + v
+        return out
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"host": self.host, "inputs": self.inputs, "seconds": self.spent}, indent=1))
+        tmp.replace(self.path)
 
 
 # --- the methods -----------------------------------------------------------------------------
@@ -400,6 +471,8 @@ def main() -> None:
     if args.restart:
         for m, s, suffix in itertools.product(methods, range(args.seeds), ("", "-wal", "-shm")):
             (out_dir / f"{m}-s{s}.db{suffix}").unlink(missing_ok=True)
+        (out_dir / LEDGER).unlink(missing_ok=True)
+    ledger = Ledger.open(out_dir, describe(), {"study": str(Path(args.study).resolve()), "trials": args.trials, "val_copies": args.val_copies})
     ws = load_workspace(base.model, base.data)
     profile, source, tuner = latency_source_for(base, base.target, "[target]")
     layout = discover(ws.model)
@@ -435,7 +508,7 @@ def main() -> None:
         doc = {"host": describe(), "study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
                "sampler": base.sampler, "val_images": len(ws.data.val), "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
                "reference": reference, "reference_point": box,
-               **summarise(points, ref_acc, box["latency_ms"]), "seconds": seconds,
+               **summarise(points, ref_acc, box["latency_ms"]), "seconds": seconds, "seconds_all_runs": ledger.seconds(),
                "wall_s": time.perf_counter() - t_start, "complete": final, "points": points, "keys": keys, **extra}
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=1))
@@ -444,6 +517,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for method in methods:
             t0 = time.perf_counter()
+            ledger.start(method, seed)
             if method == "vitune":
                 pairs = run_search(base, method, seed, args.trials, base.sampler, True, out_dir, evaluator)
             elif method == "no-refine":
@@ -462,6 +536,7 @@ def main() -> None:
             keys[method].append([c.key if p is not None and c is not None else None for p, c in pairs])
             configs.update((c.key, c) for p, c in pairs if p is not None and c is not None)
             seconds[method] += time.perf_counter() - t0
+            ledger.stop()
             write(final=False)
     if tuner is not None:
         tuner.close()
@@ -473,9 +548,11 @@ def main() -> None:
         todo = {k: configs[k] for k in wanted}
         todo.setdefault(identity_config.key, identity_config)
         t0 = time.perf_counter()
+        ledger.start("front timing", 0)
         timing = time_fronts(ws, profile, evaluator, todo, identity_config.key, ms0, args.retime_rounds, args.reference)
         timing["margin"] = args.retime_margin
         seconds["front timing"] = time.perf_counter() - t0
+        ledger.stop()
         if timing["untuned"]:
             print(f"warning: {len(timing['untuned'])} builds had untuned workloads: {timing['untuned']}")
     doc = write(final=True, timing=timing)
@@ -506,7 +583,8 @@ def report(doc: dict, methods) -> None:
     ref = doc["reference"]
     fmt = lambda v, f="{:.4f}": f.format(v) if v is not None else "-"  # noqa: E731
     print(f"{doc['trials']} evaluations per method and seed, {seeds_done(doc)} seeds; speeds against {ref['label']} ({ref['latency_ms']:.4f} ms{fastest_note(ref)}); "
-          f"{doc['wall_s'] / 60:.1f} min")
+          f"{doc['wall_s'] / 60:.1f} min in this invocation" + (f", {sum(doc['seconds_all_runs'].values()) / 60:.1f} min in the methods and the front timing over all"
+                                                                 if doc.get("seconds_all_runs") else ""))
     print(f"{'method':<12} {'HV median':>10} {'HV IQR':>9} {'vs random':>9} " + " ".join(f"{'acc@' + k:>8}" for k in next(iter(rows.values()))["acc_at"])
           + f" {'to 95%':>7} {'seconds':>8}")
     for m in methods:
@@ -514,7 +592,7 @@ def report(doc: dict, methods) -> None:
         hv = r["hypervolume"]
         ratio = r["hypervolume_vs_random"]
         print(f"{m:<12} {hv['median']:>10.6f} {hv['iqr']:>9.6f} {fmt(ratio, '{:.3f}'):>9} " + " ".join(f"{fmt(v):>8}" for v in r["acc_at"].values())
-              + f" {fmt(r['trials_to_95'], '{:.0f}'):>7} {doc['seconds'][m]:>8.0f}")
+              + f" {fmt(r['trials_to_95'], '{:.0f}'):>7} {doc.get('seconds_all_runs', doc['seconds']).get(m, doc['seconds'][m]):>8.0f}")
     if "vitune" not in rows:
         return
     v = rows["vitune"]

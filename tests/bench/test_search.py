@@ -155,3 +155,27 @@ def test_the_bench_at_two_seeds_and_30_trials(tmp_path):
             for i in search_module.near_front(recorded, timing["margin"]):
                 assert points[i][1] == pytest.approx(timing["retimed_ms"][keys[i]]), method
     assert (tmp_path / "fronts.png").stat().st_size > 0
+
+
+def test_a_run_resumes_only_on_the_same_machine_and_inputs_and_keeps_its_time(search, tmp_path):
+    host, inputs = {"mcpu": "emeraldrapids", "cores": 2}, {"study": "q.toml", "trials": 100, "val_copies": 2}
+    ledger = search.Ledger.open(tmp_path, host, inputs)
+    ledger.start("vitune", 0)
+    ledger.stop()
+    ledger.start("vitune", 1)
+    ledger.spent["random-s0"] = 5.0  # as if an earlier invocation had spent it
+    ledger.stop()
+    again = search.Ledger.open(tmp_path, host, inputs)  # resumed: the time of both invocations adds up
+    assert set(again.spent) == {"vitune-s0", "vitune-s1", "random-s0"}
+    again.start("random", 0)
+    seconds = again.seconds()
+    assert seconds["random"] >= 5.0 and set(seconds) == {"vitune", "random"}
+    again.stop()
+    assert json.loads((tmp_path / search.LEDGER).read_text())["seconds"]["random-s0"] >= 5.0
+    with pytest.raises(SystemExit, match="another machine"):
+        search.Ledger.open(tmp_path, {**host, "mcpu": "znver5"}, inputs)
+    with pytest.raises(SystemExit, match="run with"):
+        search.Ledger.open(tmp_path, host, {**inputs, "trials": 30})
+    (tmp_path / search.LEDGER).write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a bench ledger"):
+        search.Ledger.open(tmp_path, host, inputs)
