@@ -48,6 +48,13 @@ never reach it). ``--json`` writes it all (keys ``methods`` → name → ``hyper
 ``iqr``}, ``acc_at`` {``2x``, ``3x``, ``5x``}, ``trials_to_95``); ``--plot`` draws each method's
 median front (best accuracy within a latency) with its inter-quartile band.
 
+The builds take their kernels from the machine's tuning database first, then the shipped seeds
+(:mod:`vitune.targets.tuning`): on a machine that has tuned before, its own records (a 16-trial
+tuning from an earlier study) override the shipped schedules of the same workloads, and the
+landscape is that machine's history. For the figures a user gets after installing, run it with a
+fresh cache directory, ``VITUNE_CACHE_DIR=/some/new/dir`` (the seeds only, plus what the run
+itself tunes); the JSON records which (``cache``), and a resumed run must keep it.
+
     python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--seeds 3] [--json F] [--plot F]
     python bench/search.py --from-json F [--json F2] [--plot F.png]   # figures again from a run's points
 """
@@ -214,8 +221,9 @@ class Ledger:
     resumed; the time one invocation spends re-reading finished studies is not their cost).
 
     Resuming on another machine (its :func:`~vitune.targets.host.describe` differs) or with
-    another study file, trial budget or validation split is refused: the studies' early trials
-    were drawn on the first landscape, and the figures would mix two."""
+    another study file, trial budget, validation split or cache directory (``VITUNE_CACHE_DIR``:
+    its tuning database is half of what a build runs) is refused: the studies' early trials were
+    drawn on the first landscape, and the figures would mix two."""
 
     path: Path
     host: dict
@@ -460,6 +468,7 @@ def main() -> None:
     from vitune.search.study import latency_source_for
     from vitune.search.studyfile import load_study_file
     from vitune.search.warmstart import run_sweep
+    from vitune.paths import cache_dir
     from vitune.targets.host import describe
 
     t_start = time.perf_counter()
@@ -472,7 +481,8 @@ def main() -> None:
         for m, s, suffix in itertools.product(methods, range(args.seeds), ("", "-wal", "-shm")):
             (out_dir / f"{m}-s{s}.db{suffix}").unlink(missing_ok=True)
         (out_dir / LEDGER).unlink(missing_ok=True)
-    ledger = Ledger.open(out_dir, describe(), {"study": str(Path(args.study).resolve()), "trials": args.trials, "val_copies": args.val_copies})
+    ledger = Ledger.open(out_dir, describe(), {"study": str(Path(args.study).resolve()), "trials": args.trials, "val_copies": args.val_copies,
+                                               "cache": str(cache_dir())})
     ws = load_workspace(base.model, base.data)
     profile, source, tuner = latency_source_for(base, base.target, "[target]")
     layout = discover(ws.model)
@@ -505,7 +515,7 @@ def main() -> None:
             box = {**box, "latency_ms": timing["latency_ms"]}
             extra = {"reference_at_start": ref, "front_timing": timing, "points_recorded": points}
             points = retimed(points, keys, timing["retimed_ms"])
-        doc = {"host": describe(), "study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
+        doc = {"host": describe(), "cache": str(cache_dir()), "study": str(args.study), "model": base.model.name, "target": profile.name, "trials": args.trials, "seeds": args.seeds,
                "sampler": base.sampler, "val_images": len(ws.data.val), "uncompressed": {"accuracy": acc0, "latency_ms": ms0},
                "reference": reference, "reference_point": box,
                **summarise(points, ref_acc, box["latency_ms"]), "seconds": seconds, "seconds_all_runs": ledger.seconds(),
