@@ -3,6 +3,7 @@
 Latency here is a deterministic stand-in (proportional to the candidate's parameters), so these
 tests check the search logic itself; real TVM measurement is covered by the study tests."""
 
+import dataclasses
 import json
 
 import optuna
@@ -303,3 +304,34 @@ def test_bad_objectives_are_refused_naming_the_key(objectives, message, tmp_path
 def test_a_constrained_study_takes_memory_as_budgets_not_objectives(tmp_path, fast_target_file):
     with pytest.raises(ConfigError, match=r"\[search\] objectives: a constrained study maximises accuracy within its budgets"):
         write(tmp_path, fast_target_file, "c", budget="budget_ms = 1.0", search='mode = "constrained"\nobjectives = ["accuracy", "latency_ms", "model_mb"]')
+
+
+class HalfParamsLatency(ParamsLatency):
+    """Another latency source (another target, seed file or build code, as far as a sweep's key goes)."""
+
+    name = "test-half-params-latency"
+
+    def latency(self, model, config, example, compiled_out=None):
+        m = super().latency(model, config, example, compiled_out)
+        return dataclasses.replace(m, latency_ms=m.latency_ms / 2, samples_ms=(m.latency_ms / 2,))
+
+
+def test_a_sweep_for_another_latency_measures_only_its_uniform_configurations_again(tmp_path, fast_target_file, default_workspace):
+    from vitune.models.layers import discover
+    from vitune.search import warmstart
+    from vitune.search.space import SearchSpace
+
+    spec = write(tmp_path, fast_target_file, "sweep-split", n=4, search="min_fidelity = 0.0")
+    space = SearchSpace.build(spec.space, discover(default_workspace.model), spec.methods)
+    target = load_fast(fast_target_file)
+    first_ev, ev = Evaluator(default_workspace, target, ParamsLatency(target)), Evaluator(default_workspace, target, HalfParamsLatency(target))
+    first = warmstart.run_sweep(default_workspace, space, first_ev, spec, progress=False)
+    assert warmstart.sweep_key(default_workspace, space, ev, spec) != warmstart.sweep_key(default_workspace, space, first_ev, spec)
+    assert warmstart.options_key(default_workspace, space, ev, spec) == warmstart.options_key(default_workspace, space, first_ev, spec)
+    warmstart._sweep_table(default_workspace, space, ev, spec).path.unlink(missing_ok=True)
+    lines: list[str] = []
+    sweep = warmstart.run_sweep(default_workspace, space, ev, spec, progress=True, log=lines.append)
+    option_lines = [line for line in lines if " alone, " in line]
+    assert len(option_lines) == len(first["options"]) and all(line.endswith("(saved by an earlier run)") for line in option_lines)
+    assert sweep["options"] == first["options"]
+    assert [r["latency_ms"] for r in sweep["uniform"]] == pytest.approx([r["latency_ms"] / 2 for r in first["uniform"]])
