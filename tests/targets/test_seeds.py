@@ -176,3 +176,56 @@ def test_shipped_seeds_open_in_a_fresh_process(tmp_path):
         if line.strip():
             workloads, records = (int(v) for v in line.split())
             assert records == workloads > 50
+
+
+def _prepared(model, x, profile, tuner):
+    """``tuner.prepare`` on the model's Relax module: (its script, the tuning report)."""
+    from vitune.targets.compile import export_relax
+    from vitune.targets.graph import optimize
+
+    mod, _ = export_relax(model, x)
+    out, report = tuner.prepare(optimize(mod, profile.tvm(), vnni=True))
+    return out.script(), report
+
+
+@pytest.mark.parametrize("seed_cpu,own_s,seed_wins", [("this", 1.0, True), ("this", 1e-9, False), ("other", 1.0, False)])
+def test_a_machine_record_timed_slower_than_this_cpu_model_s_seed_gives_way(fast_target, tmp_path, monkeypatch, seed_cpu, own_s, seed_wins):
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from vitune.targets.tuning import open_database
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(64, 96), nn.ReLU()).eval(), torch.randn(1, 16, 64)
+    monkeypatch.setenv("VITUNE_SEEDS", "0")
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "elsewhere"))
+    compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=4))
+    seed = tmp_path / "seeds" / "s.json.gz"
+    export_seed(database_dir(fast_target), seed, fast_target)
+    data = json.loads(gzip.decompress(seed.read_bytes()))
+    if seed_cpu == "other":
+        data["meta"]["target"] = {**data["meta"]["target"], "mcpu": "some-other-cpu"}
+        seed.write_bytes(gzip.compress(json.dumps(data).encode()))
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(seed.parent))
+
+    # the seed's schedules alone (a fresh machine), and the machine's own alone (seeds off)
+    monkeypatch.delenv("VITUNE_SEEDS")
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "fresh"))
+    seeded, _ = _prepared(model, x, fast_target, Tuner(fast_target, "database"))
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "here"))
+    db, target = open_database(fast_target), fast_target.tvm()
+    for line in data["workloads"]:  # this machine holds every workload, as the unscheduled loop nest timed at own_s
+        mod = ms.database.Workload.from_json(line).mod
+        sch = s_tir.Schedule(mod)
+        sch.get_sblock("root")  # a trace of one instruction that changes nothing (an empty one is no record to a union)
+        record = ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [own_s], target, ms.arg_info.ArgInfo.from_entry_func(mod))
+        db.commit_tuning_record(record)
+    monkeypatch.setenv("VITUNE_SEEDS", "0")
+    own, _ = _prepared(model, x, fast_target, Tuner(fast_target, "database"))
+    assert own != seeded
+    monkeypatch.delenv("VITUNE_SEEDS")
+
+    built, report = _prepared(model, x, fast_target, Tuner(fast_target, "database"))
+    assert built == (seeded if seed_wins else own)
+    assert report.untuned == 0 and report.from_database == report.workloads
+    assert report.from_seed == (report.workloads if seed_wins else 0)

@@ -4,9 +4,11 @@ Tuning a model's kernels costs minutes per model on a small CPU (about 6 s per w
 trials on two cores; the quickstart's space meets a few hundred workloads). A *seed* is the best
 tuning record of each workload of a tuning database, written to one file
 (``vitune tune TARGET --export-seed FILE``), like TVM's former TopHub packages. A tuner reads the
-seeds that fit its target below its own database (:class:`~vitune.targets.tuning.Tuner`): a
+seeds that fit its target beside its own database (:class:`~vitune.targets.tuning.Tuner`): a
 workload found in neither is tuned as before, into the machine's own database; one found in a
-seed is built with the seed's schedule and counted apart in the tuning report.
+seed is built with the seed's schedule and counted apart in the tuning report; one found in both
+is built with the machine's record, unless a seed made on this CPU model recorded a faster run
+(times taken on one CPU model compare; another model's seed never overrides the machine's own).
 
 Where seeds come from: ``vitune/targets/seeds/*.json.gz`` (shipped with the package) and
 ``$VITUNE_SEEDS_DIR`` (default ``~/.config/vitune/seeds``) for a team's own. ``VITUNE_SEEDS=0``
