@@ -221,9 +221,11 @@ class Ledger:
     resumed; the time one invocation spends re-reading finished studies is not their cost).
 
     Resuming on another machine (its :func:`~vitune.targets.host.describe` differs) or with
-    another study file, trial budget, validation split or cache directory (``VITUNE_CACHE_DIR``:
-    its tuning database is half of what a build runs) is refused: the studies' early trials were
-    drawn on the first landscape, and the figures would mix two."""
+    another study file, trial budget, validation split, cache directory (``VITUNE_CACHE_DIR``:
+    its tuning database is half of what a build runs) or vitune code (a later seed would run
+    another search, or build otherwise) is refused: the studies' early trials were drawn on the
+    first landscape, and the figures would mix two. To resume after the code moved on, run the
+    bench from a checkout of the commit it started on (``git worktree add``)."""
 
     path: Path
     host: dict
@@ -470,6 +472,7 @@ def main() -> None:
     from vitune.search.warmstart import run_sweep
     from vitune.paths import cache_dir
     from vitune.targets.host import describe
+    from vitune.versions import code_hash
 
     t_start = time.perf_counter()
     base = load_study_file(args.study)
@@ -482,7 +485,7 @@ def main() -> None:
             (out_dir / f"{m}-s{s}.db{suffix}").unlink(missing_ok=True)
         (out_dir / LEDGER).unlink(missing_ok=True)
     ledger = Ledger.open(out_dir, describe(), {"study": str(Path(args.study).resolve()), "trials": args.trials, "val_copies": args.val_copies,
-                                               "cache": str(cache_dir())})
+                                               "cache": str(cache_dir()), "code": code_hash("compression", "costmodels", "data", "models", "search", "targets")})
     ws = load_workspace(base.model, base.data)
     profile, source, tuner = latency_source_for(base, base.target, "[target]")
     layout = discover(ws.model)
