@@ -68,7 +68,9 @@ import itertools
 import json
 import math
 import random
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -252,6 +254,9 @@ class Ledger:
         else:
             ledger = cls(path, host, inputs, {})
         atexit.register(ledger.stop)  # a run stopped by Ctrl-C keeps the time it spent
+        # and one stopped by SIGTERM (whose default action skips atexit); a study in progress
+        # installs its own handler (stop after the trial) and restores this one
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         ledger.save()
         return ledger
 
