@@ -48,11 +48,11 @@ never reach it). ``--json`` writes it all (keys ``methods`` → name → ``hyper
 ``iqr``}, ``acc_at`` {``2x``, ``3x``, ``5x``}, ``trials_to_95``); ``--plot`` draws each method's
 median front (best accuracy within a latency) with its inter-quartile band.
 
-The builds take their kernels from the machine's tuning database first, then the shipped seeds
-(:mod:`vitune.targets.tuning`): on a machine that has tuned before, its own records (a 16-trial
-tuning from an earlier study) override the shipped schedules of the same workloads, and the
-landscape is that machine's history. For the figures a user gets after installing, run it with a
-fresh cache directory, ``VITUNE_CACHE_DIR=/some/new/dir`` (the seeds only, plus what the run
+The builds take their kernels from the machine's tuning database and the shipped seeds
+(:mod:`vitune.targets.tuning`: the machine's own record of a workload unless a seed of this CPU
+model recorded a faster run; other CPU models' seeds only for what neither holds), so on a
+machine that has tuned before the landscape carries that machine's history. For the figures a
+user gets after installing, run it with a fresh cache directory, ``VITUNE_CACHE_DIR=/some/new/dir`` (the seeds only, plus what the run
 itself tunes); the JSON records which (``cache``), and a resumed run must keep it.
 
     python bench/search.py [--study studies/quickstart.toml] [--trials 100] [--seeds 3] [--json F] [--plot F]
