@@ -253,10 +253,7 @@ class Ledger:
             ledger = cls(path, host, inputs, spent)
         else:
             ledger = cls(path, host, inputs, {})
-        atexit.register(ledger.stop)  # a run stopped by Ctrl-C keeps the time it spent
-        # and one stopped by SIGTERM (whose default action skips atexit); a study in progress
-        # installs its own handler (stop after the trial) and restores this one
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        atexit.register(ledger.stop)  # a run stopped by Ctrl-C (or SIGTERM: main) keeps the time it spent
         ledger.save()
         return ledger
 
@@ -264,17 +261,22 @@ class Ledger:
         self.stop()
         self._current, self._since = f"{method}-s{seed}", time.perf_counter()
 
-    def stop(self) -> None:
+    def _now(self) -> dict[str, float]:
+        """Per method and seed: the time spent over every invocation, the current one's included."""
+        now = dict(self.spent)
         if self._current is not None and self._since is not None:
-            self.spent[self._current] = self.spent.get(self._current, 0.0) + time.perf_counter() - self._since
+            now[self._current] = now.get(self._current, 0.0) + time.perf_counter() - self._since
+        return now
+
+    def stop(self) -> None:
+        if self._current is not None:
+            self.spent = self._now()
             self._current = self._since = None
             self.save()
 
     def seconds(self) -> dict[str, float]:
         """Per method: its seeds' time over every invocation, plus what the current one has spent."""
-        now = dict(self.spent)
-        if self._current is not None and self._since is not None:
-            now[self._current] = now.get(self._current, 0.0) + time.perf_counter() - self._since
+        now = self._now()
         out: dict[str, float] = {}
         for key, v in now.items():
             method = key.rsplit("-s", 1)[0]
@@ -489,6 +491,9 @@ def main() -> None:
         for m, s, suffix in itertools.product(methods, range(args.seeds), ("", "-wal", "-shm")):
             (out_dir / f"{m}-s{s}.db{suffix}").unlink(missing_ok=True)
         (out_dir / LEDGER).unlink(missing_ok=True)
+    # a run stopped by SIGTERM (whose default action skips atexit) keeps its ledger too; a study
+    # in progress installs its own handler (stop after the trial) and restores this one
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     ledger = Ledger.open(out_dir, describe(), {"study": str(Path(args.study).resolve()), "trials": args.trials, "val_copies": args.val_copies,
                                                "cache": str(cache_dir()), "code": code_hash("compression", "costmodels", "data", "models", "search", "targets")})
     ws = load_workspace(base.model, base.data)

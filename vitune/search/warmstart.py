@@ -197,6 +197,7 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
     rows = _options_table(workspace, space, evaluator, spec)
     if table.get("progress") and not rows.get("progress"):  # saved by a version that kept them with the sweep
         rows.put("progress", table.get("progress"))
+        rows.save()  # kept even where every row is reused below (then nothing else saves the table)
     options = sweep_options(items, measure, rows, shown)
     uniform_rows = []
     for knob, value, params in uniform:

@@ -497,10 +497,13 @@ class Tuner:
         """The first seed with a record of ``task`` (the order the build applies them in), or None."""
         return next((seed for seed, sdb in self.seeds if self._has_record(sdb, task, target)), None)
 
-    def _this_cpu_seeds(self) -> list:
-        """``[(Seed, database)]`` of the seeds made on this CPU model: their recorded run times
-        compare with the machine's own."""
-        return [(seed, sdb) for seed, sdb in self.seeds if seed.fit(self.profile) == "exact"]
+    def _seeds_by_cpu(self) -> tuple[list, list]:
+        """``(this CPU model's, other CPU models')`` seed databases, in :attr:`seeds`' order: the
+        first's recorded run times compare with the machine's own."""
+        mine, others = [], []
+        for seed, sdb in self.seeds:
+            (mine if seed.fit(self.profile) == "exact" else others).append((seed, sdb))
+        return mine, others
 
     def _faster_seed(self, task, target, mine: list):
         """The seed of ``mine`` (this CPU model's) whose record of ``task`` was timed faster than
@@ -562,7 +565,7 @@ class Tuner:
         # model that was timed faster (a 16-trial tuning during a study would otherwise hide a
         # better schedule shipped later); seeds of other CPU models only for the rest, in order
         # (their timings do not compare with this machine's)
-        mine = self._this_cpu_seeds()
+        mine, others = self._seeds_by_cpu()
         if mine:
             faster = [seed for t in tasks if t not in unseen and self._has_record(db, t, target)
                       and (seed := self._faster_seed(t, target, mine)) is not None]
@@ -570,8 +573,7 @@ class Tuner:
         report.from_seed = len(used)
         report.seed_note = self.seed_note(list({id(s): s for s in used}.values()))
         first = ms.database.UnionDatabase(db, *(sdb for _, sdb in mine)) if mine else db
-        others = [sdb for seed, sdb in self.seeds if seed.fit(self.profile) != "exact"]
-        every = ms.database.OrderedUnionDatabase(first, *others) if others else first
+        every = ms.database.OrderedUnionDatabase(first, *(sdb for _, sdb in others)) if others else first
         with target, every:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         if self.prepack:
