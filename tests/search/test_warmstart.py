@@ -56,6 +56,31 @@ def test_first_trials_interleave_guided_walked_and_uniform(space):
     assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))
 
 
+def test_spread_order_covers_the_range_from_its_first_few():
+    assert warmstart.spread_order(7) == [3, 1, 5, 0, 2, 4, 6]
+    for n in (0, 1, 2, 10, 35):
+        assert sorted(warmstart.spread_order(n)) == list(range(n))
+    first = warmstart.spread_order(35)[:4]
+    assert max(first) - min(first) >= 17  # four of 35 already span half of it
+
+
+def test_the_warm_start_s_unused_budget_goes_to_the_walk_s_evenly_spaced_points(space):
+    sweep = synthetic_sweep(space)
+    dense = [p for p, _ in warmstart.walked_densely(space, sweep)]
+    assert len(dense) > 10
+    for p in dense:  # every one a step of the walk
+        assert any(p == q for _, q in warmstart.latency_walk(space, sweep))
+    small = warmstart.first_trials(space, sweep, 4)
+    assert not any("evenly spaced" in origin for _, origin in small)  # a small budget: the kinds first
+    everything = warmstart.first_trials(space, sweep, 1000)
+    assert all(any(p == q for q, _ in everything) for p in dense)  # a large one: the whole dense walk
+    kinds = [origin for _, origin in everything]
+    first_dense = next(i for i, o in enumerate(kinds) if "evenly spaced" in o)
+    assert all("evenly spaced" in o for o in kinds[first_dense:])  # after every other kind
+    some = warmstart.first_trials(space, sweep, first_dense + 3)
+    assert [p for p, o in some if "evenly spaced" in o] == [p for p in dense if all(p != q for q, _ in everything[:first_dense])][:3]
+
+
 def test_an_interrupted_sweep_resumes_from_the_options_it_had_measured(tmp_path):
     from vitune.jsontable import JsonTable
 
