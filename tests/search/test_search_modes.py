@@ -335,3 +335,18 @@ def test_a_sweep_for_another_latency_measures_only_its_uniform_configurations_ag
     assert len(option_lines) == len(first["options"]) and all("(saved by an earlier run)" in line for line in option_lines)
     assert sweep["options"] == first["options"]
     assert [r["latency_ms"] for r in sweep["uniform"]] == pytest.approx([r["latency_ms"] / 2 for r in first["uniform"]])
+
+    # a sweep saved by a version that kept its option rows with it (under the full key), all of
+    # them measured: every row is reused, and the options table is written from them
+    options = warmstart._options_table(default_workspace, space, ev, spec)
+    progress = dict(options.get("progress"))
+    options.path.unlink()
+    old = warmstart._sweep_table(default_workspace, space, ev, spec)
+    old.path.unlink()
+    old = warmstart._sweep_table(default_workspace, space, ev, spec)
+    old.put("progress", progress)
+    old.save()
+    lines.clear()
+    assert warmstart.run_sweep(default_workspace, space, ev, spec, progress=True, log=lines.append)["options"] == first["options"]
+    assert all("(saved by an earlier run)" in line for line in lines if " alone, " in line)
+    assert warmstart._options_table(default_workspace, space, ev, spec).get("progress") == progress
