@@ -56,20 +56,15 @@ def test_first_trials_interleave_guided_walked_and_uniform(space):
     assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))
 
 
-def test_spread_order_covers_the_range_from_its_first_few():
-    assert warmstart.spread_order(7) == [3, 1, 5, 0, 2, 4, 6]
-    for n in (0, 1, 2, 10, 35):
-        assert sorted(warmstart.spread_order(n)) == list(range(n))
-    first = warmstart.spread_order(35)[:4]
-    assert max(first) - min(first) >= 17  # four of 35 already span half of it
-
-
 def test_the_warm_start_s_unused_budget_goes_to_the_walk_s_evenly_spaced_points(space):
     sweep = synthetic_sweep(space)
     dense = [p for p, _ in warmstart.walked_densely(space, sweep)]
     assert len(dense) > 10
     for p in dense:  # every one a step of the walk
         assert any(p == q for _, q in warmstart.latency_walk(space, sweep))
+    estimates = [ms for _, ms in warmstart.walked_densely(space, sweep)]
+    assert estimates == sorted(estimates)  # fastest first
+    assert dense[0] == warmstart.latency_walk(space, sweep)[-1][1]
     small = warmstart.first_trials(space, sweep, 4)
     assert not any("evenly spaced" in origin for _, origin in small)  # a small budget: the kinds first
     everything = warmstart.first_trials(space, sweep, 1000)

@@ -329,26 +329,13 @@ def walked_from_end(space, sweep: dict, back=WALK_BACK) -> list[tuple[dict, floa
     return out
 
 
-def spread_order(n: int) -> list[int]:
-    """``range(n)`` in an order whose every prefix spreads over it: the middle, then the middles
-    of the halves, breadth first (``spread_order(7) == [3, 1, 5, 0, 2, 4, 6]``)."""
-    out, spans = [], [(0, n - 1)]
-    while spans:
-        lo, hi = spans.pop(0)
-        if lo <= hi:
-            mid = (lo + hi) // 2
-            out.append(mid)
-            spans += [(lo, mid - 1), (mid + 1, hi)]
-    return out
-
-
 def walked_densely(space, sweep: dict, shares: int = WALK_SHARES) -> list[tuple[dict, float]]:
     """(configuration, estimated latency) where the walk first saves each of ``shares`` evenly
     spaced shares of its whole estimated saving (distinct configurations: the points of the
-    sensitivity-greedy baseline, ``bench/search.py``), in :func:`spread_order`, so that any first
-    few of them cover the walk from end to end."""
-    picks = walked_by_latency(space, sweep, [(i + 1) / shares for i in range(shares)])
-    return [picks[i] for i in spread_order(len(picks))]
+    sensitivity-greedy baseline, ``bench/search.py``), fastest first: the walk's slow end saves
+    little and is left for last (a configuration slower than the best runtime on the target
+    adds nothing to the front a user can ship)."""
+    return walked_by_latency(space, sweep, [1 - i / shares for i in range(shares)])
 
 
 def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]]:
@@ -358,10 +345,11 @@ def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]
     by step, then further apart: :func:`walked_from_end`), so a budget of four or more gets every
     kind; what ``limit`` leaves then goes to the walk's evenly spaced points (:func:`walked_densely`).
 
-    Why the last: on the quickstart (100 trials, seed 0 of the 100 × 3 search bench, on the
-    trials' own timings), the sensitivity-greedy baseline's 35 evenly spaced walk points found
-    0.9796 at 0.400 ms where the search's front held 0.9796 at 0.515, and the warm start had
-    used 20 of its 33 trials."""
+    Why the last: in the 100 × 3 search bench on the quickstart (its fronts timed side by side),
+    the sensitivity-greedy baseline's evenly spaced walk points held 0.9851 at 1.87× the best
+    runtime's speed, nine points from the walk's fast end, between the step walk's points; the
+    search never found it (its median hypervolume 1.3 % below the baseline's), while its warm
+    start had used 20 of its 33 trials."""
     guided = [(p, f"guided (accuracy drop <= {b:g})") for p, b in guided_by_budget(space, sweep)] if sweep else []
     walked = [(p, f"latency walk (estimated {ms:.3g} ms)") for p, ms in walked_from_end(space, sweep)] if sweep else []
     dense = [(p, f"latency walk, evenly spaced (estimated {ms:.3g} ms)") for p, ms in walked_densely(space, sweep)] if sweep else []
