@@ -379,9 +379,9 @@ def greedy_configs(ws, layout, methods, trials: int):
 def sensitivity_params(space, sweep: dict, trials: int) -> list[dict]:
     """The least-sensitive-first walk (:func:`vitune.search.warmstart.latency_walk`) stopped at
     ``trials`` evenly spaced shares of its whole estimated saving (distinct configurations)."""
-    from vitune.search.warmstart import walked_by_latency
+    from vitune.search.warmstart import walked_densely
 
-    return [p for p, _ in walked_by_latency(space, sweep, [(i + 1) / trials for i in range(trials)])]
+    return [p for p, _ in reversed(walked_densely(space, sweep, trials))]  # the slowest first
 
 
 TVM_REFERENCE = "vitune's uncompressed build (tuned): a box to compare search methods in, not a speed-up reference"

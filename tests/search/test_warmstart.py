@@ -58,13 +58,12 @@ def test_first_trials_interleave_guided_walked_and_uniform(space):
 
 def test_the_warm_start_s_unused_budget_goes_to_the_walk_s_evenly_spaced_points(space):
     sweep = synthetic_sweep(space)
-    dense = [p for p, _ in warmstart.walked_densely(space, sweep)]
+    picks, walk = warmstart.walked_densely(space, sweep), [q for _, q in warmstart.latency_walk(space, sweep)]
+    dense = [p for p, _ in picks]
     assert len(dense) > 10
-    for p in dense:  # every one a step of the walk
-        assert any(p == q for _, q in warmstart.latency_walk(space, sweep))
-    estimates = [ms for _, ms in warmstart.walked_densely(space, sweep)]
-    assert estimates == sorted(estimates)  # fastest first
-    assert dense[0] == warmstart.latency_walk(space, sweep)[-1][1]
+    assert all(any(p == q for q in walk) for p in dense)  # every one a step of the walk
+    assert [ms for _, ms in picks] == sorted(ms for _, ms in picks)  # fastest first
+    assert dense[0] == walk[-1]
     small = warmstart.first_trials(space, sweep, 4)
     assert not any("evenly spaced" in origin for _, origin in small)  # a small budget: the kinds first
     everything = warmstart.first_trials(space, sweep, 1000)
