@@ -56,6 +56,44 @@ def test_first_trials_interleave_guided_walked_and_uniform(space):
     assert len({str(sorted(p.items())) for p, _ in warmstart.first_trials(space, sweep, 100)}) == len(warmstart.first_trials(space, sweep, 100))
 
 
+def test_the_warm_start_takes_the_rank_allocation_s_walk_most_compressed_first(space):
+    groups = warmstart.rank_groups(space)
+    assert set(groups) == {n for n, m in space.choices if n.endswith(":rank_fraction")}
+    assert all(layers == (name.rsplit(":", 1)[0],) and menu == (1.0, 0.5, 0.25) for name, (layers, menu) in groups.items())
+    identity, names = space.identity_params(), sorted(groups)
+    # a walk of 2 × len(groups) steps: each group to 0.5 in turn, then each to 0.25; 40 % kept at its end
+    states, fractions = [], {}
+    for f in (0.5, 0.25):
+        for n in names:
+            fractions = {**fractions, n: f}
+            states.append(fractions)
+    rows = [{"params": {**identity, **st}, "kept": 1.0 - 0.6 * (i + 1) / len(states)} for i, st in enumerate(states)]
+    sweep = {**synthetic_sweep(space), "allocation": rows}
+    picks = warmstart.rank_allocated(sweep)
+    assert picks[0] == (rows[-1]["params"], rows[-1]["kept"])  # the walk's end first
+    assert [k for _, k in picks] == sorted(k for _, k in picks)  # then less and less compressed
+    firsts = [next(i for i, r in enumerate(rows) if 1.0 - r["kept"] >= share * 0.6 - 1e-9) for share in warmstart.ALLOC_SHARES]
+    assert [k for _, k in picks] == [rows[i]["kept"] for i in sorted(set(firsts), reverse=True)]  # each the first step saving its share
+    assert warmstart.rank_allocated(synthetic_sweep(space)) == []  # a sweep saved without the walk
+    first = warmstart.first_trials(space, sweep, 5)
+    assert [origin.split(" ")[0] for _, origin in first] == ["uncompressed", "guided", "uniform", "latency", "rank"]
+    assert first[4][0] == rows[-1]["params"]
+    every = [p for p, _ in warmstart.first_trials(space, sweep, 1000)]
+    assert all(any(p == q for q in every) for p, _ in picks)
+
+
+def test_tied_rank_knobs_allocate_as_one_group():
+    from vitune.search.studyfile import Tie
+
+    spec = SpaceSpec(precision=("fp32",), rank_fraction=(1.0, 0.5, 0.25), prune_heads=(0.0,), prune_mlp=(0.0,), distill_steps=(0,),
+                     ties=(Tie("blocks.*.mlp.fc1", ("rank_fraction",)),))
+    layout = discover(build_digits_vit())
+    groups = warmstart.rank_groups(SearchSpace.build(spec, layout))
+    fc1 = tuple(u.name for u in layout.linears if u.name.endswith("mlp.fc1"))
+    assert groups["blocks.*.mlp.fc1:rank_fraction"] == (fc1, (1.0, 0.5, 0.25))
+    assert len(groups) == len(layout.linears) - len(fc1) + 1
+
+
 def test_the_warm_start_s_unused_budget_goes_to_the_walk_s_evenly_spaced_points(space):
     sweep = synthetic_sweep(space)
     picks, walk = warmstart.walked_densely(space, sweep), [q for _, q in warmstart.latency_walk(space, sweep)]

@@ -13,6 +13,11 @@ layer only ever takes ranks below break-even (r·(in + out) < in·out). Ranks mo
 ``max(1, min(in, out) // 64)``. The allocation is blind to hardware: it is the reference the
 search is compared against.
 
+:func:`menu_rank_walk` is the same greedy restricted to a search space's menu: layers (or tied
+groups of layers) step down through given rank fractions only, and every state of the walk is
+returned, so one pass gives the allocation at every parameter budget (the search's warm start
+takes its points from it).
+
 ``uniform-rank``: one rank fraction f for every linear layer (rank = round(f · min(in, out))),
 the largest f on a 1/256 grid that meets the budget.
 """
@@ -37,23 +42,32 @@ def _check_budget(budget: float) -> None:
         raise ConfigError(f"params budget {budget!r} must be in (0, 1] (a share of the original parameters)")
 
 
-def greedy_ranks(model: nn.Module, layout, calib_x, params_budget: float, methods: CompressionMethods = CompressionMethods()) -> CompressionConfig:
-    """The greedy allocation (see the module doc) as a configuration."""
+def rank_errors(model: nn.Module, units, calib_x, methods: CompressionMethods = CompressionMethods()) -> dict[str, list[float]]:
+    """Per linear layer of ``units``: ``err[r]``, the share of its output energy left out at rank
+    r (r = 0 … min(in, out)), from the whitened singular values on the calibration inputs."""
     from vitune.compression.calibrate import input_grams
     from vitune.compression.lowrank import WhitenedSVD
 
+    grams = input_grams(model, [u.name for u in units], calib_x)
+    out = {}
+    for u in units:
+        energy = WhitenedSVD(model.get_submodule(u.name).weight, grams[u.name], methods.damping).s.pow(2)
+        tail = energy.flip(0).cumsum(0).flip(0) / energy.sum().clamp(min=1e-300)
+        out[u.name] = [float(t) for t in tail] + [0.0]  # err[r] = Σ_{i ≥ r} energy / total
+    return out
+
+
+def greedy_ranks(model: nn.Module, layout, calib_x, params_budget: float, methods: CompressionMethods = CompressionMethods()) -> CompressionConfig:
+    """The greedy allocation (see the module doc) as a configuration."""
     _check_budget(params_budget)
     units = list(layout.linears)
-    grams = input_grams(model, [u.name for u in units], calib_x)
+    errors = rank_errors(model, units, calib_x, methods)
     total = _total_params(model)
     budget = params_budget * total
     # energy left out at each rank, per layer: err[l][r] for r = 0..min(in, out)
     state = {}
     for u in units:
-        svd = WhitenedSVD(model.get_submodule(u.name).weight, grams[u.name], methods.damping)
-        energy = svd.s.pow(2)
-        tail = energy.flip(0).cumsum(0).flip(0) / energy.sum().clamp(min=1e-300)
-        err = [float(t) for t in tail] + [0.0]  # err[r] = Σ_{i ≥ r} energy / total
+        err = errors[u.name]
         full = u.in_features * u.out_features
         step = max(1, min(u.in_features, u.out_features) // 64)
         ranks = [r for r in range(step, min(u.in_features, u.out_features) + 1, step) if r * (u.in_features + u.out_features) < full]
@@ -108,6 +122,57 @@ def uniform_ranks(model: nn.Module, layout, params_budget: float, methods: Compr
             ranks = config_at(k / 256)
             return CompressionConfig.make({n: LinearConfig("fp32", r) for n, r in ranks.items()}, methods=methods).validate(layout)
     raise ConfigError(f"params budget {params_budget} is unreachable: rank 1 everywhere keeps {params_at(0) / total:.3f} of the parameters")
+
+
+def menu_rank_walk(model: nn.Module, layout, calib_x, groups: dict[str, tuple[tuple[str, ...], tuple[float, ...]]],
+                   methods: CompressionMethods = CompressionMethods()) -> list[tuple[float, dict[str, float]]]:
+    """The greedy allocation on a menu: ``(share of the model's parameters kept, {group: rank
+    fraction})`` at every step, from the first move to the last (dense groups left out).
+
+    ``groups``: name → (its linear layers, its menu of rank fractions). A group moves as one: all
+    its layers take the same fraction (rank = round(f · min(in, out)), at least 1), as a tied
+    knob of the search space does. Each step takes the move — one group to a lower fraction of
+    its menu — with the smallest increase of its layers' summed activation-aware error per
+    parameter saved; a fraction whose rank is not below a layer's break-even is counted as that
+    layer dense (no saving, no error). The walk ends where no move saves parameters."""
+    by_name = {u.name: u for u in layout.linears}
+    units = [by_name[n] for layers, _ in groups.values() for n in layers]
+    errors = rank_errors(model, units, calib_x, methods)
+    total = _total_params(model)
+
+    def rank_of(name: str, frac: float) -> int | None:
+        u = by_name[name]
+        rank = max(1, round(frac * min(u.in_features, u.out_features)))
+        return rank if frac < 1.0 and rank * (u.in_features + u.out_features) < u.in_features * u.out_features else None
+
+    def cost(group: str, frac: float) -> tuple[float, int]:
+        """(summed error, parameters) of the group's layers at ``frac``."""
+        err, params = 0.0, 0
+        for n in groups[group][0]:
+            r, u = rank_of(n, frac), by_name[n]
+            err += 0.0 if r is None else errors[n][r]
+            params += u.in_features * u.out_features if r is None else r * (u.in_features + u.out_features)
+        return err, params
+
+    current = {g: 1.0 for g in groups}
+    kept = total
+    walk: list[tuple[float, dict[str, float]]] = []
+    while True:
+        best = None
+        for g, (_, menu) in groups.items():
+            here_e, here_p = cost(g, current[g])
+            for f in sorted((f for f in menu if f < current[g]), reverse=True):
+                e, p = cost(g, f)
+                if p < here_p:
+                    ratio = (e - here_e) / (here_p - p)
+                    if best is None or ratio < best[0]:
+                        best = (ratio, g, f, here_p - p)
+        if best is None:
+            return walk
+        _, g, f, saved = best
+        current[g] = f
+        kept -= saved
+        walk.append((kept / total, {k: v for k, v in current.items() if v < 1.0}))
 
 
 def allocate(strategy: str, model: nn.Module, layout, calib_x, params_budget: float, methods: CompressionMethods = CompressionMethods()) -> CompressionConfig:

@@ -37,6 +37,11 @@ WALK_FRACTIONS = (1.0, 0.85, 0.7, 0.5, 0.3)  # shares of the walk's whole estima
 # doubling (see walked_from_end)
 WALK_BACK = (0, 1, 2, 4, 8, 16, 32)
 WALK_SHARES = 100  # the warm start's dense walk: this many evenly spaced shares of its saving (walked_densely)
+# The warm start's rank-allocation points: shares of the menu walk's whole parameter saving, the
+# most compressed first and densest there (see rank_allocated): on the quickstart the walk keeps
+# 10 % of the parameters at its end and 18 % at 0.9, and the seeds' greedy allocation's front
+# (search bench, Zen 3) lay between the two
+ALLOC_SHARES = (1.0, 0.97, 0.94, 0.9, 0.85, 0.75, 0.6, 0.4)
 
 
 def knob_levels(space) -> dict[str, list]:
@@ -147,6 +152,46 @@ def sweep_options(items, measure, table: JsonTable, on_row=lambda i, row, reused
     return rows
 
 
+def rank_groups(space) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
+    """The space's free rank parameters: name → (its linear layers, its menu of fractions)."""
+    ties = dict(space.ties)
+    return {name: (tuple(n.rsplit(":", 1)[0] for n in ties.get(name, (name,))), tuple(float(v) for v in menu))
+            for name, menu in space.choices if name.endswith(":rank_fraction") and len(menu) > 1}
+
+
+def allocation_rows(workspace, space) -> list[dict]:
+    """The greedy rank allocation walked on the space's rank menus
+    (:func:`vitune.compression.allocate.menu_rank_walk`, the seeds' hardware-blind allocation of
+    arXiv 2402.06004 restricted to what the search can express): one row per step, ``params``
+    (the space's parameters) and ``kept`` (share of the model's parameters kept)."""
+    from vitune.compression.allocate import menu_rank_walk
+    from vitune.compression.calibrate import Calibration
+
+    groups = rank_groups(space)
+    if not groups:
+        return []
+    calib = Calibration.from_dataset(workspace.data.calib, space.methods.calib_images)
+    identity = space.identity_params()
+    return [{"params": {**identity, **fractions}, "kept": kept}
+            for kept, fractions in menu_rank_walk(workspace.model, space.layout, calib.x, groups, space.methods)]
+
+
+def rank_allocated(sweep: dict, shares=ALLOC_SHARES) -> list[tuple[dict, float]]:
+    """(configuration, share of the parameters kept) where the sweep's rank-allocation walk first
+    saves each share of its whole parameter saving (distinct configurations, in the order of
+    ``shares``)."""
+    rows = sweep.get("allocation") or []
+    if not rows:
+        return []
+    whole = 1.0 - rows[-1]["kept"]  # before its first step the walk keeps every parameter
+    out: list[tuple[dict, float]] = []
+    for f in shares:
+        row = next(r for r in rows if 1.0 - r["kept"] >= f * whole - 1e-12)
+        if all(row["params"] != p for p, _ in out):
+            out.append((row["params"], row["kept"]))
+    return out
+
+
 def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=print) -> dict:
     """The sensitivity sweep of this model and space (computed once, then read from the cache;
     an interrupted sweep resumes from the options it had measured). With ``progress`` and no
@@ -159,6 +204,9 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
 
     table = _sweep_table(workspace, space, evaluator, spec)
     if table.get("complete"):
+        if "allocation" not in table.data:  # saved by a version without the rank allocation's walk
+            table.put("allocation", allocation_rows(workspace, space))
+            table.save()
         return table.data
     identity = space.identity_params()
     items = [(name, v) for name, menu in space.choices if len(menu) > 1 and name != "distill_steps"
@@ -209,7 +257,7 @@ def run_sweep(workspace, space, evaluator, spec, progress: bool = True, log=prin
                                                         f"accuracy {r.metrics.accuracy:.4f}, {r.metrics.latency_ms:.4f} ms"))
     bar.close()
     for k, v in {"identity": {"accuracy": base.metrics.accuracy, "latency_ms": base.metrics.latency_ms},
-                 "options": options, "uniform": uniform_rows, "complete": True}.items():
+                 "options": options, "uniform": uniform_rows, "allocation": allocation_rows(workspace, space), "complete": True}.items():
         table.put(k, v)
     table.save()
     return table.data
@@ -341,9 +389,17 @@ def walked_densely(space, sweep: dict, shares: int = WALK_SHARES) -> list[tuple[
 def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]]:
     """What to enqueue, each with its origin (shown in reports): the uncompressed model, then in
     turn the sensitivity-guided configurations (accuracy-drop budgets), the uniform ones (the same
-    option on every layer, the report's baselines) and the latency walk's (from its fast end, step
-    by step, then further apart: :func:`walked_from_end`), so a budget of four or more gets every
-    kind; what ``limit`` leaves then goes to the walk's evenly spaced points (:func:`walked_densely`).
+    option on every layer, the report's baselines), the latency walk's (from its fast end, step
+    by step, then further apart: :func:`walked_from_end`) and the greedy rank allocation's on the
+    space's menu (the most compressed first: :func:`rank_allocated`), so a budget of five or more
+    gets every kind; what ``limit`` leaves then goes to the walk's evenly spaced points
+    (:func:`walked_densely`).
+
+    Why the rank allocation: in the 100 × 3 bench on a Zen 3 CPU (no VNNI: low rank is the lever
+    there), the seeds' greedy allocation led every method; its front took ranks 9 to 15 of 192,
+    below the quickstart menu's smallest (0.125: 24), which the menu now offers (0.0625), and the
+    allocation itself is the activation-aware error's order, which the sweep (one layer at a time,
+    by accuracy) does not see.
 
     Why the last: in the 100 × 3 search bench on the quickstart (its fronts timed side by side),
     the sensitivity-greedy baseline's evenly spaced walk points held 0.9851 at 1.87× the best
@@ -353,9 +409,10 @@ def first_trials(space, sweep: dict | None, limit: int) -> list[tuple[dict, str]
     guided = [(p, f"guided (accuracy drop <= {b:g})") for p, b in guided_by_budget(space, sweep)] if sweep else []
     walked = [(p, f"latency walk (estimated {ms:.3g} ms)") for p, ms in walked_from_end(space, sweep)] if sweep else []
     dense = [(p, f"latency walk, evenly spaced (estimated {ms:.3g} ms)") for p, ms in walked_densely(space, sweep)] if sweep else []
+    allocated = [(p, f"rank allocation (greedy, {kept:.0%} of the parameters)") for p, kept in rank_allocated(sweep)] if sweep else []
     uniform = [(p, f"uniform {k} = {v}") for k, v, p in uniform_params(space)]
     out = [(space.identity_params(), "uncompressed")]
-    for pair in itertools.chain(itertools.chain.from_iterable(itertools.zip_longest(guided, uniform, walked)), dense):
+    for pair in itertools.chain(itertools.chain.from_iterable(itertools.zip_longest(guided, uniform, walked, allocated)), dense):
         if pair is not None and all(pair[0] != seen for seen, _ in out):
             out.append(pair)
     return out[: max(1, limit)]
