@@ -164,11 +164,14 @@ def _tune(args) -> int:
     from vitune.tune import tune_study_models
 
     profile = load_target(args.target)
+    if args.merge_seed and not args.export_seed:
+        raise VituneError("--merge-seed needs --export-seed FILE (the seed file to write)")
     if args.export_seed:
         from vitune.targets.seeds import export_seed
         from vitune.targets.tuning import database_dir
 
-        n = export_seed(database_dir(profile), Path(args.export_seed), profile, note=args.note)
+        n = export_seed(database_dir(profile), Path(args.export_seed), profile, note=args.note,
+                        merge=Path(args.merge_seed) if args.merge_seed else None)
         print(f"wrote {args.export_seed}: the best schedule of each of {n} workloads of {profile.name}'s tuning database "
               f"{database_dir(profile)} (copy it to $VITUNE_SEEDS_DIR or ~/.config/vitune/seeds on machines with this target)")
         return 0
@@ -368,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tune nothing: write the best schedule of each workload of the target's database to FILE (.json.gz), "
                          "for other machines with this target (vitune/targets/seeds.py)")
     tu.add_argument("--note", default="", help="with --export-seed: how the database was tuned (kept in the file)")
+    tu.add_argument("--merge-seed", default=None, metavar="SEED",
+                    help="with --export-seed: keep SEED's workloads too (a seed made for this target on this CPU model; the "
+                         "faster record where both have one), e.g. to grow a shipped seed by what this machine tuned beside it")
     tu.add_argument("--race-seeds", action="store_true",
                     help="tune nothing: time each workload's schedule in the target's database against a fitting seed's for the "
                          "same workload, here, in alternation, and keep the faster (vitune/targets/race.py)")

@@ -229,3 +229,44 @@ def test_a_machine_record_timed_slower_than_this_cpu_model_s_seed_gives_way(fast
     assert built == (seeded if seed_wins else own)
     assert report.untuned == 0 and report.from_database == report.workloads
     assert report.from_seed == (report.workloads if seed_wins else 0)
+
+
+def test_a_seed_grows_by_what_a_machine_tuned_beside_it(fast_target, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 16)
+    first, second = (nn.Sequential(nn.Linear(16, w), nn.GELU(), nn.Linear(w, 8)).eval() for w in (40, 24))
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path / "no-seeds"))
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "a"))
+    a = compile_model(first, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2)).tuning
+    seed = tmp_path / "a.json.gz"
+    n_a = export_seed(database_dir(fast_target), seed, fast_target)
+    assert n_a == a.workloads
+    # merged into the database it came from: the same workloads, each once
+    assert export_seed(database_dir(fast_target), tmp_path / "same.json.gz", fast_target, merge=seed) == n_a
+
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "b"))
+    b = compile_model(second, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2)).tuning
+    grown = tmp_path / "grown.json.gz"
+    n = export_seed(database_dir(fast_target), grown, fast_target, note="a and b", merge=seed)
+    _, lines, records = read_seed(grown)
+    _, a_lines, _ = read_seed(seed)
+    assert max(n_a, b.workloads) < n == len(lines) == len(records) <= n_a + b.workloads
+    assert all(w in lines for w in a_lines)  # every workload of the old seed is kept
+    assert sorted(r[0] for r in records) == list(range(n))
+
+    # a fresh machine with the grown seed tunes neither model
+    monkeypatch.setenv("VITUNE_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("VITUNE_SEEDS_DIR", str(tmp_path / "only"))
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "grown.json.gz").write_bytes(grown.read_bytes())
+    for model in (first, second):
+        rep = compile_model(model, x, fast_target, Tuner(fast_target, "tune", trials_per_task=2)).tuning
+        assert rep.tuned == 0 and rep.from_seed == rep.workloads
+
+    # a seed of another CPU model is not merged: its times do not compare
+    data = json.loads(gzip.decompress(seed.read_bytes()))
+    data["meta"]["target"] = {**data["meta"]["target"], "mcpu": "some-other-cpu"}
+    other = tmp_path / "other.json.gz"
+    other.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(ConfigError, match="other.json.gz: made for another target or CPU model .*some-other-cpu.*not merged"):
+        export_seed(database_dir(fast_target), tmp_path / "x.json.gz", fast_target, merge=other)

@@ -231,9 +231,14 @@ def best_records(record_lines: list) -> dict[int, list]:
     return best
 
 
-def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
+def export_seed(database: Path, out: Path, profile, note: str = "", merge: Path | None = None) -> int:
     """Write the best record of each workload of the tuning database folder ``database`` (for
-    ``profile``) to the seed file ``out``; returns how many workloads it holds."""
+    ``profile``) to the seed file ``out``; returns how many workloads it holds.
+
+    ``merge``: a seed file made for this target on this CPU model whose workloads are kept too
+    (a workload in both keeps the faster record: both were timed on this CPU model), so a seed
+    grows by what a machine tuned beside it (a study's tuner tunes only what its seeds lack).
+    A seed of another target or CPU model is refused: its times do not compare."""
     import datetime
 
     from vitune.targets.profile import TIMING_RUNTIME
@@ -241,13 +246,28 @@ def export_seed(database: Path, out: Path, profile, note: str = "") -> int:
 
     workloads = json_lines(database / "workloads.json")
     best = best_records(json_lines(database / "records.json"))
-    if not best:
+    if not best and merge is None:
         raise ConfigError(f"{database}: the tuning database has no timed records to export")
     keep = sorted(best)
-    index = {old: new for new, old in enumerate(keep)}
+    lines = [workloads[i] for i in keep]
+    records = [[n, best[i][1]] for n, i in enumerate(keep)]
+    if merge is not None:
+        seed, seed_workloads, seed_records = read_seed(merge)
+        if seed.fit(profile) != "exact":
+            raise ConfigError(f"{merge}: made for another target or CPU model ({seed.meta.mcpu}, {seed.meta.threads} threads, "
+                              f"TVM {seed.meta.tvm}) than {profile.name} here: its records' times do not compare; not merged")
+        at = {json.dumps(w, sort_keys=True): n for n, w in enumerate(lines)}
+        for i, rec in best_records(seed_records).items():
+            key = json.dumps(seed_workloads[i], sort_keys=True)
+            if key not in at:
+                at[key] = len(lines)
+                lines.append(seed_workloads[i])
+                records.append([at[key], rec[1]])
+            elif mean_run_s(rec) < mean_run_s(records[at[key]]):
+                records[at[key]] = [at[key], rec[1]]
     meta = {"tvm": versions()["tvm"], "runtime": TIMING_RUNTIME, "target": dict(profile.tvm_target), "threads": profile.threads,
             "machine": platform.machine(), "cpu": cpu_model(), "made": datetime.date.today().isoformat(), "note": note}
-    data = {"vitune_seed": FORMAT, "meta": meta, "workloads": [workloads[i] for i in keep], "records": [[index[i], best[i][1]] for i in keep]}
+    data = {"vitune_seed": FORMAT, "meta": meta, "workloads": lines, "records": records}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), compresslevel=9, mtime=0))
-    return len(keep)
+    return len(lines)
