@@ -172,8 +172,9 @@ def _tune(args) -> int:
 
         n = export_seed(database_dir(profile), Path(args.export_seed), profile, note=args.note,
                         merge=Path(args.merge_seed) if args.merge_seed else None)
+        merged = f" and the seed {args.merge_seed}" if args.merge_seed else ""
         print(f"wrote {args.export_seed}: the best schedule of each of {n} workloads of {profile.name}'s tuning database "
-              f"{database_dir(profile)} (copy it to $VITUNE_SEEDS_DIR or ~/.config/vitune/seeds on machines with this target)")
+              f"{database_dir(profile)}{merged} (copy it to $VITUNE_SEEDS_DIR or ~/.config/vitune/seeds on machines with this target)")
         return 0
     if args.race_seeds:
         return _race_seeds(profile)
