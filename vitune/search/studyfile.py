@@ -48,8 +48,9 @@ Reference (every key optional unless marked)::
                                    # subject to every [target] budget (Optuna constraints)
     objectives = ["accuracy", "latency_ms"]  # pareto: accuracy and what to minimise beside it,
                                    # any of latency_ms, model_mb, peak_mb (MiB; per target)
-    warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform and
-                                   # sensitivity-guided configurations are the first trials
+    warm_start = true              # per-layer sensitivity sweep (saved, reused) → uniform,
+                                   # sensitivity-guided, latency-walk and rank-allocation
+                                   # configurations are the first trials
     refine_front = true            # a trial that joins the front: its neighbours along the
                                    # sweep's sensitivity order are the next trials (needs warm_start)
     min_fidelity = 0.5             # stop a candidate whose top-1 agreement with the uncompressed
