@@ -180,15 +180,22 @@ def rank_allocated(sweep: dict, shares=ALLOC_SHARES) -> list[tuple[dict, float]]
     """(configuration, share of the parameters kept) where the sweep's rank-allocation walk first
     saves each share of its whole parameter saving (distinct configurations, in the order of
     ``shares``)."""
-    rows = sweep.get("allocation") or []
-    if not rows:
+    # before its first step the walk keeps every parameter
+    return at_shares([(r["kept"], r["params"]) for r in sweep.get("allocation") or []], 1.0, shares)
+
+
+def at_shares(walk: list[tuple[float, dict]], start: float, shares) -> list[tuple[dict, float]]:
+    """(configuration, value) at the first step of ``walk`` — ``(value, configuration)`` pairs
+    whose value falls from ``start`` to its last step's — where the value has fallen by each of
+    ``shares`` of that whole fall (distinct configurations, in the order of ``shares``)."""
+    if not walk:
         return []
-    whole = 1.0 - rows[-1]["kept"]  # before its first step the walk keeps every parameter
+    end = walk[-1][0]
     out: list[tuple[dict, float]] = []
     for f in shares:
-        row = next(r for r in rows if 1.0 - r["kept"] >= f * whole - 1e-12)
-        if all(row["params"] != p for p, _ in out):
-            out.append((row["params"], row["kept"]))
+        value, params = next((v, p) for v, p in walk if v <= start - f * (start - end) + 1e-12)
+        if all(params != p for p, _ in out):
+            out.append((params, value))
     return out
 
 
@@ -346,16 +353,7 @@ def latency_walk(space, sweep: dict) -> list[tuple[float, dict]]:
 def walked_by_latency(space, sweep: dict, fractions=WALK_FRACTIONS) -> list[tuple[dict, float]]:
     """(configuration, estimated latency) where the walk first saves each share of its whole
     estimated saving (distinct configurations, in the order of ``fractions``)."""
-    walk = latency_walk(space, sweep)
-    if not walk:
-        return []
-    base_ms, fastest = sweep["identity"]["latency_ms"], walk[-1][0]
-    out: list[tuple[dict, float]] = []
-    for f in fractions:
-        est, params = next((e, p) for e, p in walk if e <= base_ms - f * (base_ms - fastest) + 1e-12)
-        if all(params != p for p, _ in out):
-            out.append((params, est))
-    return out
+    return at_shares(latency_walk(space, sweep), sweep["identity"]["latency_ms"], fractions)
 
 
 def walked_from_end(space, sweep: dict, back=WALK_BACK) -> list[tuple[dict, float]]:
