@@ -111,6 +111,11 @@ def test_the_warm_start_s_unused_budget_goes_to_the_walk_s_evenly_spaced_points(
     assert all("evenly spaced" in o for o in kinds[first_dense:])  # after every other kind
     some = warmstart.first_trials(space, sweep, first_dense + 3)
     assert [p for p, o in some if "evenly spaced" in o] == [p for p in dense if all(p != q for q, _ in everything[:first_dense])][:3]
+    # the kinds capped below the whole budget (a study: a third and a half of its trials): the walk fills the rest
+    capped = warmstart.first_trials(space, sweep, first_dense + 3, kinds=first_dense - 2)
+    assert len(capped) == first_dense + 3 and capped[: first_dense - 2] == everything[: first_dense - 2]
+    assert all("evenly spaced" in o for _, o in capped[first_dense - 2 :])
+    assert [p for p, _ in capped[first_dense - 2 :]] == [p for p in dense if all(p != q for q, _ in everything[: first_dense - 2])][:5]
 
 
 def test_an_interrupted_sweep_resumes_from_the_options_it_had_measured(tmp_path):

@@ -363,11 +363,13 @@ def run_study(spec, n_trials: int | None = None, timeout_s: float | None = None,
     goal = spec.n_trials if n_trials is None else done + max(0, n_trials)
     remaining = max(0, goal - done)
     timeout = timeout_s if timeout_s is not None else (spec.timeout_s or None)
-    limit = spec.n_trials // 3  # at most a third of the budget goes to warm-start trials, another to refinement
+    # the warm start's kinds take at most a third of the budget and the sensitivity walk's points
+    # fill it up to half (warmstart.first_trials); refinement takes at most another third
+    limit = spec.n_trials // 3
     sweep = None
     if not study.trials and remaining:
         sweep = run_sweep(workspace, space, evaluator, spec, progress=progress, log=log) if spec.search.warm_start and limit > 1 else None
-        for params, origin in first_trials(space, sweep, limit):
+        for params, origin in first_trials(space, sweep, spec.n_trials // 2, kinds=limit):
             study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
     elif spec.search.warm_start and spec.search.refine_front and remaining:
         sweep = cached_sweep(workspace, space, evaluator, spec)  # resumed: the sweep made when the study began
