@@ -192,11 +192,12 @@ def test_warm_start_enqueues_uniform_and_guided_configurations_from_a_saved_swee
     assert any(t.params in uniform for t in study.trials[:4]) or len(guided) >= 3
 
     # front refinement: the uncompressed model joined the front first, so its faster neighbour
-    # waits; resumed, the study reads the saved sweep back and refines on (front members'
-    # neighbours along the sensitivity order, each naming the trial it refines)
+    # waits behind the warm start's walk points (up to half of n_trials); resumed, the study reads
+    # the saved sweep back and refines on (front members' neighbours along the sensitivity order,
+    # each naming the trial it refines)
     from vitune.search.refine import REFINE_ORIGIN, Refiner
 
-    run_study(spec, n_trials=2, progress=False, log=lambda *_: None)
+    run_study(spec, n_trials=spec.n_trials // 2 - 4 + 2, progress=False, log=lambda *_: None)
     study = open_study(spec, create=False)
     refined = [t for t in study.trials if str(t.user_attrs.get("origin", "")).startswith(REFINE_ORIGIN)]
     assert refined and any(t.state == optuna.trial.TrialState.COMPLETE for t in refined)
