@@ -422,10 +422,10 @@ def first_trials(space, sweep: dict | None, limit: int, kinds: int | None = None
     uniform = [(p, f"uniform {k} = {v}") for k, v, p in uniform_params(space)]
     out = [(space.identity_params(), "uncompressed")]
     cap = max(1, limit if kinds is None else min(kinds, limit))
-    for group, most in ((itertools.chain.from_iterable(itertools.zip_longest(guided, uniform, walked, allocated)), cap), (iter(dense), limit)):
+    for group, most in ((itertools.chain.from_iterable(itertools.zip_longest(guided, uniform, walked, allocated)), cap), (dense, limit)):
         for pair in group:
             if len(out) >= most:
                 break
             if pair is not None and all(pair[0] != seen for seen, _ in out):
                 out.append(pair)
-    return out[: max(1, limit)]
+    return out  # at most max(1, limit): the uncompressed model, then each group stopped at its cap
